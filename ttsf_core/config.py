@@ -1,0 +1,259 @@
+"""The run configuration: frozen pydantic models, validated at construction, the one source of defaults.
+
+The nested layout mirrors tt-scale-flux's configs/*.json (`pretrained_model_name_or_path`,
+`torch_dtype`, `pipeline_call_args`, `verifier_args`, `search_args`) so those files load as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ttsf_core.verifiers.base import METRIC_NAMES
+
+DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
+DEFAULT_DATASET = "data-is-better-together/open-image-preferences-v1-binarized"
+TORCH_DTYPES = ("bf16", "fp16", "fp32")
+_DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PipelineCallArgs(_Frozen):
+    """Arguments of the diffusers pipeline call (tt-scale-flux's `pipeline_call_args`)."""
+
+    height: int = Field(1024, gt=0)
+    width: int = Field(1024, gt=0)
+    guidance_scale: float = Field(3.5, ge=0)
+    num_inference_steps: int = Field(50, ge=1)
+    max_sequence_length: int = Field(512, ge=1, le=512)
+
+
+class VerifierArgs(_Frozen):
+    """Which verifier grades the images, and how (tt-scale-flux's `verifier_args`)."""
+
+    name: str = "gemini"
+    # None: the verifier's own default model (gemini-2.0-flash for gemini, Qwen2.5-VL-7B for qwen).
+    model_name: str | None = None
+    choice_of_metric: str = "overall_score"
+    max_new_tokens: int = Field(800, ge=1)
+    max_concurrency: int = Field(8, ge=1, le=256)
+    request_timeout_s: float = Field(120.0, gt=0)
+    device: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("allowed: a registered verifier name")
+        return value.strip()
+
+    @field_validator("choice_of_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRIC_NAMES:
+            raise ValueError(f"allowed: {', '.join(METRIC_NAMES)}")
+        return value
+
+
+class SearchArgs(_Frozen):
+    """The search over initial noises (tt-scale-flux's `search_args`)."""
+
+    search_method: Literal["random"] = "random"
+    search_rounds: int = Field(4, ge=1, le=16)
+    # Round r (1-based) draws initial_pool_size * 2**(r-1) noises: 2, 4, 8, ... by default.
+    initial_pool_size: int = Field(2, ge=1)
+
+    def pool_size(self, search_round: int) -> int:
+        return self.initial_pool_size * 2 ** (search_round - 1)
+
+
+class PromptSource(_Frozen):
+    """Where prompts come from: one `prompt`, or the first `num_prompts` of a dataset."""
+
+    prompt: str | None = None
+    dataset: str = DEFAULT_DATASET
+    dataset_split: str = "train"
+    prompt_column: str = "prompt"
+    num_prompts: int | Literal["all"] | None = 2
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("allowed: a non-empty text")
+        return value
+
+    @field_validator("num_prompts", mode="before")
+    @classmethod
+    def _num_prompts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("none", "null", ""):
+                return None
+            if text == "all":
+                return "all"
+            if text.isdigit():
+                value = int(text)
+            else:
+                raise ValueError("allowed: a positive integer or 'all'")
+        if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+            raise ValueError("allowed: a positive integer or 'all'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PromptSource":
+        if self.prompt is None and self.num_prompts is None:
+            raise ValueError("num_prompts: received None, allowed: None only together with --prompt")
+        return self
+
+
+class RunConfig(_Frozen):
+    """Everything one run needs. Only `search_identity()` fields decide what the images are."""
+
+    pretrained_model_name_or_path: str = DEFAULT_MODEL
+    torch_dtype: str = "bf16"
+    device: str = "auto"
+    use_low_gpu_vram: bool = False
+    batch_size_for_img_gen: int = Field(4, ge=1, le=256)
+    seed: int = Field(0, ge=0, lt=2**63)
+    pipeline_call_args: PipelineCallArgs = Field(default_factory=PipelineCallArgs)
+    verifier_args: VerifierArgs = Field(default_factory=VerifierArgs)
+    search_args: SearchArgs = Field(default_factory=SearchArgs)
+    prompts: PromptSource = Field(default_factory=PromptSource)
+    output_dir: Path = Path("output")
+    prompts_per_batch: int = Field(8, ge=1)
+    verifier_rpm: int | None = Field(None, ge=1)
+
+    @field_validator("torch_dtype", mode="before")
+    @classmethod
+    def _dtype(cls, value: Any) -> str:
+        text = str(value).strip().lower().removeprefix("torch.")
+        text = _DTYPE_ALIASES.get(text, text)
+        if text not in TORCH_DTYPES:
+            raise ValueError(f"allowed: {', '.join(TORCH_DTYPES)} (or bfloat16, float16, float32)")
+        return text
+
+    @field_validator("pretrained_model_name_or_path")
+    @classmethod
+    def _model_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("allowed: a hub id, a local folder or 'tiny-flux'")
+        return value.strip()
+
+    def search_identity(self) -> dict[str, Any]:
+        """What decides every candidate's image and grade; the output folder is named by its hash."""
+        verifier = self.verifier_args
+        return {
+            "model": self.pretrained_model_name_or_path,
+            "torch_dtype": self.torch_dtype,
+            "seed": self.seed,
+            "pipeline_call_args": self.pipeline_call_args.model_dump(),
+            "search_args": self.search_args.model_dump(),
+            "verifier": {
+                "name": verifier.name,
+                "model_name": verifier.model_name,
+                "choice_of_metric": verifier.choice_of_metric,
+                "max_new_tokens": verifier.max_new_tokens,
+                "options": verifier.options,
+            },
+        }
+
+    def identity_hash(self) -> str:
+        blob = json.dumps(self.search_identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class ConfigError(ValueError):
+    """A bad input, with one line per problem naming the field, what was received and what is allowed."""
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "config"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; allowed: " + ", ".join(_allowed_fields(item["loc"]))
+        if not message.startswith(("allowed", "unknown", "received")) and "received" not in message:
+            message = "allowed: " + message[:1].lower() + message[1:]
+        received = item.get("input")
+        if isinstance(received, dict):
+            lines.append(f"{field}: {message}")
+        elif "received" in message:
+            lines.append(f"{field}: {message}")
+        else:
+            lines.append(f"{field}: received {received!r}, {message}")
+    return "\n".join(lines)
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
+
+
+def build_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a nested dict into a RunConfig, raising ConfigError with readable lines."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON, TOML or YAML config file into a nested dict (tt-scale-flux's JSON keys included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: received {str(path)!r}, allowed: an existing .json, .toml or .yaml file")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config: received {str(path)!r}, allowed: a .json, .toml, .yaml or .yml file")
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"config: {str(path)!r} could not be parsed: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {str(path)!r} holds a {type(data).__name__}, allowed: a mapping of fields")
+    return _lift_tt_scale_flux_keys(data)
+
+
+def _lift_tt_scale_flux_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """tt-scale-flux puts prompt-source keys at the top level; ours nest them under `prompts`."""
+    data = dict(data)
+    prompt_keys = set(PromptSource.model_fields) & set(data)
+    if prompt_keys:
+        prompts = dict(data.get("prompts") or {})
+        prompts.update({key: data.pop(key) for key in prompt_keys})
+        data["prompts"] = prompts
+    return data
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `overrides` (e.g. CLI flags) over `base` (e.g. a config file)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

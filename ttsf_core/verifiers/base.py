@@ -1,0 +1,90 @@
+"""The one verifier protocol, the one grading schema and the one list of metric names."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+METRIC_NAMES: tuple[str, ...] = (
+    "accuracy_to_prompt",
+    "creativity_and_originality",
+    "visual_quality_and_realism",
+    "consistency_and_cohesion",
+    "emotional_or_thematic_resonance",
+    "overall_score",
+)
+SCORE_MIN = 0.0
+SCORE_MAX = 10.0
+
+
+class AspectGrade(BaseModel):
+    """One aspect: the reasoning first (so a model commits to it before scoring), then the score."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    explanation: str
+    score: float = Field(ge=SCORE_MIN, le=SCORE_MAX)
+
+
+class Grades(BaseModel):
+    """A verifier's grades for one image, one field per metric in METRIC_NAMES."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    accuracy_to_prompt: AspectGrade
+    creativity_and_originality: AspectGrade
+    visual_quality_and_realism: AspectGrade
+    consistency_and_cohesion: AspectGrade
+    emotional_or_thematic_resonance: AspectGrade
+    overall_score: AspectGrade
+
+    def score(self, metric: str) -> float:
+        if metric not in METRIC_NAMES:
+            raise ValueError(f"metric: received {metric!r}, allowed: {', '.join(METRIC_NAMES)}")
+        return getattr(self, metric).score
+
+    def scores(self) -> dict[str, float]:
+        return {name: getattr(self, name).score for name in METRIC_NAMES}
+
+
+# The schema and the list must never drift apart.
+if tuple(Grades.model_fields) != METRIC_NAMES:  # pragma: no cover - import-time guard
+    raise RuntimeError("Grades fields and METRIC_NAMES disagree")
+
+
+class VerifierError(Exception):
+    """A verifier answer that cannot be used (malformed, out of range, missing). Not retryable."""
+
+    def __init__(self, message: str, image_index: int | None = None):
+        super().__init__(message)
+        self.image_index = image_index
+
+
+class VerifierConfigError(VerifierError):
+    """The verifier cannot run as configured (missing key, wrong key, unknown model)."""
+
+
+class RetryableVerifierError(Exception):
+    """A transient failure (5xx, timeout, connection): the same request may succeed later."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimitError(RetryableVerifierError):
+    """HTTP 429: wait at least `retry_after` seconds (from the server's Retry-After) before retrying."""
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Grades images for one prompt. Returns one Grades per image, in INPUT order."""
+
+    name: str
+
+    def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]: ...
+
+
+def grades_from_scores(scores: dict[str, float], explanation: str) -> Grades:
+    """Build Grades from plain numbers (for verifiers that measure rather than explain)."""
+    return Grades(**{m: AspectGrade(explanation=explanation, score=scores[m]) for m in METRIC_NAMES})
