@@ -88,3 +88,32 @@ class Verifier(Protocol):
 def grades_from_scores(scores: dict[str, float], explanation: str) -> Grades:
     """Build Grades from plain numbers (for verifiers that measure rather than explain)."""
     return Grades(**{m: AspectGrade(explanation=explanation, score=scores[m]) for m in METRIC_NAMES})
+
+
+def parse_grades(text: str | None, image_index: int | None = None) -> Grades:
+    """Parse a model's JSON answer into Grades, or raise VerifierError naming the image.
+
+    Accepts the bare object, a ```json fenced block, or an object with chatter around it; each
+    aspect as {"explanation": ..., "score": ...}. Anything else is an error, never a None.
+    """
+    where = f"image {image_index}" if image_index is not None else "image"
+    if not text or not text.strip():
+        raise VerifierError(f"verifier answer for {where} is empty", image_index)
+    body = _json_object_text(text)
+    if body is None:
+        raise VerifierError(f"verifier answer for {where} holds no JSON object: {text[:200]!r}", image_index)
+    try:
+        return Grades.model_validate_json(body)
+    except ValueError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in getattr(error, "errors", lambda: [])()
+        ) or str(error)
+        raise VerifierError(f"verifier answer for {where} does not fit the grading schema: {problems}", image_index) from None
+
+
+def _json_object_text(text: str) -> str | None:
+    start = text.find("{")
+    end = text.rfind("}")
+    if start == -1 or end <= start:
+        return None
+    return text[start : end + 1]
