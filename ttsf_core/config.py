@@ -20,6 +20,12 @@ from ttsf_core.verifiers.base import METRIC_NAMES
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 DEFAULT_DATASET = "data-is-better-together/open-image-preferences-v1-binarized"
 TORCH_DTYPES = ("bf16", "fp16", "fp32")
+TINY_FLUX = "tiny-flux"
+# The offline tiny FLUX is for CPU runs in seconds: its own defaults, under anything given explicitly.
+TINY_FLUX_DEFAULTS: dict[str, Any] = {
+    "torch_dtype": "fp32",
+    "pipeline_call_args": {"height": 128, "width": 128, "num_inference_steps": 4},
+}
 _DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 
 
@@ -133,6 +139,13 @@ class RunConfig(_Frozen):
     output_dir: Path = Path("output")
     prompts_per_batch: int = Field(8, ge=1)
     verifier_rpm: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tiny_flux_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("pretrained_model_name_or_path") == TINY_FLUX:
+            return merge(TINY_FLUX_DEFAULTS, data)
+        return data
 
     @field_validator("torch_dtype", mode="before")
     @classmethod

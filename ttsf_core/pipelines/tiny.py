@@ -1,8 +1,11 @@
 """A tiny FLUX built entirely offline: local tokenizers, random weights under a fixed seed.
 
 It is saved with `save_pretrained` and loaded back through the very same `from_pretrained` path as
-FLUX.1-dev, so every code path a real run takes is exercised on a CPU in seconds. Component sizes
-follow diffusers' own FLUX pipeline tests; `width_multiplier` scales the transformer for benchmarks.
+FLUX.1-dev, so every code path a real run takes is exercised on a CPU in seconds. Text encoders
+and transformer widths follow diffusers' own FLUX pipeline tests; the latent geometry follows the real
+model (16 latent channels packed 2x2 into 64, a VAE that downsamples 8x), so 1024x1024 gives packed
+latents of shape (1, 4096, 64) exactly as FLUX.1-dev does. `width_multiplier` / `num_layers` scale
+the transformer for benchmarks.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-TINY_FLUX_NAME = "tiny-flux"
+from ttsf_core.config import TINY_FLUX as TINY_FLUX_NAME
 _BUILD_SEED = 0
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -44,9 +47,10 @@ def build_tiny_flux(width_multiplier: int = 1, num_layers: int = 1):
 
     torch.manual_seed(_BUILD_SEED)
     heads = 2 * width_multiplier
+    latent_channels = 16
     transformer = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=4,
+        in_channels=latent_channels * 4,
         num_layers=num_layers,
         num_single_layers=num_layers,
         attention_head_dim=16,
@@ -55,13 +59,16 @@ def build_tiny_flux(width_multiplier: int = 1, num_layers: int = 1):
         pooled_projection_dim=32,
         axes_dims_rope=[4, 4, 8],
     )
+    vae_blocks = (4, 4, 4, 4)
     vae = AutoencoderKL(
         sample_size=32,
         in_channels=3,
         out_channels=3,
-        block_out_channels=(4,),
+        block_out_channels=vae_blocks,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_blocks),
         layers_per_block=1,
-        latent_channels=1,
+        latent_channels=latent_channels,
         norm_num_groups=1,
         use_quant_conv=False,
         use_post_quant_conv=False,

@@ -1,0 +1,114 @@
+"""`ttsf` command line. Flags keep tt-scale-flux's names where it had them; a config file sets any
+field and flags override it. Every bad input is reported as one line before any model loads."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ttsf_core.config import ConfigError, build_config, merge, read_config_file
+from ttsf_core.verifiers.base import METRIC_NAMES, VerifierConfigError
+
+# flag -> (path in RunConfig, help). Values reach pydantic as given, so every flag is validated,
+# and reported, the same way as the same field in a config file.
+RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "prompt": (("prompts", "prompt"), "Search this one prompt (instead of a dataset)."),
+    "num_prompts": (("prompts", "num_prompts"), "How many dataset prompts: a positive integer or 'all' [2]. "
+                    "'None' is accepted with --prompt, as in tt-scale-flux."),
+    "dataset": (("prompts", "dataset"), "Hub dataset id, or a local .txt/.csv/.jsonl/.parquet file "
+                "[data-is-better-together/open-image-preferences-v1-binarized]."),
+    "dataset_split": (("prompts", "dataset_split"), "Split of a hub dataset [train]."),
+    "prompt_column": (("prompts", "prompt_column"), "Column holding prompts (hub, CSV, JSONL, parquet) [prompt]."),
+    "model": (("pretrained_model_name_or_path",), "Diffusers pipeline: hub id, local folder, or 'tiny-flux' "
+              "(an offline tiny FLUX for CPU runs) [black-forest-labs/FLUX.1-dev]."),
+    "torch_dtype": (("torch_dtype",), "bf16, fp16 or fp32 [bf16]."),
+    "device": (("device",), "Device for the pipeline: auto, cuda, cuda:N, cpu, mps [auto]."),
+    "height": (("pipeline_call_args", "height"), "Image height in pixels [1024]."),
+    "width": (("pipeline_call_args", "width"), "Image width in pixels [1024]."),
+    "num_inference_steps": (("pipeline_call_args", "num_inference_steps"), "Denoising steps [50]."),
+    "guidance_scale": (("pipeline_call_args", "guidance_scale"), "Guidance scale [3.5]."),
+    "max_sequence_length": (("pipeline_call_args", "max_sequence_length"), "T5 max tokens [512]."),
+    "search_rounds": (("search_args", "search_rounds"), "Search rounds R; round r draws 2**r noises [4]."),
+    "initial_pool_size": (("search_args", "initial_pool_size"), "Noises in round 1; doubles each round [2]."),
+    "verifier_to_use": (("verifier_args", "name"), "gemini, qwen, imagestats, or an installed plugin [gemini]."),
+    "verifier_model": (("verifier_args", "model_name"), "The verifier's model [its own default]."),
+    "choice_of_metric": (("verifier_args", "choice_of_metric"),
+                         f"Metric that picks each round's best: {', '.join(METRIC_NAMES)} [overall_score]."),
+    "verifier_concurrency": (("verifier_args", "max_concurrency"), "Verifier requests in flight at once [8]."),
+    "batch_size_for_img_gen": (("batch_size_for_img_gen",), "Candidates generated per pipeline call [4]."),
+    "seed": (("seed",), "Base seed; every candidate's seed derives from it, the prompt, round, index [0]."),
+    "output_dir": (("output_dir",), "Where run folders go [output]."),
+}
+
+
+def _flags_to_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for flag, value in values.items():
+        if value is None or flag not in RUN_FLAGS:
+            continue
+        *parents, leaf = RUN_FLAGS[flag][0]
+        node = overrides
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return overrides
+
+
+def _flag_names(message: str) -> str:
+    """Name the flag a user typed next to the config field it sets."""
+    for flag, (path, _) in RUN_FLAGS.items():
+        dotted = ".".join(path)
+        if message.startswith(dotted + ":"):
+            return f"--{flag} ({dotted}):" + message[len(dotted) + 1 :]
+    return message
+
+
+def config_from_options(options: dict[str, Any]):
+    file_data = read_config_file(options["config"]) if options.get("config") else {}
+    overrides = _flags_to_overrides(options)
+    if options.get("use_low_gpu_vram"):
+        overrides["use_low_gpu_vram"] = True
+    if options.get("prompt") is not None and options.get("num_prompts") is None:
+        overrides.setdefault("prompts", {})["num_prompts"] = None  # one prompt: no dataset count
+    return build_config(merge(file_data, overrides))
+
+
+def fail(message: str, code: int = 2) -> None:
+    for line in message.splitlines():
+        click.echo(f"ttsf: error: {_flag_names(line)}", err=True)
+    sys.exit(code)
+
+
+def run_options(function):
+    for flag in reversed(RUN_FLAGS):
+        function = click.option(f"--{flag}", flag, default=None, help=RUN_FLAGS[flag][1])(function)
+    function = click.option("--use_low_gpu_vram", is_flag=True, default=False,
+                            help="Diffusers' model CPU offload: each component on the GPU only while it runs.")(function)
+    function = click.option("--config", "--pipeline_config_path", "config", default=None,
+                            help="JSON, TOML or YAML file setting any field (tt-scale-flux configs load as they are); "
+                                 "flags override it.")(function)
+    return function
+
+
+@click.group()
+def main() -> None:
+    """ttsf: inference-time scaling for text-to-image diffusion by searching over initial noises."""
+
+
+@main.command("run")
+@run_options
+def run_command(**options: Any) -> None:
+    """Search noises for each prompt, grade every image, record each round's best."""
+    from ttsf_core.cli_run import run_and_print
+
+    try:
+        config = config_from_options(options)
+    except ConfigError as error:
+        fail(str(error))
+    run_and_print(config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,108 @@
+"""Candidates -> images. Each prompt is encoded once and its embeddings reused for every candidate."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from ttsf_core.config import RunConfig
+from ttsf_core.noise import draw_latents, supports_explicit_latents
+
+_ENCODINGS_KEPT = 16  # prompts in flight at once are few; keep their embeddings, drop the rest
+
+
+@dataclass
+class GenerationCounts:
+    prompt_encodings: int = 0
+    pipeline_calls: int = 0
+    images: int = 0
+
+
+@dataclass
+class CandidateGenerator:
+    """Generates images for (prompt, seeds) with a loaded pipeline, in batches of batch_size."""
+
+    pipe: object
+    config: RunConfig
+    counts: GenerationCounts = field(default_factory=GenerationCounts)
+
+    def __post_init__(self):
+        self._encodings: OrderedDict[str, dict] = OrderedDict()
+        self._lock = threading.Lock()  # one pipeline, many callers (threads): one call at a time
+        accepted = inspect.signature(self.pipe.__call__).parameters
+        self._explicit = supports_explicit_latents(self.pipe) and "prompt_embeds" in accepted
+        self._passes_sequence_length = "max_sequence_length" in accepted
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size_for_img_gen
+
+    def encode(self, prompt: str) -> dict:
+        """Pipeline keyword arguments carrying the prompt, computed once per prompt."""
+        if prompt in self._encodings:
+            self._encodings.move_to_end(prompt)
+            return self._encodings[prompt]
+        encoding = self._encode(prompt)
+        self.counts.prompt_encodings += 1
+        self._encodings[prompt] = encoding
+        while len(self._encodings) > _ENCODINGS_KEPT:
+            self._encodings.popitem(last=False)
+        return encoding
+
+    def _encode(self, prompt: str) -> dict:
+        if not self._explicit:
+            return {"prompt": prompt}
+        with torch.no_grad():
+            prompt_embeds, pooled, _ = self.pipe.encode_prompt(
+                prompt=prompt,
+                prompt_2=prompt,
+                device=self.pipe._execution_device,
+                num_images_per_prompt=1,
+                max_sequence_length=self.config.pipeline_call_args.max_sequence_length,
+            )
+        return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
+
+    def generate(self, prompt: str, seeds: list[int]) -> list[Image.Image]:
+        images: list[Image.Image] = []
+        for start in range(0, len(seeds), self.batch_size):
+            images.extend(self._generate_batch(prompt, seeds[start : start + self.batch_size]))
+        return images
+
+    def _generate_batch(self, prompt: str, seeds: list[int]) -> list[Image.Image]:
+        with self._lock:
+            kwargs = self._call_kwargs(self.encode(prompt), seeds)
+            output = self.pipe(**kwargs)
+            self.counts.pipeline_calls += 1
+            self.counts.images += len(seeds)
+        return list(output.images)
+
+    def _call_kwargs(self, encoding: dict, seeds: list[int]) -> dict:
+        args = self.config.pipeline_call_args
+        kwargs = {
+            "height": args.height,
+            "width": args.width,
+            "guidance_scale": args.guidance_scale,
+            "num_inference_steps": args.num_inference_steps,
+            "output_type": "pil",
+        }
+        if self._passes_sequence_length:
+            kwargs["max_sequence_length"] = args.max_sequence_length
+        if self._explicit:
+            device = self.pipe._execution_device
+            dtype = encoding["prompt_embeds"].dtype
+            kwargs["latents"] = draw_latents(self.pipe, seeds, args.height, args.width).to(device, dtype)
+            kwargs.update({name: _repeat(tensor, len(seeds)) for name, tensor in encoding.items()})
+        else:
+            # Other pipelines draw their own noise: one CPU generator per candidate keeps it per-seed.
+            kwargs["prompt"] = [encoding["prompt"]] * len(seeds)
+            kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        return kwargs
+
+
+def _repeat(tensor: torch.Tensor, times: int) -> torch.Tensor:
+    return tensor.repeat(times, *([1] * (tensor.dim() - 1)))

@@ -1,0 +1,80 @@
+"""Prompts from one `--prompt`, a local .txt/.csv/.jsonl/.parquet file, or a hub dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ttsf_core.config import ConfigError, PromptSource
+
+LOCAL_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
+
+
+def load_prompts(source: PromptSource) -> list[str]:
+    """The prompts to search, in dataset order, blank lines dropped, duplicates kept once."""
+    if source.prompt is not None:
+        return [source.prompt.strip()]
+    limit = None if source.num_prompts == "all" else source.num_prompts
+    if _looks_local(source.dataset):
+        texts = _read_local(source, limit)
+    else:
+        texts = _read_hub(source, limit)
+    prompts = list(dict.fromkeys(text.strip() for text in texts if isinstance(text, str) and text.strip()))
+    if not prompts:
+        raise ConfigError(f"dataset: received {source.dataset!r}, which holds no non-empty prompts")
+    return prompts[:limit] if limit else prompts
+
+
+def _looks_local(dataset: str) -> bool:
+    return Path(dataset).suffix.lower() in LOCAL_SUFFIXES or Path(dataset).exists()
+
+
+def _read_local(source: PromptSource, limit: int | None) -> list:
+    path = Path(source.dataset)
+    suffix = path.suffix.lower()
+    if not path.is_file() or suffix not in LOCAL_SUFFIXES:
+        raise ConfigError(
+            f"dataset: received {source.dataset!r}, allowed: a readable {'/'.join(LOCAL_SUFFIXES)} file or a hub dataset id"
+        )
+    try:
+        if suffix == ".txt":
+            return path.read_text(encoding="utf-8").splitlines()
+        frame = {
+            ".csv": lambda: pd.read_csv(path),
+            ".jsonl": lambda: pd.read_json(path, lines=True),
+            ".parquet": lambda: pd.read_parquet(path, columns=[source.prompt_column]),
+        }[suffix]()
+    except (OSError, UnicodeDecodeError, ValueError, KeyError) as error:
+        raise ConfigError(f"dataset: {source.dataset!r} could not be read: {error}".splitlines()[0]) from None
+    return _column(frame, source)
+
+
+def _column(frame: pd.DataFrame, source: PromptSource) -> list:
+    if source.prompt_column not in frame.columns:
+        raise ConfigError(
+            f"prompt_column: received {source.prompt_column!r}, allowed: one of {', '.join(map(str, frame.columns))}"
+        )
+    return frame[source.prompt_column].tolist()
+
+
+def _read_hub(source: PromptSource, limit: int | None) -> list:
+    import datasets
+
+    try:
+        # Streaming reads only the rows needed; the prompt column alone avoids decoding images.
+        stream = datasets.load_dataset(source.dataset, split=source.dataset_split, streaming=True)
+        if source.prompt_column not in (stream.column_names or [source.prompt_column]):
+            raise ConfigError(
+                f"prompt_column: received {source.prompt_column!r}, allowed: one of {', '.join(stream.column_names)}"
+            )
+        rows = stream.select_columns([source.prompt_column])
+        rows = rows.take(limit * 2) if limit else rows  # head-room for blank or repeated prompts
+        return [row[source.prompt_column] for row in rows]
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the hub raises many types; all mean "unreadable"
+        raise ConfigError(
+            f"dataset: received {source.dataset!r}, which could not be loaded ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); allowed: a hub dataset id or a local file"
+        ) from None

@@ -1,0 +1,340 @@
+"""Turn a run folder's round records into tables, an HTML page, a scaling curve, collages and a zip.
+
+Everything is rebuilt from the records on disk alone, so a report can be made for any run folder -
+finished, half-finished or copied elsewhere - without the config, the model or the verifier.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+from ttsf_core.records import (
+    CandidateRecord,
+    RoundRecord,
+    atomic_write_bytes,
+    iter_round_records,
+    png_bytes,
+    resolve_image,
+    safe_slug,
+)
+from ttsf_core.verifiers.base import METRIC_NAMES
+
+REPORT_DIRNAME = "report"
+BASE_COLUMNS: tuple[str, ...] = (
+    "prompt_index",
+    "prompt",
+    "search_round",
+    "num_noises",
+    "images_generated",
+    "best_score",
+    "best_so_far",
+    "best_noise_seed",
+    "best_index",
+    "choice_of_metric",
+    "best_img_path",
+)
+COLUMNS: tuple[str, ...] = BASE_COLUMNS + METRIC_NAMES
+THUMBNAIL_PX = 160
+# Zip entries carry a timestamp; a fixed one makes the archive byte-identical across rebuilds.
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The paths `build_report` wrote."""
+
+    folder: Path
+    parquet: Path
+    csv: Path
+    html: Path
+    scaling_curve: Path
+    best_images_zip: Path
+    collages: tuple[Path, ...]
+
+
+# ---------------------------------------------------------------- the table
+
+
+def report_dataframe(run_dir: str | Path) -> pd.DataFrame:
+    """One row per (prompt, round): the round's best datapoint, with cumulative cost and best-so-far."""
+    run_dir = Path(run_dir)
+    found = iter_round_records(run_dir)
+    if not found:
+        raise ValueError(f"no round records under {run_dir} (looked for {run_dir}/prompts/*/round_*.json)")
+    frame = pd.DataFrame([_row(path, record) for path, record in found], columns=list(COLUMNS))
+    _check_unique_rounds(frame, run_dir)
+    frame = frame.sort_values(["prompt_index", "search_round"], kind="stable").reset_index(drop=True)
+    by_prompt = frame.groupby("prompt_index", sort=False)
+    frame["images_generated"] = by_prompt["num_noises"].cumsum()
+    frame["best_so_far"] = by_prompt["best_score"].cummax()
+    return frame
+
+
+def _row(path: Path, record: RoundRecord) -> dict:
+    best = _best_candidate(path, record)
+    return {
+        "prompt_index": record.prompt_index,
+        "prompt": record.prompt,
+        "search_round": record.search_round,
+        "num_noises": record.num_noises,
+        "images_generated": 0,  # cumulative over the rounds on disk, filled once all are read
+        "best_score": float(record.best_score),
+        "best_so_far": 0.0,
+        "best_noise_seed": record.best_noise_seed,
+        "best_index": record.best_index,
+        "choice_of_metric": record.choice_of_metric,
+        "best_img_path": str(resolve_image(path, record.best_img_path).absolute()),
+        **best.grades.scores(),
+    }
+
+
+def _best_candidate(path: Path, record: RoundRecord) -> CandidateRecord:
+    for candidate in record.candidates:
+        if candidate.index == record.best_index:
+            return candidate
+    indices = [candidate.index for candidate in record.candidates]
+    raise ValueError(f"round record {path}: best_index {record.best_index} is not among candidate indices {indices}")
+
+
+def _check_unique_rounds(frame: pd.DataFrame, run_dir: Path) -> None:
+    # Two records for one (prompt, round) would silently collide in the zip and the collages.
+    dupes = frame[frame.duplicated(["prompt_index", "search_round"], keep=False)]
+    if not dupes.empty:
+        pairs = sorted(set(zip(dupes["prompt_index"], dupes["search_round"])))
+        raise ValueError(f"run folder {run_dir} holds several records for (prompt_index, search_round) {pairs}")
+
+
+# ---------------------------------------------------------------- the files
+
+
+def build_report(run_dir: str | Path) -> ReportFiles:
+    """Write report.parquet/.csv/.html, scaling_curve.png, collages/ and best_images.zip under run_dir/report."""
+    run_dir = Path(run_dir)
+    frame = report_dataframe(run_dir)
+    folder = run_dir / REPORT_DIRNAME
+    parquet, csv, page = folder / "report.parquet", folder / "report.csv", folder / "report.html"
+    curve_path, zip_path = folder / "scaling_curve.png", folder / "best_images.zip"
+    atomic_write_bytes(parquet, _parquet_bytes(frame))
+    atomic_write_bytes(csv, frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
+    curve = scaling_curve_png(frame)
+    atomic_write_bytes(curve_path, curve)
+    collages = tuple(_write_collage(folder / "collages", rounds) for _, rounds in frame.groupby("prompt_index", sort=True))
+    _write_best_images_zip(zip_path, frame)
+    atomic_write_bytes(page, report_html(frame, run_dir, curve).encode("utf-8"))
+    return ReportFiles(folder, parquet, csv, page, curve_path, zip_path, collages)
+
+
+def _write_collage(folder: Path, rounds: pd.DataFrame) -> Path:
+    first = rounds.iloc[0]
+    path = folder / f"p{int(first['prompt_index']):04d}_{safe_slug(str(first['prompt']))}.png"
+    atomic_write_bytes(path, png_bytes(collage(rounds)))
+    return path
+
+
+def _zip_name(row) -> str:
+    return f"p{row.prompt_index:04d}_r{row.search_round:02d}_s{row.best_noise_seed}.png"
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _write_best_images_zip(path: Path, frame: pd.DataFrame) -> None:
+    # Streamed to a temp file rather than built in memory: a dataset-sized run has thousands of
+    # full-size PNGs. Same temp-then-rename contract as records.atomic_write_bytes.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            # PNGs are already compressed; storing keeps the build fast and the bytes identical.
+            with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
+                for row in frame.itertuples(index=False):
+                    info = zipfile.ZipInfo(_zip_name(row), date_time=ZIP_DATE_TIME)
+                    info.external_attr = 0o644 << 16
+                    archive.writestr(info, Path(row.best_img_path).read_bytes())
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def scaling_curve_png(frame: pd.DataFrame) -> bytes:
+    """Mean best score and mean best-so-far per round against cumulative images per prompt."""
+    per_round = _per_round_means(frame)
+    figure = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(figure)  # explicit Agg: never touch pyplot's global backend from a library
+    axes = figure.add_subplot()
+    x = per_round["images_generated"]
+    axes.plot(x, per_round["best_score"], marker="o", label="mean best score of the round")
+    axes.plot(x, per_round["best_so_far"], marker="s", linestyle="--", label="mean best so far")
+    for search_round, x_value, y_value in zip(per_round.index, x, per_round["best_so_far"]):
+        axes.annotate(f"r{search_round}", (x_value, y_value), textcoords="offset points", xytext=(0, 8), ha="center")
+    axes.set_xlabel("images generated per prompt")
+    axes.set_ylabel(f"best {_metric_label(frame)}")
+    axes.set_title(f"inference-time scaling ({frame['prompt_index'].nunique()} prompts)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    # Without the Software stamp the PNG does not change with the matplotlib version.
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _per_round_means(frame: pd.DataFrame) -> pd.DataFrame:
+    columns = ["images_generated", "best_score", "best_so_far"]
+    means = frame.groupby("search_round", sort=True)[columns].mean()
+    means["prompts"] = frame.groupby("search_round", sort=True)["prompt_index"].nunique()
+    return means
+
+
+def _metric_label(frame: pd.DataFrame) -> str:
+    return " / ".join(sorted(frame["choice_of_metric"].unique()))
+
+
+def collage(rounds: pd.DataFrame) -> Image.Image:
+    """One prompt's round winners side by side, each over a caption strip 'round r · score s'."""
+    images = [_load_rgb(path) for path in rounds["best_img_path"]]
+    font_px = min(max(min(image.width for image in images) // 16, 9), 32)
+    font = _caption_font(font_px)
+    height = max(image.height for image in images)
+    strip = 2 * int(font_px * 1.3) + 8  # room for two lines when one does not fit a small tile
+    sheet = Image.new("RGB", (sum(image.width for image in images), height + strip), "white")
+    draw = ImageDraw.Draw(sheet)
+    left = 0
+    for image, row in zip(images, rounds.itertuples(index=False)):
+        sheet.paste(image, (left, 0))
+        caption = f"round {row.search_round} · score {row.best_score:.2f}"
+        if draw.textlength(caption, font=font) > image.width - 6:
+            caption = caption.replace(" · ", "\n")
+        # Clip to the tile so a long caption never spills onto its neighbour.
+        tile = Image.new("RGB", (image.width, strip), "white")
+        ImageDraw.Draw(tile).multiline_text((3, 4), caption, fill="black", font=font, spacing=2)
+        sheet.paste(tile, (left, height))
+        left += image.width
+    return sheet
+
+
+def _caption_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError):  # Pillow without FreeType: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _load_rgb(path: str | Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _thumbnail_data_uri(path: str | Path) -> str:
+    image = _load_rgb(path)
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ---------------------------------------------------------------- html and markdown
+
+
+def report_html(frame: pd.DataFrame, run_dir: Path, curve_png: bytes) -> str:
+    """A self-contained page: every image is an embedded data URI, so the file can be mailed alone."""
+    esc = html.escape
+    rounds = sorted(frame["search_round"].unique().tolist())
+    head = "".join(f"<th>round {r}</th>" for r in rounds)
+    body = "\n".join(_html_prompt_row(prompt_rows, rounds) for _, prompt_rows in frame.groupby("prompt_index", sort=True))
+    curve = "data:image/png;base64," + base64.b64encode(curve_png).decode("ascii")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>ttsf report - {esc(run_dir.name)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #ccc; padding: 6px; vertical-align: top; text-align: center; }}
+td.prompt {{ text-align: left; max-width: 28em; white-space: pre-wrap; }}
+.meta {{ font-size: 0.85em; color: #333; }}
+</style></head><body>
+<h1>ttsf report</h1>
+<p class="meta">run folder: <code>{esc(str(run_dir.absolute()))}</code> · metric: {esc(_metric_label(frame))} ·
+prompts: {frame["prompt_index"].nunique()}</p>
+<h2>Scaling curve</h2>
+<img src="{curve}" alt="scaling curve">
+<h2>Best image per round</h2>
+<table>
+<thead><tr><th>#</th><th>prompt</th>{head}<th>best so far</th></tr></thead>
+<tbody>
+{body}
+</tbody></table>
+</body></html>
+"""
+
+
+def _html_prompt_row(prompt_rows: pd.DataFrame, rounds: list[int]) -> str:
+    esc = html.escape
+    by_round = {row.search_round: row for row in prompt_rows.itertuples(index=False)}
+    first = prompt_rows.iloc[0]
+    cells = []
+    for search_round in rounds:
+        row = by_round.get(search_round)
+        if row is None:  # round not finished yet for this prompt
+            cells.append("<td>-</td>")
+            continue
+        cells.append(
+            f'<td><img src="{_thumbnail_data_uri(row.best_img_path)}" alt="round {search_round} best"><br>'
+            f'<span class="meta">score {row.best_score:.3f}<br>seed {row.best_noise_seed}<br>'
+            f"{row.images_generated} images</span></td>"
+        )
+    return (
+        f"<tr><td>{int(first['prompt_index'])}</td><td class=\"prompt\">{esc(str(first['prompt']))}</td>"
+        f"{''.join(cells)}<td>{prompt_rows['best_so_far'].max():.3f}</td></tr>"
+    )
+
+
+def summary_markdown(frame: pd.DataFrame, run_dir: str | Path) -> str:
+    """A short markdown summary (e.g. for a Prefect artifact): per-round means, the gain, the files."""
+    folder = Path(run_dir) / REPORT_DIRNAME
+    per_round = _per_round_means(frame)
+    first, last = per_round.iloc[0], per_round.iloc[-1]
+    lines = [
+        f"**{frame['prompt_index'].nunique()} prompts**, metric `{_metric_label(frame)}`, "
+        f"rounds {per_round.index.min()}-{per_round.index.max()}",
+        "",
+        "| round | images per prompt | prompts | mean best score | mean best so far |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for search_round, row in per_round.iterrows():
+        lines.append(
+            f"| {search_round} | {row['images_generated']:g} | {int(row['prompts'])} "
+            f"| {row['best_score']:.3f} | {row['best_so_far']:.3f} |"
+        )
+    gain = last["best_score"] - first["best_score"]
+    lines += [
+        "",
+        f"Gain from round {per_round.index[0]} to round {per_round.index[-1]}: "
+        f"{first['best_score']:.3f} → {last['best_score']:.3f} ({gain:+.3f}); "
+        f"best so far reaches {last['best_so_far']:.3f}.",
+        "",
+        f"Files in `{folder}`: report.html, report.csv, report.parquet, scaling_curve.png, "
+        "best_images.zip, collages/",
+    ]
+    return "\n".join(lines) + "\n"
