@@ -26,6 +26,8 @@ TINY_FLUX_DEFAULTS: dict[str, Any] = {
     "torch_dtype": "fp32",
     "pipeline_call_args": {"height": 128, "width": 128, "num_inference_steps": 4},
 }
+# Verifier options that only say how the API is reached; they never change a grade.
+TRANSPORT_OPTIONS = ("base_url", "api_version")
 _DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
 
 
@@ -55,6 +57,12 @@ class VerifierArgs(_Frozen):
     request_timeout_s: float = Field(120.0, gt=0)
     device: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+
+    def grading_identity(self) -> dict[str, Any]:
+        """What decides a grade: not concurrency, timeouts or where the API is reached."""
+        options = {k: v for k, v in self.options.items() if k not in TRANSPORT_OPTIONS}
+        return {"name": self.name, "model_name": self.model_name, "max_new_tokens": self.max_new_tokens,
+                "options": options}
 
     @field_validator("name")
     @classmethod
@@ -137,8 +145,14 @@ class RunConfig(_Frozen):
     search_args: SearchArgs = Field(default_factory=SearchArgs)
     prompts: PromptSource = Field(default_factory=PromptSource)
     output_dir: Path = Path("output")
+    # Orchestration (Prefect): none of these change an image or a grade.
     prompts_per_batch: int = Field(8, ge=1)
     verifier_rpm: int | None = Field(None, ge=1)
+    verifier_retries: int = Field(6, ge=0, le=50)
+    task_workers: int = Field(16, ge=1, le=256)
+    # None: a local folder beside the run (output_dir/.prefect-results); else a Prefect storage block
+    # slug such as "s3-bucket/ttsf-results", or a local path.
+    result_storage: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -172,13 +186,7 @@ class RunConfig(_Frozen):
             "seed": self.seed,
             "pipeline_call_args": self.pipeline_call_args.model_dump(),
             "search_args": self.search_args.model_dump(),
-            "verifier": {
-                "name": verifier.name,
-                "model_name": verifier.model_name,
-                "choice_of_metric": verifier.choice_of_metric,
-                "max_new_tokens": verifier.max_new_tokens,
-                "options": verifier.options,
-            },
+            "verifier": verifier.grading_identity() | {"choice_of_metric": verifier.choice_of_metric},
         }
 
     def identity_hash(self) -> str:

@@ -43,11 +43,21 @@ def _read_local(source: PromptSource, limit: int | None) -> list:
         frame = {
             ".csv": lambda: pd.read_csv(path),
             ".jsonl": lambda: pd.read_json(path, lines=True),
-            ".parquet": lambda: pd.read_parquet(path, columns=[source.prompt_column]),
+            ".parquet": lambda: _read_parquet_column(path, source),
         }[suffix]()
     except (OSError, UnicodeDecodeError, ValueError, KeyError) as error:
         raise ConfigError(f"dataset: {source.dataset!r} could not be read: {error}".splitlines()[0]) from None
     return _column(frame, source)
+
+
+def _read_parquet_column(path: Path, source: PromptSource) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    # Read the one column: preference datasets carry image columns far larger than the prompts.
+    names = pq.read_schema(path).names
+    if source.prompt_column not in names:
+        return pd.DataFrame(columns=names)
+    return pd.read_parquet(path, columns=[source.prompt_column])
 
 
 def _column(frame: pd.DataFrame, source: PromptSource) -> list:

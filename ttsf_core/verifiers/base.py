@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Protocol, Sequence, runtime_checkable
 
 from PIL import Image
@@ -24,7 +25,8 @@ class AspectGrade(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     explanation: str
-    score: float = Field(ge=SCORE_MIN, le=SCORE_MAX)
+    # Strict: a "high" or true is a broken answer, not a 1.0.
+    score: float = Field(ge=SCORE_MIN, le=SCORE_MAX, strict=True)
 
 
 class Grades(BaseModel):
@@ -112,8 +114,20 @@ def parse_grades(text: str | None, image_index: int | None = None) -> Grades:
 
 
 def _json_object_text(text: str) -> str | None:
+    """The largest JSON object in the text (chatter may hold braces of its own), re-serialised."""
+    decoder = json.JSONDecoder()
+    found = None
     start = text.find("{")
-    end = text.rfind("}")
-    if start == -1 or end <= start:
-        return None
-    return text[start : end + 1]
+    while start != -1:
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(value, dict) and (found is None or len(value) > len(found)):
+            found = value
+        start = text.find("{", end)
+    if found is None:
+        start = text.find("{")
+        return text[start : text.rfind("}") + 1] if start != -1 and text.rfind("}") > start else None
+    return json.dumps(found)

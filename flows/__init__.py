@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only (no tensor math, no file formats)."""

@@ -1,0 +1,97 @@
+"""One batch of prompts: for each prompt and round, generate -> verify -> select -> write.
+
+Generation runs on the flow's own thread, one round after another (one GPU); each round's
+verifications are submitted to the task runner's bounded thread pool, so the next round is being
+generated while the previous one is graded. Finished rounds (record on disk) are not resubmitted.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact, update_progress_artifact
+from pydantic import BaseModel
+from prefect.futures import as_completed
+
+from tasks.generate import generate_task
+from tasks.record import finish_round_task
+from tasks.verify import verify_task
+from ttsf_core import rounds
+from ttsf_core.config import RunConfig
+from ttsf_core.records import RunLayout, read_round_record
+
+TABLE_COLUMNS = ("prompt_index", "search_round", "num_noises", "best_noise_seed", "best_score", "best_img_path")
+
+
+class ProgressRef(BaseModel):
+    """The dataset run's progress artifact, and how many prompts finished before this batch."""
+
+    artifact_id: UUID
+    total_prompts: int
+    done_before: int
+
+    def update(self, done_in_batch: int) -> None:
+        done = self.done_before + done_in_batch
+        update_progress_artifact(self.artifact_id, progress=100.0 * done / max(self.total_prompts, 1))
+
+
+@flow(name="search-batch", flow_run_name="batch-{batch_index}")
+def search_batch(
+    config: RunConfig,
+    batch_index: int,
+    prompts: list[tuple[int, str]],
+    rpm_limit_name: str | None = None,
+    progress: ProgressRef | None = None,
+) -> list[dict]:
+    logger = get_run_logger()
+    layout = RunLayout(config)
+    verify = verify_task.with_options(retries=config.verifier_retries)
+    records, pending = [], []
+    for prompt_index, prompt in prompts:
+        for search_round in range(1, config.search_args.search_rounds + 1):
+            done = read_round_record(layout.record_path(prompt, search_round))
+            if done is not None:
+                records.append(done.model_dump(mode="json"))
+                continue
+            seeds = rounds.plan(config, prompt, search_round)
+            written = generate_task(config, prompt_index, prompt, search_round, seeds)
+            grades = [
+                verify.submit(config.verifier_args, prompt, prompt_index, search_round, index,
+                              item["path"], item["sha256"], rpm_limit_name)
+                for index, item in enumerate(written)
+            ]
+            pending.append(finish_round_task.submit(config, prompt_index, prompt, search_round, written, grades))
+    records += _collect(pending, logger, progress, config.search_args.search_rounds, records)
+    _table(batch_index, records)
+    return records
+
+
+def _collect(pending, logger, progress, rounds_per_prompt: int, already: list[dict]) -> list[dict]:
+    """Wait for every round (so all that can finish does), then raise the first failure."""
+    finished, failures = [], []
+    rounds_done: dict[int, int] = {}
+    for record in already:
+        rounds_done[record["prompt_index"]] = rounds_done.get(record["prompt_index"], 0) + 1
+    for future in as_completed(pending):
+        try:
+            record = future.result()
+        except Exception as error:  # noqa: BLE001 - reported after the other rounds finish
+            failures.append(error)
+            continue
+        finished.append(record)
+        logger.info("prompt %d round %d: best %s = %.3f (seed %d)", record["prompt_index"], record["search_round"],
+                    record["choice_of_metric"], record["best_score"], record["best_noise_seed"])
+        rounds_done[record["prompt_index"]] = rounds_done.get(record["prompt_index"], 0) + 1
+        if progress is not None and rounds_done[record["prompt_index"]] == rounds_per_prompt:
+            progress.update(sum(count == rounds_per_prompt for count in rounds_done.values()))
+    if failures:
+        raise failures[0]
+    return finished
+
+
+def _table(batch_index: int, records: list[dict]) -> None:
+    rows = sorted(({column: record[column] for column in TABLE_COLUMNS} for record in records),
+                  key=lambda row: (row["prompt_index"], row["search_round"]))
+    create_table_artifact(table=rows, key=f"ttsf-batch-{batch_index}-best",
+                          description=f"Batch {batch_index}: each round's best datapoint")

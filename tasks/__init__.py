@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over ttsf_core: generate, verify, select-and-write."""

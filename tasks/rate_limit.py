@@ -1,0 +1,38 @@
+"""The verifier's requests-per-minute budget, shared by every batch and worker through one Prefect
+global concurrency limit (created here when missing: an uncreated limit would not block)."""
+
+from __future__ import annotations
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.exceptions import ObjectNotFound
+
+from ttsf_core.config import RunConfig
+
+
+def rpm_limit_name(config: RunConfig) -> str | None:
+    if config.verifier_rpm is None:
+        return None
+    return f"ttsf-verifier-{config.verifier_args.name}-rpm"
+
+
+def ensure_rpm_limit(config: RunConfig) -> str | None:
+    """Create or update the limit so it allows `verifier_rpm` requests a minute; return its name."""
+    name = rpm_limit_name(config)
+    if name is None:
+        return None
+    rpm = config.verifier_rpm
+    # A burst of at most a tenth of a minute's budget, refilled continuously at rpm/60 a second.
+    slots = max(1, rpm // 10)
+    decay = rpm / 60.0
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+            client.update_global_concurrency_limit(
+                name, GlobalConcurrencyLimitUpdate(limit=slots, slot_decay_per_second=decay, active=True)
+            )
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=name, limit=slots, slot_decay_per_second=decay, active=True)
+            )
+    return name

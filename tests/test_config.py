@@ -1,0 +1,97 @@
+import json
+
+import pytest
+
+from ttsf_core.config import ConfigError, RunConfig, build_config, merge, read_config_file
+
+TT_SCALE_FLUX_CONFIG = {
+    "pretrained_model_name_or_path": "black-forest-labs/FLUX.1-dev",
+    "torch_dtype": "bf16",
+    "pipeline_call_args": {"height": 1024, "width": 1024, "max_sequence_length": 512,
+                           "guidance_scale": 3.5, "num_inference_steps": 50},
+    "verifier_args": {"name": "gemini", "max_new_tokens": 800, "choice_of_metric": "overall_score"},
+    "search_args": {"search_method": "random", "search_rounds": 4},
+}
+
+
+def test_defaults_follow_tt_scale_flux_flux_config():
+    config = RunConfig()
+    assert config.pretrained_model_name_or_path == "black-forest-labs/FLUX.1-dev"
+    assert config.torch_dtype == "bf16"
+    args = config.pipeline_call_args
+    assert (args.height, args.width, args.guidance_scale, args.num_inference_steps, args.max_sequence_length) == (
+        1024, 1024, 3.5, 50, 512)
+    assert config.search_args.search_rounds == 4
+    assert [config.search_args.pool_size(r) for r in (1, 2, 3, 4)] == [2, 4, 8, 16]
+    assert config.verifier_args.name == "gemini" and config.verifier_args.choice_of_metric == "overall_score"
+    assert config.prompts.num_prompts == 2
+
+
+def test_tt_scale_flux_json_loads_as_it_is(tmp_path):
+    path = tmp_path / "flux_dev.json"
+    path.write_text(json.dumps(TT_SCALE_FLUX_CONFIG | {"num_prompts": 5}))
+    config = build_config(read_config_file(path))
+    assert config == build_config(TT_SCALE_FLUX_CONFIG | {"prompts": {"num_prompts": 5}})
+
+
+@pytest.mark.parametrize("suffix,text", [
+    (".toml", "seed = 9\n[search_args]\nsearch_rounds = 2\n"),
+    (".yaml", "seed: 9\nsearch_args:\n  search_rounds: 2\n"),
+])
+def test_toml_and_yaml_set_any_field(tmp_path, suffix, text):
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text)
+    config = build_config(read_config_file(path))
+    assert config.seed == 9 and config.search_args.search_rounds == 2
+
+
+def test_overrides_beat_the_file():
+    config = build_config(merge(TT_SCALE_FLUX_CONFIG, {"search_args": {"search_rounds": 2}}))
+    assert config.search_args.search_rounds == 2 and config.search_args.search_method == "random"
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        RunConfig().seed = 3
+
+
+def test_tiny_flux_has_cpu_defaults_under_explicit_values():
+    config = build_config({"pretrained_model_name_or_path": "tiny-flux", "pipeline_call_args": {"height": 32}})
+    assert config.torch_dtype == "fp32"
+    assert (config.pipeline_call_args.height, config.pipeline_call_args.width) == (32, 128)
+
+
+def test_identity_ignores_what_does_not_change_images():
+    base = RunConfig()
+    same = build_config({"output_dir": "elsewhere", "verifier_args": {"max_concurrency": 3}, "prompts": {"num_prompts": 9}})
+    assert base.identity_hash() == same.identity_hash()
+    assert base.identity_hash() != build_config({"seed": 1}).identity_hash()
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"search_args": {"search_rounds": 0}}, "search_args.search_rounds: received 0, allowed:"),
+    ({"verifier_args": {"choice_of_metric": "beauty"}}, "choice_of_metric: received 'beauty', allowed: accuracy_to_prompt"),
+    ({"prompts": {"num_prompts": "-2"}}, "num_prompts: received '-2', allowed: a positive integer or 'all'"),
+    ({"prompts": {"num_prompts": 0}}, "num_prompts: received 0"),
+    ({"prompts": {"prompt": "   "}}, "prompts.prompt: received '   ', allowed: a non-empty text"),
+    ({"torch_dtype": "int8"}, "torch_dtype: received 'int8', allowed: bf16, fp16, fp32"),
+    ({"pipeline_call_args": {"steps": 3}}, "pipeline_call_args.steps: received 3, unknown field; allowed: height"),
+    ({"search_args": {"search_method": "beam"}}, "search_args.search_method: received 'beam'"),
+])
+def test_bad_values_name_the_field_what_was_received_and_what_is_allowed(data, message):
+    with pytest.raises(ConfigError) as error:
+        build_config(data)
+    assert message in str(error.value)
+
+
+def test_unreadable_config_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="config: received .*nope.json"):
+        read_config_file(tmp_path / "nope.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match="could not be parsed"):
+        read_config_file(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="allowed: a mapping"):
+        read_config_file(listing)
