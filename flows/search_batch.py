@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact, update_progress_artifact
 from pydantic import BaseModel
 from prefect.futures import as_completed
+from prefect.tasks import exponential_backoff
 
 from tasks.generate import generate_task
 from tasks.record import finish_round_task
@@ -46,7 +47,10 @@ def search_batch(
 ) -> list[dict]:
     logger = get_run_logger()
     layout = RunLayout(config)
-    verify = verify_task.with_options(retries=config.verifier_retries)
+    verify = verify_task.with_options(
+        retries=config.verifier_retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=config.verifier_retry_backoff_s),
+    )
     records, pending = [], []
     for prompt_index, prompt in prompts:
         for search_round in range(1, config.search_args.search_rounds + 1):

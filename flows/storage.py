@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect.filesystems import LocalFileSystem
-
 from ttsf_core.config import RunConfig
 
 LOCAL_RESULTS_DIRNAME = ".prefect-results"
 
 
-def result_storage_for(config: RunConfig):
-    """A Prefect result storage: a block slug ("s3-bucket/name") is loaded, a path is a local folder."""
-    if config.result_storage and "/" in config.result_storage and not Path(config.result_storage).exists() \
-            and not config.result_storage.startswith(("/", ".")):
-        return config.result_storage  # Prefect resolves "block-type/block-name" slugs itself
-    folder = Path(config.result_storage) if config.result_storage else Path(config.output_dir) / LOCAL_RESULTS_DIRNAME
-    return LocalFileSystem(basepath=str(folder.resolve()))
+def result_storage_for(config: RunConfig) -> Path | str:
+    """A block slug such as "s3-bucket/results" is passed on (Prefect loads it); anything else is a
+    local folder, which Prefect wraps in a LocalFileSystem."""
+    configured = config.result_storage
+    if configured and _is_block_slug(configured):
+        return configured
+    folder = Path(configured) if configured else Path(config.output_dir) / LOCAL_RESULTS_DIRNAME
+    return folder.resolve()
+
+
+def _is_block_slug(value: str) -> bool:
+    block_type, _, name = value.partition("/")
+    return bool(block_type and name) and "/" not in name and not Path(value).exists() \
+        and not value.startswith((".", "~")) and block_type.replace("-", "").isalnum()

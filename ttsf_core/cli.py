@@ -3,10 +3,17 @@ field and flags override it. Every bad input is reported as one line before any 
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
+
+# Library chatter (torchvision fallbacks, CLIP truncation) would drown the progress bar.
+for _name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+    os.environ.setdefault(_name, "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from ttsf_core.config import ConfigError, build_config, merge, read_config_file
 from ttsf_core.verifiers.base import METRIC_NAMES, VerifierConfigError
@@ -40,6 +47,11 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "batch_size_for_img_gen": (("batch_size_for_img_gen",), "Candidates generated per pipeline call [4]."),
     "seed": (("seed",), "Base seed; every candidate's seed derives from it, the prompt, round, index [0]."),
     "output_dir": (("output_dir",), "Where run folders go [output]."),
+    "prompts_per_batch": (("prompts_per_batch",), "Prompts per search-batch flow run [8]."),
+    "verifier_rpm": (("verifier_rpm",), "Verifier requests per minute, shared by all batches and workers "
+                     "through a Prefect global concurrency limit [no cap]."),
+    "result_storage": (("result_storage",), "Where cached task results persist: a folder, or a Prefect "
+                       "storage block slug like s3-bucket/name [OUTPUT_DIR/.prefect-results]."),
 }
 
 
@@ -108,6 +120,16 @@ def run_command(**options: Any) -> None:
     except ConfigError as error:
         fail(str(error))
     run_and_print(config)
+
+
+@main.command("report")
+@click.argument("output_dir", type=click.Path(path_type=Path))
+def report_command(output_dir: Path) -> None:
+    """Rebuild report.parquet/csv/html, the scaling curve, collages and the image archive of every run
+    in OUTPUT_DIR (a run folder or a folder above runs), from the records on disk alone."""
+    from ttsf_core.cli_run import report_and_print
+
+    report_and_print(output_dir)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,7 +24,8 @@ TINY_FLUX = "tiny-flux"
 # The offline tiny FLUX is for CPU runs in seconds: its own defaults, under anything given explicitly.
 TINY_FLUX_DEFAULTS: dict[str, Any] = {
     "torch_dtype": "fp32",
-    "pipeline_call_args": {"height": 128, "width": 128, "num_inference_steps": 4},
+    # 64 text tokens, not 512: in the tiny transformer the text, not the image, dominates the cost.
+    "pipeline_call_args": {"height": 128, "width": 128, "num_inference_steps": 4, "max_sequence_length": 64},
 }
 # Verifier options that only say how the API is reached; they never change a grade.
 TRANSPORT_OPTIONS = ("base_url", "api_version")
@@ -149,6 +150,8 @@ class RunConfig(_Frozen):
     prompts_per_batch: int = Field(8, ge=1)
     verifier_rpm: int | None = Field(None, ge=1)
     verifier_retries: int = Field(6, ge=0, le=50)
+    # First retry delay; doubles each retry, with jitter, and never shorter than a 429's Retry-After.
+    verifier_retry_backoff_s: float = Field(2.0, ge=0, le=600)
     task_workers: int = Field(16, ge=1, le=256)
     # None: a local folder beside the run (output_dir/.prefect-results); else a Prefect storage block
     # slug such as "s3-bucket/ttsf-results", or a local path.
