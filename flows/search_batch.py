@@ -59,7 +59,7 @@ def search_batch(
                 records.append(done.model_dump(mode="json"))
                 continue
             seeds = rounds.plan(config, prompt, search_round)
-            written = generate_task(config, prompt_index, prompt, search_round, seeds)
+            written = _generate(layout, seeds, prompt, search_round)(config, prompt_index, prompt, search_round, seeds)
             grades = [
                 verify.submit(config.verifier_args, prompt, prompt_index, search_round, index,
                               item["path"], item["sha256"], rpm_limit_name)
@@ -69,6 +69,12 @@ def search_batch(
     records += _collect(pending, logger, progress, config.search_args.search_rounds, records)
     _table(batch_index, records)
     return records
+
+
+def _generate(layout: RunLayout, seeds: list[int], prompt: str, search_round: int):
+    """A cached generation is only trusted while its files are there: missing images are redrawn."""
+    paths = [layout.image_path(prompt, search_round, index, seed) for index, seed in enumerate(seeds)]
+    return generate_task if all(path.is_file() for path in paths) else generate_task.with_options(refresh_cache=True)
 
 
 def _collect(pending, logger, progress, rounds_per_prompt: int, already: list[dict]) -> list[dict]:

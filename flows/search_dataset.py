@@ -41,6 +41,7 @@ def search_dataset(config: RunConfig) -> str:
     batch_flow = search_batch.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=config.task_workers),
         result_storage=result_storage_for(config),
+        persist_result=False,  # the batch's records are on disk; only task results are worth caching
     )
     logger.info("%d prompts in %d batches -> %s", len(prepared.prompts), len(batches), run_dir)
     failed = []

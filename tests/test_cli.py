@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -85,14 +86,15 @@ def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_
     run_dir = first.stdout.strip().splitlines()[-1].removeprefix("Output: ")
     records = sorted((tmp_path / "out").rglob("round_*.json"))
     assert run_dir in str(records[0]) and len(records) == 3
-    assert len(list((tmp_path / "out").rglob("*.png"))) == 2 + 4 + 8
-    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert len(list((tmp_path / "out").rglob("prompts/*/*.png"))) == 2 + 4 + 8
+    assert "Report:" in first.stdout
+    before = {p: p.read_bytes() for p in Path(run_dir).rglob("*") if p.is_file()}
     for path in (tmp_path / "out").rglob("*"):
         if path.suffix in (".png", ".json") and path.name != "config.json":
             path.unlink()
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
-    after = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    after = {p: p.read_bytes() for p in Path(run_dir).rglob("*") if p.is_file()}
     assert after == before
     assert json.loads(records[0].read_text())["search_round"] == 1
 
