@@ -65,7 +65,8 @@ def search_batch(
                               item["path"], item["sha256"], rpm_limit_name)
                 for index, item in enumerate(written)
             ]
-            pending.append(finish_round_task.submit(config, prompt_index, prompt, search_round, written, grades))
+            finish = finish_round_task.submit(config, prompt_index, prompt, search_round, written, grades)
+            pending.append((finish, grades))
     records += _collect(pending, logger, progress, config.search_args.search_rounds, records)
     _table(batch_index, records)
     return records
@@ -83,11 +84,12 @@ def _collect(pending, logger, progress, rounds_per_prompt: int, already: list[di
     rounds_done: dict[int, int] = {}
     for record in already:
         rounds_done[record["prompt_index"]] = rounds_done.get(record["prompt_index"], 0) + 1
-    for future in as_completed(pending):
+    grades_of = {id(finish): grades for finish, grades in pending}
+    for future in as_completed([finish for finish, _ in pending]):
         try:
             record = future.result()
         except Exception as error:  # noqa: BLE001 - reported after the other rounds finish
-            failures.append(error)
+            failures.append(_root_cause(error, grades_of[id(future)]))
             continue
         finished.append(record)
         logger.info("prompt %d round %d: best %s = %.3f (seed %d)", record["prompt_index"], record["search_round"],
@@ -98,6 +100,17 @@ def _collect(pending, logger, progress, rounds_per_prompt: int, already: list[di
     if failures:
         raise failures[0]
     return finished
+
+
+def _root_cause(error: Exception, grade_futures) -> Exception:
+    """A round fails because one of its verifications did: report that one, not the knock-on."""
+    for grade in grade_futures:
+        if grade.state.is_failed():
+            try:
+                grade.result()
+            except Exception as cause:  # noqa: BLE001 - returned to be raised by the caller
+                return cause
+    return error
 
 
 def _table(batch_index: int, records: list[dict]) -> None:

@@ -44,16 +44,18 @@ def search_dataset(config: RunConfig) -> str:
         persist_result=False,  # the batch's records are on disk; only task results are worth caching
     )
     logger.info("%d prompts in %d batches -> %s", len(prepared.prompts), len(batches), run_dir)
-    failed = []
+    failed, causes = [], []
     for batch_index, batch in enumerate(batches):
         progress = ProgressRef(artifact_id=progress_id, total_prompts=len(prepared.prompts),
                                done_before=batch_index * config.prompts_per_batch)
         state = batch_flow(config, batch_index, batch, rpm_name, progress, return_state=True)
         if state.is_failed() or state.is_crashed():
             failed.append(batch_index)
+            causes.append(state.message)
             logger.error("batch %d failed: %s (re-run the same config to resume it)", batch_index, state.message)
     if failed:
-        raise RuntimeError(f"batches {failed} failed; finished rounds are kept: re-run the same config to resume")
+        raise RuntimeError(f"batches {failed} failed ({causes[0]}); finished rounds are kept: "
+                           "re-run the same config to resume")
     frame = report_dataframe(run_dir)
     build_report(run_dir)
     create_markdown_artifact(markdown=summary_markdown(frame, run_dir), key="ttsf-summary",

@@ -43,3 +43,12 @@ def tiny_pipe(tiny_flux_dir):
     from ttsf_core.pipelines import load_pipeline
 
     return load_pipeline(build_config({"pretrained_model_name_or_path": "tiny-flux", "device": "cpu"}))
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (SQLite) for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,186 @@
+"""The Prefect orchestration: batches, records, artifacts, report, rate limits, resume, overlap."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import small_config
+from fake_gemini import FakeGeminiServer
+from flows.search_dataset import search_dataset
+from tasks import runtime
+from ttsf_core import rounds
+from ttsf_core.generate import CandidateGenerator
+from ttsf_core.records import RunLayout, png_bytes
+from ttsf_core.verifiers import imagestats, registry
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+PROMPTS = ["a red lighthouse on a cliff at dawn", "a bowl of ramen, studio photo", "an owl reading a map"]
+
+
+@pytest.fixture(autouse=True)
+def gemini_key(monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+
+
+def _config(tmp_path, server=None, **overrides):
+    data = tmp_path / "prompts.txt"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data.write_text("\n".join(PROMPTS) + "\n")
+    verifier = {"name": "imagestats"}
+    if server is not None:
+        verifier = {"name": "gemini", "options": {"base_url": server.url}, "max_concurrency": 4}
+    fields = {"verifier_args": verifier, "search_args": {"search_rounds": 2}, "prompts_per_batch": 2,
+              "prompts": {"prompt": None, "dataset": str(data), "num_prompts": "all"},
+              "verifier_retry_backoff_s": 0.05}
+    return small_config(tmp_path, **(fields | overrides))
+
+
+def _report(run_dir) -> pd.DataFrame:
+    frame = pd.read_csv(f"{run_dir}/report/report.csv")
+    return frame.drop(columns=["best_img_path"])
+
+
+def _read_artifact(key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return found[0] if found else None
+
+
+def test_two_batches_write_records_artifacts_and_report(tmp_path):
+    with FakeGeminiServer() as server:
+        config = _config(tmp_path, server)
+        run_dir = search_dataset(config)
+    assert sorted(p.name for p in (tmp_path / "output").rglob("round_*.json")) == ["round_01.json"] * 3 + [
+        "round_02.json"] * 3
+    frame = _report(run_dir)
+    assert list(frame["search_round"]) == [1, 2] * 3 and list(frame["num_noises"]) == [2, 4] * 3
+    for name in ("report.parquet", "report.html", "scaling_curve.png", "best_images.zip"):
+        assert (RunLayout(config).run_dir / "report" / name).is_file()
+    assert server.call_count == 3 * (2 + 4)
+    for batch in (0, 1):
+        table = _read_artifact(f"ttsf-batch-{batch}-best")
+        assert table is not None and table.type == "table"
+    progress = _read_artifact(f"ttsf-progress-{config.identity_hash()}")
+    assert progress.type == "progress" and float(progress.data) == pytest.approx(100.0)
+    summary = _read_artifact("ttsf-summary")
+    assert summary.type == "markdown" and str(RunLayout(config).run_dir) in summary.data
+
+
+def test_a_429_storm_waits_retry_after_and_selects_as_a_clean_run(tmp_path):
+    storm = [(429, {"Retry-After": "1"})] * 4
+    with FakeGeminiServer(failures=storm) as server:
+        stormy_dir = search_dataset(_config(tmp_path / "storm", server))
+        requests = server.requests
+    with FakeGeminiServer() as server:
+        clean_dir = search_dataset(_config(tmp_path / "clean", server))
+    pd.testing.assert_frame_equal(_report(stormy_dir), _report(clean_dir))
+    refused = [r for r in requests if r.status == 429]
+    assert len(refused) == 4
+    for refusal in refused:
+        retry = min((r for r in requests if r.image_sha256 == refusal.image_sha256 and r.arrived_at > refusal.arrived_at),
+                    key=lambda r: r.arrived_at)
+        assert retry.arrived_at - refusal.answered_at >= 1.0
+
+
+def _image_sha(config, prompt: str, search_round: int, index: int) -> str:
+    seeds = rounds.plan(config, prompt, search_round)
+    generator = runtime.generator_for(config)
+    image = generator.generate(prompt, seeds[index : index + 1])[0] if generator.batch_size == 1 else \
+        generator.generate(prompt, seeds)[index]
+    return hashlib.sha256(png_bytes(image)).hexdigest()
+
+
+def test_a_failed_batch_resumes_without_regenerating_or_reverifying(tmp_path):
+    config = _config(tmp_path / "resumed", None)
+    with FakeGeminiServer() as probe:
+        config = _config(tmp_path / "resumed", probe)
+        bad_sha = _image_sha(config, PROMPTS[1], 2, 1)
+    with FakeGeminiServer(malformed={bad_sha: "not_json"}) as server:
+        config = _config(tmp_path / "resumed", server)
+        with pytest.raises(RuntimeError, match=r"batches \[0\] failed .*VerifierError.*no JSON object"):
+            search_dataset(config)
+        first_run = [r.image_sha256 for r in server.requests]
+    generated_before = runtime.images_generated()
+    with FakeGeminiServer() as server:
+        config = _config(tmp_path / "resumed", server)
+        resumed_dir = search_dataset(config)
+        asked_again = [r.image_sha256 for r in server.requests]
+    assert runtime.images_generated() == generated_before  # zero images regenerated
+    assert first_run.count(bad_sha) == 2  # a persistently invalid answer fails after one retry
+    others = [sha for sha in first_run if sha != bad_sha]
+    assert len(others) == len(set(others)) == 3 * (2 + 4) - 1
+    assert asked_again == [bad_sha]  # only the image that never got a grade
+    with FakeGeminiServer() as server:
+        clean_dir = search_dataset(_config(tmp_path / "clean", server))
+    pd.testing.assert_frame_equal(_report(resumed_dir), _report(clean_dir))
+
+
+def test_a_wrong_key_fails_fast_without_retries(tmp_path):
+    with FakeGeminiServer(api_key="the-right-key") as server:
+        with pytest.raises(Exception, match="(?i)key"):
+            search_dataset(_config(tmp_path, server, search_args={"search_rounds": 1}))
+        shas = [r.image_sha256 for r in server.requests]
+    assert shas and len(shas) == len(set(shas))  # each image asked once: no retry on a bad key
+
+
+def test_verifier_rpm_is_a_shared_global_concurrency_limit(tmp_path):
+    from prefect.client.orchestration import get_client
+
+    config = _config(tmp_path, None, verifier_rpm=600, search_args={"search_rounds": 1})
+    search_dataset(config)
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("ttsf-verifier-imagestats-rpm")
+    assert limit.active and limit.slot_decay_per_second == pytest.approx(10.0) and limit.limit == 60
+
+
+class SleepyVerifier:
+    """imagestats grades after a fixed delay, with every grading interval recorded."""
+
+    name = "sleepy"
+    delay_s = 0.6
+    intervals: list[tuple[float, float]] = []
+
+    def __init__(self, args):
+        self.inner = imagestats.ImageStatsVerifier(args.model_copy(update={"name": "imagestats"}))
+
+    def score(self, prompt, images):
+        start = time.monotonic()
+        time.sleep(self.delay_s)
+        grades = self.inner.score(prompt, images)
+        SleepyVerifier.intervals.append((start, time.monotonic()))
+        return grades
+
+
+def test_generation_overlaps_verification(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.BUILTIN_VERIFIERS, "sleepy", f"{__name__}:SleepyVerifier")
+    generating: list[tuple[float, float]] = []
+    real_generate = rounds.generate_candidates
+
+    def timed_generate(*args, **kwargs):
+        start = time.monotonic()
+        result = real_generate(*args, **kwargs)
+        generating.append((start, time.monotonic()))
+        return result
+
+    monkeypatch.setattr(rounds, "generate_candidates", timed_generate)
+    SleepyVerifier.intervals = []
+    config = _config(tmp_path, None, verifier_args={"name": "sleepy"}, search_args={"search_rounds": 3},
+                     prompts_per_batch=3)
+    search_dataset(config)
+    wall = max(end for _, end in SleepyVerifier.intervals) - min(start for start, _ in generating)
+    generation = sum(end - start for start, end in generating)
+    rounds_run = len(generating)
+    verification = rounds_run * SleepyVerifier.delay_s  # each round's images are graded in parallel
+    # Grading of one round ran while a later round was being generated...
+    assert any(v_start < g_end and g_start < v_end
+               for v_start, v_end in SleepyVerifier.intervals for g_start, g_end in generating)
+    # ...so the whole takes well under generating then grading, round after round.
+    assert wall < 0.75 * (generation + verification)
