@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ttsf_core.config import RunConfig
-from ttsf_core.verifiers.base import Grades
+from ttsf_core.verifiers.base import METRIC_NAMES, Grades
 
 RECORD_GLOB = "prompts/*/round_*.json"
 
@@ -47,6 +47,18 @@ class RoundRecord(BaseModel):
     best_index: int
     config_hash: str
     candidates: list[CandidateRecord]
+
+    @model_validator(mode="after")
+    def _best_is_one_of_the_candidates(self) -> "RoundRecord":
+        if self.num_noises != len(self.candidates) or not 0 <= self.best_index < len(self.candidates):
+            raise ValueError(f"num_noises {self.num_noises} / best_index {self.best_index} do not match "
+                             f"{len(self.candidates)} candidates")
+        best = self.candidates[self.best_index]
+        if (best.seed, best.score, best.img_path) != (self.best_noise_seed, self.best_score, self.best_img_path):
+            raise ValueError("best_noise_seed, best_score and best_img_path must be those of candidates[best_index]")
+        if self.choice_of_metric not in METRIC_NAMES:
+            raise ValueError(f"choice_of_metric: received {self.choice_of_metric!r}, allowed: {', '.join(METRIC_NAMES)}")
+        return self
 
 
 def text_hash(text: str) -> str:

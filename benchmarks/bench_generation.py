@@ -1,0 +1,186 @@
+"""Generation throughput on a scaled tiny FLUX (CPU): batching, and encoding the prompt once.
+
+Measured side by side in one process, interleaved, median of several repeats:
+
+  (a) images/s of ttsf's CandidateGenerator at batch 4 and 8 vs batch 1 (tt-scale-flux's default
+      `batch_size_for_img_gen`); every variant encodes its prompt once.
+  (b) prompt encoded once (CandidateGenerator, batch 1) vs encoded on every call: a baseline that
+      calls the pipeline with `prompt=` text per candidate, as tt-scale-flux's sample() does.
+
+Every variant gets the same latents (ttsf_core.noise.draw_latents), so the images must agree: the
+table reports the largest 8-bit pixel difference against ttsf at batch 1.
+
+    python benchmarks/bench_generation.py            # defaults: a few tens of seconds on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (puts the repo root on sys.path)
+
+PROMPT = "a photo of an astronaut riding a horse on the moon"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Images/s of batched vs one-at-a-time generation, and encode-once vs encode-per-call, "
+        "on a tiny FLUX built offline (CPU, fp32). Prints ratios measured side by side."
+    )
+    parser.add_argument("--width-multiplier", type=int, default=2, help="tiny FLUX width (heads = 2 x this)")
+    parser.add_argument("--num-layers", type=int, default=2, help="double- and single-stream blocks each")
+    parser.add_argument("--resolution", type=int, default=128, help="height = width in pixels (multiple of 16)")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps per image")
+    parser.add_argument("--max-sequence-length", type=int, default=128, help="T5 tokens (tt-scale-flux uses 512)")
+    parser.add_argument("--images", type=int, default=16, help="images per measurement (a round-4 pool is 16)")
+    parser.add_argument("--batch-sizes", default="4,8", help="batched sizes to compare with batch 1")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per variant; the median is kept")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: stable on a shared 2-core VM, see BENCHMARKS.md)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the candidates")
+    args = parser.parse_args(argv)
+    args.batch_sizes = [int(size) for size in args.batch_sizes.split(",") if size.strip()]
+    return args
+
+
+def make_config(args: argparse.Namespace, model_dir: Path, batch_size: int):
+    from ttsf_core.config import build_config
+
+    return build_config({
+        "pretrained_model_name_or_path": str(model_dir),
+        "torch_dtype": "fp32",
+        "device": "cpu",
+        "batch_size_for_img_gen": batch_size,
+        "seed": args.seed,
+        "pipeline_call_args": {
+            "height": args.resolution,
+            "width": args.resolution,
+            "num_inference_steps": args.steps,
+            "max_sequence_length": args.max_sequence_length,
+        },
+    })
+
+
+def ours(pipe, config, seeds: list[int]):
+    """ttsf: a fresh generator (so its one prompt encoding is inside the timing), batched calls."""
+    from ttsf_core.generate import CandidateGenerator
+
+    return CandidateGenerator(pipe, config).generate(PROMPT, seeds)
+
+
+def encode_per_call(pipe, config, seeds: list[int]):
+    """tt-scale-flux's way: one pipeline call per candidate with the prompt TEXT, so the text
+    encoders run again for every image. Same latents as ttsf, so the images must match."""
+    from ttsf_core.noise import draw_latents
+
+    args = config.pipeline_call_args
+    latents = draw_latents(pipe, seeds, args.height, args.width)
+    images = []
+    for index in range(len(seeds)):
+        output = pipe(
+            prompt=[PROMPT],
+            latents=latents[index : index + 1],
+            height=args.height,
+            width=args.width,
+            guidance_scale=args.guidance_scale,
+            num_inference_steps=args.num_inference_steps,
+            max_sequence_length=args.max_sequence_length,
+            output_type="pil",
+        )
+        images.extend(output.images)
+    return images
+
+
+def measure(variants: dict, seeds: list[int], repeats: int) -> tuple[dict, dict]:
+    """Median seconds per variant. Variants run interleaved, in a rotating order, so that a noisy
+    neighbour on the machine slows all of them alike rather than whichever happened to run then."""
+    names = list(variants)
+    for name in names:  # warm-up: first calls pay one-off allocator and kernel-selection costs
+        variants[name](seeds)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    images: dict[str, list] = {}
+    for repeat in range(repeats):
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+            elapsed, images[name] = _common.timed(variants[name], seeds)
+            seconds[name].append(elapsed)
+    return {name: _common.median(values) for name, values in seconds.items()}, images
+
+
+def encode_seconds(pipe, max_sequence_length: int, repeats: int) -> float:
+    import torch
+
+    with torch.no_grad():
+        pipe.encode_prompt(PROMPT, PROMPT, max_sequence_length=max_sequence_length)
+        return _common.median([
+            _common.timed(pipe.encode_prompt, PROMPT, PROMPT, max_sequence_length=max_sequence_length)[0]
+            for _ in range(repeats)
+        ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _common.set_threads(args.threads)
+    _common.quiet_libraries()
+    from ttsf_core.noise import round_seeds
+
+    with tempfile.TemporaryDirectory(prefix="ttsf-bench-gen-") as folder:
+        model_dir = _common.build_tiny_model(Path(folder), args.width_multiplier, args.num_layers)
+        pipe = _common.load_tiny_pipeline(model_dir)
+        seeds = round_seeds(args.seed, PROMPT, 4, args.images)
+        configs = {size: make_config(args, model_dir, size) for size in [1, *args.batch_sizes]}
+        variants = {f"ttsf batch {size}": (lambda s, c=configs[size]: ours(pipe, c, s)) for size in configs}
+        variants["encode per call, batch 1"] = lambda s: encode_per_call(pipe, configs[1], s)
+        seconds, images = measure(variants, seeds, args.repeats)
+        encode_s = encode_seconds(pipe, args.max_sequence_length, args.repeats)
+
+    print(_common.machine_line(args.threads))
+    print(f"model: tiny FLUX width x{args.width_multiplier}, {args.num_layers}+{args.num_layers} blocks, "
+          f"{args.resolution}x{args.resolution}, {args.steps} steps, max_sequence_length "
+          f"{args.max_sequence_length}, fp32; {args.images} images a measurement, median of {args.repeats}")
+    print_table(args, seconds, images)
+    print_ratios(args, seconds, encode_s)
+    return 0
+
+
+def print_table(args, seconds: dict, images: dict) -> None:
+    reference = images["ttsf batch 1"]
+    baseline = seconds["encode per call, batch 1"]
+    rows = []
+    for name, elapsed in seconds.items():
+        per_call = name.startswith("encode per call")
+        rows.append([
+            name + (" (tt-scale-flux)" if per_call else ""),
+            args.images if per_call else 1,
+            f"{1000 * elapsed / args.images:.1f}",
+            f"{args.images / elapsed:.2f}",
+            f"{baseline / elapsed:.2f}x",
+            _common.max_pixel_diff(images[name], reference),
+        ])
+    header = ["variant", "prompt encodings", "ms / image", "images / s", "speed vs tt-scale-flux way",
+              "max abs pixel diff vs ttsf batch 1 (0-255)"]
+    print(_common.markdown_table(header, rows))
+
+
+def print_ratios(args, seconds: dict, encode_s: float) -> None:
+    single = seconds["ttsf batch 1"]
+    per_call = seconds["encode per call, batch 1"]
+    print()
+    for size in args.batch_sizes:
+        print(f"(a) batching: batch {size} vs batch 1 (both encode once): "
+              f"{single / seconds[f'ttsf batch {size}']:.2f}x images/s")
+    print(f"(b) encode once vs once per candidate (both batch 1): {per_call / single:.2f}x images/s")
+    default = 4 if 4 in args.batch_sizes else args.batch_sizes[0]
+    print(f"    ttsf default (batch {default}, encode once) vs tt-scale-flux way: "
+          f"{per_call / seconds[f'ttsf batch {default}']:.2f}x images/s")
+    share = encode_s / (per_call / args.images)
+    print(f"context: one prompt encoding takes {1000 * encode_s:.1f} ms = {100 * share:.0f}% of a tt-scale-flux-way "
+          "image here. For FLUX.1-dev it is far less: T5-XXL on 512 tokens is ~5 TFLOP against ~74 TFLOP per "
+          "1024px denoising step (benchmarks/gpu_flux.py --dry-run), i.e. <0.5% of a 30-50 step image.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

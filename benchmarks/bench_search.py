@@ -1,0 +1,379 @@
+"""A whole search (prompts x rounds) against a local fake Gemini: ttsf vs tt-scale-flux's loop.
+
+Both sides use the same tiny FLUX (built offline), the same candidate seeds (ttsf_core.rounds.plan)
+and the same latents (ttsf_core.noise.draw_latents), and talk to the same FakeGeminiServer over
+real HTTP with the real google-genai client; the server answers after a fixed latency.
+
+  baseline  what tt-scale-flux's sample() does, written here: for each prompt, for each round,
+            generate one image per pipeline call with the prompt TEXT (so the text encoders run
+            again every time), save it, then grade the round's images with 4 threads and wait
+            for them before the next round. (tt-scale-flux collects grades with as_completed and
+            so can pair a grade with the wrong image; here they are kept in order, so that both
+            sides must pick the same seeds.)
+  ttsf      ttsf_core.runner.run_search with GeminiVerifier at the default batch size: the
+            prompt is encoded once, candidates are generated in batches, and grading of earlier
+            rounds overlaps generation of later ones.
+
+The script asserts that every (prompt, round) selects the same seed on both sides. "generating"
+is the time the generator thread spends inside generation calls (latents + pipeline); the rest
+of the wall time is generator idle time (waiting on the verifier, writing PNGs, bookkeeping).
+
+    python benchmarks/bench_search.py                        # latencies 0, 0.1, 0.2, 0.4 s
+    python benchmarks/bench_search.py --latency-s 0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (puts the repo root and tests/ on sys.path)
+
+PROMPTS = [
+    "a red fox sleeping under a maple tree in autumn",
+    "a lighthouse on a rocky coast during a thunderstorm",
+    "a bowl of ramen with a soft boiled egg, studio lighting",
+    "an astronaut riding a horse across the surface of the moon",
+]
+BASELINE_VERIFIER_THREADS = 4  # tt-scale-flux's GeminiVerifier: ThreadPoolExecutor(max_workers=4)
+FAKE_KEY = "fake-key-for-the-local-server"
+IDLE_TARGET = 0.10
+SPEEDUP_TARGET = 3.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Wall time of a full noise search, ttsf (batched, encode once, overlapped grading) vs "
+        "tt-scale-flux's loop (one by one, re-encoding, grade after each round), against a local fake Gemini."
+    )
+    parser.add_argument("--latency-s", default="0,0.1,0.2,0.4",
+                        help="fake Gemini answer latency in seconds; a comma list runs one comparison each")
+    parser.add_argument("--prompts", type=int, default=4, choices=range(1, len(PROMPTS) + 1), metavar="N",
+                        help=f"prompts searched (1-{len(PROMPTS)})")
+    parser.add_argument("--rounds", type=int, default=4, help="search rounds (2+4+8+16 candidates for 4)")
+    parser.add_argument("--width-multiplier", type=int, default=2, help="tiny FLUX width (heads = 2 x this)")
+    parser.add_argument("--num-layers", type=int, default=2, help="double- and single-stream blocks each")
+    parser.add_argument("--resolution", type=int, default=128, help="height = width in pixels (multiple of 16)")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps per image")
+    parser.add_argument("--max-sequence-length", type=int, default=128, help="T5 tokens (tt-scale-flux uses 512)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1 leaves the other core to the HTTP and verifier threads)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the candidates")
+    parser.add_argument("--server", choices=("process", "thread"), default="process",
+                        help="run the fake Gemini in its own process (default: its request handling does not "
+                        "compete with generation for this process's GIL, as a remote service would not) or "
+                        "in a thread of this process")
+    args = parser.parse_args(argv)
+    args.latencies = [float(value) for value in args.latency_s.split(",") if value.strip()]
+    return args
+
+
+@dataclass
+class BusyClock:
+    """Seconds spent inside wrapped calls, and when the last one ended (generator thread only)."""
+
+    seconds: float = 0.0
+    last_end: float = 0.0
+
+    def wrap(self, function):
+        def timed_call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.last_end = time.perf_counter()
+                self.seconds += self.last_end - start
+
+        return timed_call
+
+
+@dataclass
+class SideResult:
+    wall_s: float
+    generating_s: float
+    png_s: float  # writing candidate PNGs on the generator thread
+    tail_s: float  # from the generator thread's last work (image or PNG) to the end of the search
+    verifier_calls: int
+    pipeline_calls: int
+    prompt_encodings: int
+    picks: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    @property
+    def idle_fraction(self) -> float:
+        return max(0.0, 1.0 - self.generating_s / self.wall_s)
+
+
+# ----- the fake Gemini, in this process or in its own -----
+
+class ThreadServer:
+    """FakeGeminiServer in a thread of this process."""
+
+    def __init__(self, latency: float):
+        from fake_gemini import FakeGeminiServer
+
+        self._server = FakeGeminiServer(latency_s=latency).start()
+        self.url = self._server.url
+
+    def call_count(self) -> int:
+        return self._server.call_count
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+class ProcessServer:
+    """FakeGeminiServer in a child process, asked for its call counter over a pipe."""
+
+    def __init__(self, latency: float):
+        self._conn, child_conn = multiprocessing.Pipe()
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=_serve, args=(child_conn, latency), name="fake-gemini", daemon=True)
+        self._process.start()
+        if not self._conn.poll(60):
+            raise RuntimeError("the fake Gemini process did not start within 60 s")
+        self.url = self._conn.recv()
+
+    def call_count(self) -> int:
+        self._conn.send("count")
+        return self._conn.recv()
+
+    def stop(self) -> None:
+        self._conn.send("stop")
+        self._process.join(timeout=10)
+
+
+def _serve(conn, latency: float) -> None:
+    from fake_gemini import FakeGeminiServer
+
+    with FakeGeminiServer(latency_s=latency) as server:
+        conn.send(server.url)
+        while (command := conn.recv()) != "stop":
+            if command == "count":
+                conn.send(server.call_count)
+
+
+def make_config(args: argparse.Namespace, model_dir: Path, prompts_file: Path, output_dir: Path, base_url: str):
+    from ttsf_core.config import build_config
+
+    return build_config({
+        "pretrained_model_name_or_path": str(model_dir),
+        "torch_dtype": "fp32",
+        "device": "cpu",
+        "seed": args.seed,
+        "pipeline_call_args": {
+            "height": args.resolution,
+            "width": args.resolution,
+            "num_inference_steps": args.steps,
+            "max_sequence_length": args.max_sequence_length,
+        },
+        "verifier_args": {"name": "gemini", "options": {"base_url": base_url}},
+        "search_args": {"search_rounds": args.rounds},
+        "prompts": {"dataset": str(prompts_file), "num_prompts": args.prompts},
+        "output_dir": str(output_dir),
+    })
+
+
+# ----- the baseline: tt-scale-flux's loop -----
+
+def run_baseline(pipe, config, prompts: list[str], output_dir: Path, server) -> SideResult:
+    from ttsf_core import rounds
+    from ttsf_core.noise import draw_latents
+    from ttsf_core.search import select_best
+    from ttsf_core.verifiers.gemini import GeminiVerifier
+
+    args, metric = config.pipeline_call_args, config.verifier_args.choice_of_metric
+    clock = BusyClock()
+    draw = clock.wrap(draw_latents)
+    call = clock.wrap(pipe.__call__)
+    picks: dict[tuple[int, int], int] = {}
+    save = BusyClock()
+    calls_before = server.call_count()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with GeminiVerifier(config.verifier_args) as verifier:
+        start = time.perf_counter()
+        for prompt_index, prompt in enumerate(prompts):
+            for search_round in range(1, config.search_args.search_rounds + 1):
+                seeds = rounds.plan(config, prompt, search_round)
+                latents = draw(pipe, seeds, args.height, args.width)
+                images = []
+                for index, seed in enumerate(seeds):
+                    image = call(
+                        prompt=[prompt],
+                        latents=latents[index : index + 1],
+                        height=args.height,
+                        width=args.width,
+                        guidance_scale=args.guidance_scale,
+                        num_inference_steps=args.num_inference_steps,
+                        max_sequence_length=args.max_sequence_length,
+                        output_type="pil",
+                    ).images[0]
+                    save.wrap(image.save)(output_dir / f"p{prompt_index}_r{search_round}_i{index}_s{seed}.png")
+                    images.append(image)
+                grades = grade_like_tt_scale_flux(verifier, prompt, images)
+                picks[(prompt_index, search_round)] = seeds[select_best(grades, metric)]
+        end = time.perf_counter()
+    images_made = sum(len(rounds.plan(config, prompt, r)) for prompt in prompts
+                      for r in range(1, config.search_args.search_rounds + 1))
+    # One pipeline call per image, and every call encodes the prompt text again.
+    return SideResult(end - start, clock.seconds, save.seconds, end - max(clock.last_end, save.last_end),
+                      server.call_count() - calls_before, images_made, images_made, picks)
+
+
+def grade_like_tt_scale_flux(verifier, prompt: str, images: list) -> list:
+    """One request per image on a fresh pool of min(4, n) threads; the round waits for all of them."""
+    with ThreadPoolExecutor(max_workers=min(BASELINE_VERIFIER_THREADS, len(images))) as pool:
+        return list(pool.map(lambda image: verifier.score_one(prompt, image), images))
+
+
+# ----- ttsf -----
+
+def run_ours(pipe, config, server) -> SideResult:
+    from ttsf_core import rounds
+    from ttsf_core.generate import CandidateGenerator
+    from ttsf_core.runner import prepare_run, run_search
+
+    prepared = prepare_run(config)
+    generator = CandidateGenerator(pipe, config)
+    clock, png = BusyClock(), BusyClock()
+    generator.generate = clock.wrap(generator.generate)  # instance attribute: what run_search calls
+    original_write_png = rounds.write_png  # rounds.generate_candidates writes PNGs on the generator thread
+    rounds.write_png = png.wrap(original_write_png)
+    calls_before = server.call_count()
+    try:
+        start = time.perf_counter()
+        records = run_search(prepared, generator)
+        end = time.perf_counter()
+    finally:
+        rounds.write_png = original_write_png
+        prepared.verifier.close()
+    picks = {(record.prompt_index, record.search_round): record.best_noise_seed for record in records}
+    counts = generator.counts
+    return SideResult(end - start, clock.seconds, png.seconds, end - max(clock.last_end, png.last_end),
+                      server.call_count() - calls_before, counts.pipeline_calls, counts.prompt_encodings, picks)
+
+
+def warm_up(pipe, config, prompt: str) -> None:
+    """First calls pay one-off costs (allocator, oneDNN kernel choice) per batch shape: pay them
+    for every shape both sides will use before anything is timed."""
+    from ttsf_core import rounds
+    from ttsf_core.generate import CandidateGenerator
+
+    generator = CandidateGenerator(pipe, config)
+    for search_round in (1, 2):  # pools of 2 and 4: every ttsf batch shape at batch size 4
+        generator.generate(prompt, rounds.plan(config, prompt, search_round))
+    args = config.pipeline_call_args
+    pipe(prompt=[prompt], height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
+         max_sequence_length=args.max_sequence_length, output_type="pil")
+
+
+def compare(args, pipe, model_dir: Path, prompts_file: Path, workdir: Path, latency: float, order: int) -> dict:
+    from ttsf_core.prompts import load_prompts
+
+    server = (ProcessServer if args.server == "process" else ThreadServer)(latency)
+    try:
+        tag = f"latency-{latency:g}"
+        config = make_config(args, model_dir, prompts_file, workdir / tag / "ours", server.url)
+        prompts = load_prompts(config.prompts)
+        sides = {
+            "baseline": lambda: run_baseline(pipe, config, prompts, workdir / tag / "baseline", server),
+            "ttsf": lambda: run_ours(pipe, config, server),
+        }
+        # Alternate which side runs first, so a slow spell on the machine does not favour one side.
+        names = ["baseline", "ttsf"] if order % 2 == 0 else ["ttsf", "baseline"]
+        results = {name: sides[name]() for name in names}
+    finally:
+        server.stop()
+    return {"latency": latency, "concurrency": config.verifier_args.max_concurrency, **results}
+
+
+def mismatches(result: dict) -> list[str]:
+    ours, base = result["ttsf"].picks, result["baseline"].picks
+    bad = [f"prompt {p} round {r}: baseline seed {base.get((p, r))}, ttsf seed {ours.get((p, r))}"
+           for (p, r) in sorted(set(ours) | set(base)) if ours.get((p, r)) != base.get((p, r))]
+    return bad
+
+
+def print_report(args, results: list[dict]) -> list[str]:
+    header = ["latency s", "side", "wall s", "generating s", "generator idle", "idle: PNG writes s",
+              "idle: after last image and PNG s", "verifier calls", "pipeline calls", "prompt encodings", "same picks"]
+    rows, problems = [], []
+    for result in results:
+        bad = mismatches(result)
+        problems += [f"latency {result['latency']:g}: {line}" for line in bad]
+        same = f"{len(result['ttsf'].picks) - len(bad)}/{len(result['ttsf'].picks)}"
+        for name in ("baseline", "ttsf"):
+            side = result[name]
+            rows.append([f"{result['latency']:g}", name, f"{side.wall_s:.2f}", f"{side.generating_s:.2f}",
+                         f"{100 * side.idle_fraction:.1f}%", f"{side.png_s:.2f}", f"{side.tail_s:.2f}",
+                         side.verifier_calls, side.pipeline_calls,
+                         side.prompt_encodings, same])
+    print(_common.markdown_table(header, rows))
+    print()
+    print(_common.markdown_table(
+        ["latency s", "wall ratio baseline/ttsf", "generation ratio", "verifier work / concurrency vs ttsf generating",
+         "bottleneck", f">= {SPEEDUP_TARGET:g}x", f"idle < {100 * IDLE_TARGET:.0f}%"],
+        [summary_row(result) for result in results],
+    ))
+    return problems
+
+
+def summary_row(result: dict) -> list[str]:
+    ours, base = result["ttsf"], result["baseline"]
+    verifier_work = ours.verifier_calls * result["latency"] / result["concurrency"]
+    verifier_bound = verifier_work >= ours.generating_s
+    ratio = base.wall_s / ours.wall_s
+    idle_verdict = "n/a (verifier-bound)" if verifier_bound else ("met" if ours.idle_fraction < IDLE_TARGET else "MISSED")
+    return [
+        f"{result['latency']:g}",
+        f"{ratio:.2f}x",
+        f"{base.generating_s / ours.generating_s:.2f}x",
+        f"{verifier_work:.2f} s vs {ours.generating_s:.2f} s",
+        "verifier" if verifier_bound else "generation",
+        "met" if ratio >= SPEEDUP_TARGET else "MISSED",
+        idle_verdict,
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _common.set_threads(args.threads)
+    _common.quiet_libraries()
+    # Only the local fake server is ever contacted: never send a real key anywhere.
+    os.environ["GEMINI_API_KEY"] = FAKE_KEY
+    for name in ("GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "GOOGLE_API_KEY"):
+        os.environ.pop(name, None)
+
+    with tempfile.TemporaryDirectory(prefix="ttsf-bench-search-") as folder:
+        workdir = Path(folder)
+        model_dir = _common.build_tiny_model(workdir, args.width_multiplier, args.num_layers)
+        prompts_file = workdir / "prompts.txt"
+        prompts_file.write_text("\n".join(PROMPTS[: args.prompts]) + "\n")
+        pipe = _common.load_tiny_pipeline(model_dir)
+        warm_up(pipe, make_config(args, model_dir, prompts_file, workdir / "warm", "http://127.0.0.1:9"), PROMPTS[0])
+        results = [compare(args, pipe, model_dir, prompts_file, workdir, latency, order)
+                   for order, latency in enumerate(args.latencies)]
+
+    candidates = sum(2 * 2 ** (r - 1) for r in range(1, args.rounds + 1))
+    print(_common.machine_line(args.threads))
+    print(f"search: {args.prompts} prompts x {args.rounds} rounds = {candidates} candidates a prompt; tiny FLUX width "
+          f"x{args.width_multiplier}, {args.num_layers}+{args.num_layers} blocks, {args.resolution}px, {args.steps} steps, "
+          f"max_sequence_length {args.max_sequence_length}; baseline grades with {BASELINE_VERIFIER_THREADS} threads, "
+          f"ttsf with max_concurrency {results[0]['concurrency']}; fake Gemini in a {args.server}")
+    problems = print_report(args, results)
+    if problems:
+        print("\nSELECTION MISMATCH (the two sides must pick the same seed):\n" + "\n".join(problems))
+        raise AssertionError(f"{len(problems)} (prompt, round) picks differ between baseline and ttsf")
+    print(f"\nselections: every (prompt, round) picked the same seed on both sides ({len(results)} comparisons).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
