@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from ttsf_core.records import (
     CandidateRecord,
     RoundRecord,
     atomic_write_bytes,
+    atomic_writer,
     iter_round_records,
     png_bytes,
     resolve_image,
@@ -154,24 +153,15 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def _write_best_images_zip(path: Path, frame: pd.DataFrame) -> None:
-    # Streamed to a temp file rather than built in memory: a dataset-sized run has thousands of
-    # full-size PNGs. Same temp-then-rename contract as records.atomic_write_bytes.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            # PNGs are already compressed; storing keeps the build fast and the bytes identical.
-            with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
-                for row in frame.itertuples(index=False):
-                    info = zipfile.ZipInfo(_zip_name(row), date_time=ZIP_DATE_TIME)
-                    info.external_attr = 0o644 << 16
-                    archive.writestr(info, Path(row.best_img_path).read_bytes())
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    # Streamed to the temp file rather than built in memory: a dataset-sized run has thousands of
+    # full-size PNGs.
+    with atomic_writer(path) as temp:
+        # PNGs are already compressed; storing keeps the build fast and the bytes identical.
+        with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
+            for row in frame.itertuples(index=False):
+                info = zipfile.ZipInfo(_zip_name(row), date_time=ZIP_DATE_TIME)
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, Path(row.best_img_path).read_bytes())
 
 
 # ---------------------------------------------------------------- pictures
