@@ -68,4 +68,5 @@ def verify_task(
         raise
     except VerifierError as error:
         raise type(error)(f"{image_path}: {error}", index) from error
+    runtime.note_verified(1)
     return grades.model_dump()

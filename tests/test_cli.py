@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ttsf_core.cli import main
+from ttsf.cli import main
 
 PROMPT = "a tiny astronaut hatching from an egg on the moon"
 TINY = ["--model", "tiny-flux", "--verifier_to_use", "imagestats", "--height", "64", "--width", "64",
@@ -79,7 +79,7 @@ def test_num_prompts_none_needs_a_prompt(no_model_loads, tmp_path):
 
 
 def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_flux_dir):
-    command = [sys.executable, "-m", "ttsf_core.cli", "run", "--prompt", PROMPT, "--num_prompts=None", *TINY,
+    command = [sys.executable, "-m", "ttsf.cli", "run", "--prompt", PROMPT, "--num_prompts=None", *TINY,
                "--search_rounds", "3", "--output_dir", str(tmp_path / "out")]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr

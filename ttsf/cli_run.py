@@ -25,7 +25,7 @@ PREFECT_DEFAULTS = {
 
 def run_and_print(config: RunConfig) -> None:
     from ttsf_core import runner
-    from ttsf_core.cli import fail
+    from ttsf.cli import fail
 
     try:
         prepared = runner.prepare_run(config)  # fail on bad input before Prefect or a model starts
@@ -48,6 +48,8 @@ def run_and_print(config: RunConfig) -> None:
                  "run the same command again to resume", code=1)
         finally:
             runtime.on_progress(None)
+    click.echo(f"This run generated {runtime.images_generated()} images and verified "
+               f"{runtime.images_verified()} (the rest were finished before or cached).")
     print_summary(Path(run_dir))
 
 
@@ -64,7 +66,7 @@ def print_summary(run_dir: Path) -> None:
 
 
 def report_and_print(output_dir: Path) -> None:
-    from ttsf_core.cli import fail
+    from ttsf.cli import fail
     from ttsf_core.report import build_report
 
     run_dirs = find_run_dirs(output_dir)

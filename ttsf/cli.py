@@ -113,7 +113,7 @@ def main() -> None:
 @run_options
 def run_command(**options: Any) -> None:
     """Search noises for each prompt, grade every image, record each round's best."""
-    from ttsf_core.cli_run import run_and_print
+    from ttsf.cli_run import run_and_print
 
     try:
         config = config_from_options(options)
@@ -127,7 +127,7 @@ def run_command(**options: Any) -> None:
 def report_command(output_dir: Path) -> None:
     """Rebuild report.parquet/csv/html, the scaling curve, collages and the image archive of every run
     in OUTPUT_DIR (a run folder or a folder above runs), from the records on disk alone."""
-    from ttsf_core.cli_run import report_and_print
+    from ttsf.cli_run import report_and_print
 
     report_and_print(output_dir)
 
