@@ -7,6 +7,7 @@ server (or the server PREFECT_API_URL names): nothing to set up, and every run i
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import click
@@ -36,6 +37,11 @@ def run_and_print(config: RunConfig) -> None:
     from flows.search_dataset import search_dataset
     from tasks import runtime
 
+    _quiet_loading_bars()
+    # Load the pipeline while Prefect's embedded server starts (both take seconds); the flow's
+    # first generation waits for it. A failed load is raised again, with its message, by the flow.
+    threading.Thread(target=_preload, args=(runtime, config), daemon=True).start()
+
     rounds = range(1, config.search_args.search_rounds + 1)
     total = len(prepared.prompts) * sum(config.search_args.pool_size(r) for r in rounds)
     with tqdm(total=total, unit="candidate", desc="search", dynamic_ncols=True) as bar:
@@ -51,6 +57,22 @@ def run_and_print(config: RunConfig) -> None:
     click.echo(f"This run generated {runtime.images_generated()} images and verified "
                f"{runtime.images_verified()} (the rest were finished before or cached).")
     print_summary(Path(run_dir))
+
+
+def _preload(runtime, config: RunConfig) -> None:
+    try:
+        runtime.generator_for(config)
+    except Exception:  # noqa: BLE001 - the flow loads again and reports the error in its run
+        pass
+
+
+def _quiet_loading_bars() -> None:
+    """Weight-loading bars would interleave with the candidate bar."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def print_summary(run_dir: Path) -> None:
