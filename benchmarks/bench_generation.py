@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,30 +96,49 @@ def encode_per_call(pipe, config, seeds: list[int]):
     return images
 
 
-def measure(variants: dict, seeds: list[int], repeats: int) -> tuple[dict, dict]:
-    """Median seconds per variant. Variants run interleaved, in a rotating order, so that a noisy
-    neighbour on the machine slows all of them alike rather than whichever happened to run then."""
+@dataclass
+class Timings:
+    """Per variant, per repeat: wall and calling-thread CPU seconds."""
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, name: str, kind: str = "wall") -> float:
+        return _common.median(getattr(self, kind)[name])
+
+    def ratio(self, slow: str, fast: str, kind: str = "wall") -> float:
+        """Median over repeats of slow/fast, each pair timed in the same repeat (close in time)."""
+        values = getattr(self, kind)
+        return _common.median([a / b for a, b in zip(values[slow], values[fast])])
+
+
+def measure(variants: dict, seeds: list[int], repeats: int) -> tuple[Timings, dict]:
+    """Variants run interleaved, in a rotating order, so that a noisy neighbour on the machine slows
+    all of them alike rather than whichever happened to run then."""
     names = list(variants)
     for name in names:  # warm-up: first calls pay one-off allocator and kernel-selection costs
         variants[name](seeds)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
+    timings = Timings({name: [] for name in names}, {name: [] for name in names})
     images: dict[str, list] = {}
     for repeat in range(repeats):
         for name in names[repeat % len(names):] + names[: repeat % len(names)]:
-            elapsed, images[name] = _common.timed(variants[name], seeds)
-            seconds[name].append(elapsed)
-    return {name: _common.median(values) for name, values in seconds.items()}, images
+            wall, cpu, images[name] = _common.timed_cpu(variants[name], seeds)
+            timings.wall[name].append(wall)
+            timings.cpu[name].append(cpu)
+    return timings, images
 
 
 def encode_seconds(pipe, max_sequence_length: int, repeats: int) -> float:
+    """The text encoders alone. The device is passed, as the pipeline call passes it: without it,
+    encode_prompt asks pipe._execution_device, which walks every module (~8 ms here)."""
     import torch
 
+    def encode():
+        pipe.encode_prompt(PROMPT, PROMPT, device=torch.device("cpu"), max_sequence_length=max_sequence_length)
+
     with torch.no_grad():
-        pipe.encode_prompt(PROMPT, PROMPT, max_sequence_length=max_sequence_length)
-        return _common.median([
-            _common.timed(pipe.encode_prompt, PROMPT, PROMPT, max_sequence_length=max_sequence_length)[0]
-            for _ in range(repeats)
-        ])
+        encode()
+        return _common.median([_common.timed(encode)[0] for _ in range(repeats)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,49 +154,57 @@ def main(argv: list[str] | None = None) -> int:
         configs = {size: make_config(args, model_dir, size) for size in [1, *args.batch_sizes]}
         variants = {f"ttsf batch {size}": (lambda s, c=configs[size]: ours(pipe, c, s)) for size in configs}
         variants["encode per call, batch 1"] = lambda s: encode_per_call(pipe, configs[1], s)
-        seconds, images = measure(variants, seeds, args.repeats)
+        timings, images = measure(variants, seeds, args.repeats)
         encode_s = encode_seconds(pipe, args.max_sequence_length, args.repeats)
+        device_s = _common.median([_common.timed(lambda: pipe._execution_device)[0] for _ in range(args.repeats)])
 
     print(_common.machine_line(args.threads))
     print(f"model: tiny FLUX width x{args.width_multiplier}, {args.num_layers}+{args.num_layers} blocks, "
           f"{args.resolution}x{args.resolution}, {args.steps} steps, max_sequence_length "
           f"{args.max_sequence_length}, fp32; {args.images} images a measurement, median of {args.repeats}")
-    print_table(args, seconds, images)
-    print_ratios(args, seconds, encode_s)
+    print_table(args, timings, images)
+    print_ratios(args, timings, encode_s)
+    print(f"context: reading pipe._execution_device takes {1000 * device_s:.1f} ms here (diffusers walks every "
+          "module); ttsf's CandidateGenerator reads it once per batch, the pipeline call once more.")
     return 0
 
 
-def print_table(args, seconds: dict, images: dict) -> None:
+BASELINE = "encode per call, batch 1"
+
+
+def print_table(args, timings: Timings, images: dict) -> None:
     reference = images["ttsf batch 1"]
-    baseline = seconds["encode per call, batch 1"]
     rows = []
-    for name, elapsed in seconds.items():
-        per_call = name.startswith("encode per call")
+    for name in timings.wall:
+        per_call = name == BASELINE
+        wall = timings.median(name)
         rows.append([
             name + (" (tt-scale-flux)" if per_call else ""),
             args.images if per_call else 1,
-            f"{1000 * elapsed / args.images:.1f}",
-            f"{args.images / elapsed:.2f}",
-            f"{baseline / elapsed:.2f}x",
+            f"{1000 * wall / args.images:.1f}",
+            f"{1000 * timings.median(name, 'cpu') / args.images:.1f}",
+            f"{args.images / wall:.2f}",
+            f"{timings.ratio(BASELINE, name):.2f}x ({timings.ratio(BASELINE, name, 'cpu'):.2f}x)",
             _common.max_pixel_diff(images[name], reference),
         ])
-    header = ["variant", "prompt encodings", "ms / image", "images / s", "speed vs tt-scale-flux way",
-              "max abs pixel diff vs ttsf batch 1 (0-255)"]
+    header = ["variant", "prompt encodings", "wall ms / image", "CPU ms / image", "images / s",
+              "speed vs tt-scale-flux way: wall (CPU)", "max abs pixel diff vs ttsf batch 1 (0-255)"]
     print(_common.markdown_table(header, rows))
 
 
-def print_ratios(args, seconds: dict, encode_s: float) -> None:
-    single = seconds["ttsf batch 1"]
-    per_call = seconds["encode per call, batch 1"]
+def print_ratios(args, timings: Timings, encode_s: float) -> None:
+    both = lambda slow, fast: (f"{timings.ratio(slow, fast):.2f}x images/s by wall time, "  # noqa: E731
+                               f"{timings.ratio(slow, fast, 'cpu'):.2f}x by CPU time")
     print()
     for size in args.batch_sizes:
-        print(f"(a) batching: batch {size} vs batch 1 (both encode once): "
-              f"{single / seconds[f'ttsf batch {size}']:.2f}x images/s")
-    print(f"(b) encode once vs once per candidate (both batch 1): {per_call / single:.2f}x images/s")
+        print(f"(a) batching: batch {size} vs batch 1 (both encode once): {both('ttsf batch 1', f'ttsf batch {size}')}")
+    print(f"(b) encode once vs once per candidate (both batch 1): {both(BASELINE, 'ttsf batch 1')}")
     default = 4 if 4 in args.batch_sizes else args.batch_sizes[0]
-    print(f"    ttsf default (batch {default}, encode once) vs tt-scale-flux way: "
-          f"{per_call / seconds[f'ttsf batch {default}']:.2f}x images/s")
-    share = encode_s / (per_call / args.images)
+    print(f"    ttsf default (batch {default}, encode once) vs tt-scale-flux way: {both(BASELINE, f'ttsf batch {default}')}")
+    wall, cpu = sum(sum(v) for v in timings.wall.values()), sum(sum(v) for v in timings.cpu.values())
+    print(f"machine contention: the timed runs got {100 * cpu / wall:.0f}% of a core (100% on a quiet machine); "
+          "CPU-time ratios are not affected by other processes, wall-time ratios are.")
+    share = encode_s / (timings.median(BASELINE) / args.images)
     print(f"context: one prompt encoding takes {1000 * encode_s:.1f} ms = {100 * share:.0f}% of a tt-scale-flux-way "
           "image here. For FLUX.1-dev it is far less: T5-XXL on 512 tokens is ~5 TFLOP against ~74 TFLOP per "
           "1024px denoising step (benchmarks/gpu_flux.py --dry-run), i.e. <0.5% of a 30-50 step image.")

@@ -5,7 +5,6 @@ verifications are submitted to the task runner's bounded thread pool, so the nex
 generated while the previous one is graded. Finished rounds (record on disk) are not resubmitted.
 """
 
-from __future__ import annotations
 
 from uuid import UUID
 
@@ -21,6 +20,7 @@ from tasks.verify import verify_task
 from ttsf_core import rounds
 from ttsf_core.config import RunConfig
 from ttsf_core.records import RunLayout, read_round_record
+from ttsf_core.search import round_order
 
 TABLE_COLUMNS = ("prompt_index", "search_round", "num_noises", "best_noise_seed", "best_score", "best_img_path")
 
@@ -53,7 +53,7 @@ def search_batch(
     )
     records, pending = [], []
     for prompt_index, prompt in prompts:
-        for search_round in range(1, config.search_args.search_rounds + 1):
+        for search_round in round_order(config.search_args.search_method, config.search_args.search_rounds):
             done = read_round_record(layout.record_path(prompt, search_round))
             if done is not None:
                 records.append(done.model_dump(mode="json"))

@@ -1,6 +1,5 @@
 """The whole job: load prompts, split them into batches, search each batch, build the report."""
 
-from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
@@ -33,7 +32,7 @@ def search_dataset(config: RunConfig) -> str:
     """Returns the run folder. Re-running the same config resumes: nothing finished is redone."""
     logger = get_run_logger()
     prepared = prepare_run(config)
-    run_dir = prepared.layout.run_dir
+    run_dir = prepared.layout.run_dir.resolve()
     rpm_name = ensure_rpm_limit(config)
     batches = _batches(prepared.prompts, config.prompts_per_batch)
     progress_id = create_progress_artifact(progress=0.0, key=f"ttsf-progress-{config.identity_hash()}",

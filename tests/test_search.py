@@ -99,3 +99,9 @@ def test_file_names_are_safe_whatever_the_prompt_says(tmp_path, tiny_pipe):
         assert path.resolve().is_relative_to(prepared.layout.run_dir.resolve())
         assert len(path.name) < 120 and all(ch.isalnum() or ch in "._-" for ch in path.name)
     assert records[0].prompt == nasty
+
+
+def test_independent_rounds_are_generated_largest_first():
+    from ttsf_core.search import round_order
+
+    assert round_order("random", 4) == [4, 3, 2, 1]

@@ -37,7 +37,6 @@ def run_and_print(config: RunConfig) -> None:
     from flows.search_dataset import search_dataset
     from tasks import runtime
 
-    _quiet_loading_bars()
     # Load the pipeline while Prefect's embedded server starts (both take seconds); the flow's
     # first generation waits for it. A failed load is raised again, with its message, by the flow.
     threading.Thread(target=_preload, args=(runtime, config), daemon=True).start()
@@ -64,15 +63,6 @@ def _preload(runtime, config: RunConfig) -> None:
         runtime.generator_for(config)
     except Exception:  # noqa: BLE001 - the flow loads again and reports the error in its run
         pass
-
-
-def _quiet_loading_bars() -> None:
-    """Weight-loading bars would interleave with the candidate bar."""
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 def print_summary(run_dir: Path) -> None:

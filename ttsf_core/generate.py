@@ -37,6 +37,8 @@ class CandidateGenerator:
         accepted = inspect.signature(self.pipe.__call__).parameters
         self._explicit = supports_explicit_latents(self.pipe) and "prompt_embeds" in accepted
         self._passes_sequence_length = "max_sequence_length" in accepted
+        # diffusers walks every module to answer this; it does not change while the pipe is loaded.
+        self._device = self.pipe._execution_device
 
     @property
     def batch_size(self) -> int:
@@ -61,7 +63,7 @@ class CandidateGenerator:
             prompt_embeds, pooled, _ = self.pipe.encode_prompt(
                 prompt=prompt,
                 prompt_2=prompt,
-                device=self.pipe._execution_device,
+                device=self._device,
                 num_images_per_prompt=1,
                 max_sequence_length=self.config.pipeline_call_args.max_sequence_length,
             )
@@ -93,9 +95,8 @@ class CandidateGenerator:
         if self._passes_sequence_length:
             kwargs["max_sequence_length"] = args.max_sequence_length
         if self._explicit:
-            device = self.pipe._execution_device
             dtype = encoding["prompt_embeds"].dtype
-            kwargs["latents"] = draw_latents(self.pipe, seeds, args.height, args.width).to(device, dtype)
+            kwargs["latents"] = draw_latents(self.pipe, seeds, args.height, args.width).to(self._device, dtype)
             kwargs.update({name: _repeat(tensor, len(seeds)) for name, tensor in encoding.items()})
         else:
             # Other pipelines draw their own noise: one CPU generator per candidate keeps it per-seed.

@@ -18,6 +18,7 @@ from ttsf_core.generate import CandidateGenerator
 from ttsf_core.pipelines import check_resolution, load_pipeline
 from ttsf_core.prompts import load_prompts
 from ttsf_core.records import RoundRecord, RunLayout, read_round_record, write_json
+from ttsf_core.search import round_order
 from ttsf_core.verifiers.base import Verifier
 from ttsf_core.verifiers.registry import build_verifier
 
@@ -66,7 +67,7 @@ def run_search(
     futures: list[Future] = []
     with ThreadPoolExecutor(max_workers=MAX_ROUNDS_IN_FLIGHT, thread_name_prefix="ttsf-grade") as pool:
         for prompt_index, prompt in enumerate(prepared.prompts):
-            for search_round in range(1, config.search_args.search_rounds + 1):
+            for search_round in round_order(config.search_args.search_method, config.search_args.search_rounds):
                 done = read_round_record(layout.record_path(prompt, search_round))
                 if done is not None:
                     finished.append(done)

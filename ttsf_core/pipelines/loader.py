@@ -65,8 +65,13 @@ def check_resolution(config: RunConfig) -> None:
 
 def load_pipeline(config: RunConfig):
     """The pipeline on its device; with use_low_gpu_vram, diffusers' model CPU offload instead."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
     from diffusers import DiffusionPipeline
 
+    # Weight-loading bars interleave with run progress and flood worker logs in batch jobs.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     path = resolve_model_path(config.pretrained_model_name_or_path)
     pipe = DiffusionPipeline.from_pretrained(path, dtype=TORCH_DTYPE[config.torch_dtype])
     device = pick_device(config.device)

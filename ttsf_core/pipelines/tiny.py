@@ -21,14 +21,15 @@ _BUILD_SEED = 0
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def default_tiny_dir() -> Path:
+def default_tiny_dir(width_multiplier: int = 1, num_layers: int = 1) -> Path:
     root = os.environ.get("TTSF_CACHE_DIR") or Path.home() / ".cache" / "ttsf"
-    return Path(root) / TINY_FLUX_NAME
+    sized = "" if (width_multiplier, num_layers) == (1, 1) else f"-w{width_multiplier}-l{num_layers}"
+    return Path(root) / (TINY_FLUX_NAME + sized)
 
 
 def ensure_tiny_flux(path: str | Path | None = None, width_multiplier: int = 1, num_layers: int = 1) -> Path:
     """Build and save the tiny FLUX at `path` unless a complete one is already there."""
-    path = Path(path) if path is not None else default_tiny_dir()
+    path = Path(path) if path is not None else default_tiny_dir(width_multiplier, num_layers)
     if (path / "model_index.json").is_file():
         return path
     partial = path.with_name(path.name + f".partial-{os.getpid()}")

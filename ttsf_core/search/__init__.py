@@ -12,6 +12,15 @@ from ttsf_core.search import random as _random
 from ttsf_core.verifiers.base import Grades
 
 SEARCH_METHODS: dict[str, Callable] = {"random": _random.plan_round}
+ROUNDS_ARE_INDEPENDENT: dict[str, bool] = {"random": _random.ROUNDS_ARE_INDEPENDENT}
+
+
+def round_order(search_method: str, search_rounds: int) -> list[int]:
+    """Rounds in the order to generate them. Independent rounds go largest first, so that while the
+    biggest pools are graded the generator is still busy, and only the smallest pool is graded after
+    the last image (the tail where the generator would otherwise sit idle)."""
+    order = list(range(1, search_rounds + 1))
+    return order[::-1] if ROUNDS_ARE_INDEPENDENT[search_method] else order
 
 
 def select_best(grades: Sequence[Grades], metric: str) -> int:

@@ -1,0 +1,119 @@
+"""Serve the `search-dataset` flow from this one process: no work pool, no worker.
+
+    python deployments/serve.py --tiny                              # on-demand runs, tiny CPU config
+    python deployments/serve.py --cron "0 2 * * *" --config my.json # nightly at 02:00 UTC
+    prefect deployment run 'search-dataset/serve'                   # trigger a run (another shell)
+
+Registers a deployment (default name `serve`) with the server PREFECT_API_URL names, then runs its
+flow runs in subprocesses of this process until Ctrl-C or SIGTERM (which pause its schedule). The
+config is read and validated exactly like `ttsf run --config` (JSON, TOML or YAML; tt-scale-flux's
+keys load as they are) and becomes the deployment's default `config` parameter. Relative paths in it
+(output_dir, a local dataset) are relative to the folder this is started in. See
+docs/deployment.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a checkout works without `pip install -e .`
+
+from ttsf_core.config import ConfigError, build_config, merge, read_config_file  # noqa: E402
+
+# The CPU smoke-test configuration (the same as deployments/prefect.yaml's `tiny-cpu` deployment).
+TINY_CONFIG: dict[str, Any] = {
+    "pretrained_model_name_or_path": "tiny-flux",
+    "device": "cpu",
+    "pipeline_call_args": {"height": 64, "width": 64, "num_inference_steps": 2},
+    "verifier_args": {"name": "imagestats"},
+    "search_args": {"search_rounds": 2},
+    "prompts": {"prompt": "a tiny astronaut hatching from an egg on the moon", "num_prompts": None},
+    "output_dir": "output/tiny-cpu",
+    "task_workers": 4,
+}
+ENV_DEFAULTS = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python deployments/serve.py",
+        description="Serve the search-dataset flow as a deployment from this process (Prefect's "
+                    "flow.serve): runs come from its schedule, the UI or `prefect deployment run`.",
+        epilog="Needs a Prefect server: start `prefect server start` and export "
+               "PREFECT_API_URL=http://127.0.0.1:4200/api first.",
+    )
+    parser.add_argument("--name", default="serve",
+                        help="Deployment name; runs are triggered as 'search-dataset/NAME' [serve].")
+    parser.add_argument("--cron", default=None,
+                        help='Cron schedule, e.g. "0 2 * * *" for 02:00 every night [none: on demand only].')
+    parser.add_argument("--timezone", default="UTC", help="Time zone of --cron (IANA name) [UTC].")
+    parser.add_argument("--config", default=None, type=Path,
+                        help="JSON, TOML or YAML file setting any RunConfig field; becomes the default "
+                             "`config` parameter [RunConfig's defaults: FLUX.1-dev + gemini].")
+    parser.add_argument("--tiny", action="store_true",
+                        help="Start from the CPU smoke-test config (tiny-flux + imagestats, one prompt, "
+                             "2 rounds); --config fields override it.")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="At most this many runs at once in this process [no limit].")
+    return parser.parse_args(argv)
+
+
+def build_run_config(args: argparse.Namespace):
+    """The deployment's default config, validated up front (a bad file fails here, not at 02:00)."""
+    base = dict(TINY_CONFIG) if args.tiny else {}
+    from_file = read_config_file(args.config) if args.config else {}
+    return build_config(merge(base, from_file))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = build_run_config(args)
+    except ConfigError as error:
+        for line in str(error).splitlines():
+            print(f"serve.py: error: {line}", file=sys.stderr)
+        return 2
+    for name, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    # Flow runs import `flows.search_dataset` in a subprocess: find it in this checkout, installed or not.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    if not os.environ.get("PREFECT_API_URL"):
+        print("serve.py: warning: PREFECT_API_URL is not set: Prefect starts a temporary server that lives only "
+              "while this process does (no UI at :4200, no scheduler for --cron). Run `prefect server start` and "
+              "export PREFECT_API_URL=http://127.0.0.1:4200/api first.", file=sys.stderr)
+
+    from prefect import serve
+    from prefect.schedules import Cron
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.search_dataset import search_dataset
+
+    # Each run imports the flow from its module in a fresh `python -m prefect.engine`, as a worker does.
+    # (search_dataset.serve() would instead pickle the flow function BY VALUE into each run's
+    # subprocess, where its `from __future__ import annotations` string annotation `RunConfig` no
+    # longer resolves: every run failed with "Search_DatasetModel is not fully defined".)
+    deployment = search_dataset.to_deployment(
+        name=args.name,
+        schedules=[Cron(args.cron, timezone=args.timezone)] if args.cron else None,
+        parameters={"config": config.model_dump(mode="json")},
+        tags=["ttsf", "serve"],
+        description=f"ttsf noise search served by deployments/serve.py ({config.pretrained_model_name_or_path}, "
+                    f"{config.verifier_args.name})",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    serve(deployment, limit=args.limit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
