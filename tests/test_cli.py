@@ -106,3 +106,24 @@ def test_help_explains_each_flag():
                  "--height", "--width", "--num_inference_steps", "--guidance_scale", "--seed", "--output_dir",
                  "--config"):
         assert flag in result.output
+
+
+def test_report_rebuilds_from_the_records_alone(tmp_path, tiny_pipe):
+    from conftest import small_config
+    from ttsf_core import runner
+    from ttsf_core.generate import CandidateGenerator
+
+    config = small_config(tmp_path, search_args={"search_rounds": 2})
+    prepared = runner.prepare_run(config)
+    runner.run_search(prepared, CandidateGenerator(tiny_pipe, config))
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "output")])
+    assert result.exit_code == 0, result.output
+    report = prepared.layout.run_dir / "report"
+    assert {p.name for p in report.iterdir()} >= {"report.csv", "report.parquet", "report.html",
+                                                  "scaling_curve.png", "best_images.zip", "collages"}
+    assert str(prepared.layout.run_dir) in result.output
+
+
+def test_report_names_a_folder_without_runs(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "OUTPUT_DIR: received" in result.output
