@@ -32,11 +32,17 @@ def generate_candidates(
 ) -> tuple[list[WrittenImage], list[Image.Image]]:
     """Generate and atomically write one PNG per seed; return what was written and the images."""
     images = generator.generate(prompt, seeds)
+    return write_candidates(layout, prompt, search_round, seeds, images), images
+
+
+def write_candidates(
+    layout: RunLayout, prompt: str, search_round: int, seeds: list[int], images: list[Image.Image]
+) -> list[WrittenImage]:
     written = []
     for index, (seed, image) in enumerate(zip(seeds, images, strict=True)):
         path = layout.image_path(prompt, search_round, index, seed)
         written.append(WrittenImage(seed=seed, path=str(path), sha256=write_png(path, image)))
-    return written, images
+    return written
 
 
 def reuse_candidates(

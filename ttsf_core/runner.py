@@ -75,10 +75,10 @@ def run_search(
                     continue
                 seeds = rounds.plan(config, prompt, search_round)
                 reused = rounds.reuse_candidates(layout, prompt, search_round, seeds)
-                written, images = reused or rounds.generate_candidates(generator, layout, prompt, search_round, seeds)
+                written, images = reused or (None, generator.generate(prompt, seeds))
                 slots.acquire()
-                futures.append(pool.submit(_grade_and_finish, prepared, prompt_index, prompt, search_round,
-                                           written, images, slots, on_candidates))
+                futures.append(pool.submit(_write_grade_finish, prepared, prompt_index, prompt, search_round,
+                                           seeds, written, images, slots, on_candidates))
     # Every round that could finish has finished (and is on disk) before the first error is raised.
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
@@ -87,8 +87,11 @@ def run_search(
     return sorted(finished, key=lambda r: (r.prompt_index, r.search_round))
 
 
-def _grade_and_finish(prepared, prompt_index, prompt, search_round, written, images, slots, on_candidates):
+def _write_grade_finish(prepared, prompt_index, prompt, search_round, seeds, written, images, slots, on_candidates):
+    """Off the generator's thread: PNG encoding and fsync would otherwise stall the next batch."""
     try:
+        if written is None:
+            written = rounds.write_candidates(prepared.layout, prompt, search_round, seeds, images)
         grades = rounds.grade(prepared.verifier, prompt, images)
         record = rounds.finish_round(prepared.config, prepared.layout, prompt_index, prompt, search_round,
                                      written, grades)
