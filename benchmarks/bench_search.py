@@ -15,7 +15,9 @@ real HTTP with the real google-genai client; the server answers after a fixed la
 
 The script asserts that every (prompt, round) selects the same seed on both sides. "generating"
 is the time the generator thread spends inside generation calls (latents + pipeline); the rest
-of the wall time is generator idle time (waiting on the verifier, writing PNGs, bookkeeping).
+of the wall time is generator idle time (waiting on the verifier, bookkeeping, and writing PNGs
+where that happens on the generator thread: always for the baseline; for ttsf's direct runner no
+longer since commit 35a5609, which writes them on the grading threads, reported apart).
 
     python benchmarks/bench_search.py                        # latencies 0.2 and 0.4 s; ~3 min
     python benchmarks/bench_search.py --latency-s 0          # generation alone (no verifier wait)
@@ -25,10 +27,9 @@ of the wall time is generator idle time (waiting on the verifier, writing PNGs, 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import os
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,14 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repo root and tests/ on sys.path)
 
-PROMPTS = [
-    "a red fox sleeping under a maple tree in autumn",
-    "a lighthouse on a rocky coast during a thunderstorm",
-    "a bowl of ramen with a soft boiled egg, studio lighting",
-    "an astronaut riding a horse across the surface of the moon",
-]
+PROMPTS = _common.PROMPTS
 BASELINE_VERIFIER_THREADS = 4  # tt-scale-flux's GeminiVerifier: ThreadPoolExecutor(max_workers=4)
-FAKE_KEY = "fake-key-for-the-local-server"
 IDLE_TARGET = 0.10
 SPEEDUP_TARGET = 3.0
 
@@ -78,30 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@dataclass
-class BusyClock:
-    """Seconds spent inside wrapped calls, and when the last one ended (generator thread only).
-
-    Also the calling thread's CPU seconds inside them: with one torch thread the model runs on the
-    calling thread, so this is the generation cost that other processes on a shared VM (which steal
-    wall time, not thread CPU time) cannot inflate.
-    """
-
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    last_end: float = 0.0
-
-    def wrap(self, function):
-        def timed_call(*args, **kwargs):
-            start, start_cpu = time.perf_counter(), time.thread_time()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.cpu_seconds += time.thread_time() - start_cpu
-                self.last_end = time.perf_counter()
-                self.seconds += self.last_end - start
-
-        return timed_call
+BusyClock = _common.BusyClock
 
 
 @dataclass
@@ -115,80 +87,11 @@ class SideResult:
     pipeline_calls: int
     prompt_encodings: int
     picks: dict[tuple[int, int], int] = field(default_factory=dict)
+    png_off_s: float = 0.0  # thread-seconds writing PNGs on other threads (overlapping generation)
 
     @property
     def idle_fraction(self) -> float:
         return max(0.0, 1.0 - self.generating_s / self.wall_s)
-
-
-# ----- the fake Gemini, in this process or in its own -----
-
-class ThreadServer:
-    """FakeGeminiServer in a thread of this process."""
-
-    def __init__(self, latency: float):
-        from fake_gemini import FakeGeminiServer
-
-        self._server = FakeGeminiServer(latency_s=latency).start()
-        self.url = self._server.url
-
-    def call_count(self) -> int:
-        return self._server.call_count
-
-    def stop(self) -> None:
-        self._server.stop()
-
-
-class ProcessServer:
-    """FakeGeminiServer in a child process, asked for its call counter over a pipe."""
-
-    def __init__(self, latency: float):
-        self._conn, child_conn = multiprocessing.Pipe()
-        self._process = multiprocessing.get_context("spawn").Process(
-            target=_serve, args=(child_conn, latency), name="fake-gemini", daemon=True)
-        self._process.start()
-        if not self._conn.poll(60):
-            raise RuntimeError("the fake Gemini process did not start within 60 s")
-        self.url = self._conn.recv()
-
-    def call_count(self) -> int:
-        self._conn.send("count")
-        return self._conn.recv()
-
-    def stop(self) -> None:
-        self._conn.send("stop")
-        self._process.join(timeout=10)
-
-
-def _serve(conn, latency: float) -> None:
-    from fake_gemini import FakeGeminiServer
-
-    with FakeGeminiServer(latency_s=latency) as server:
-        conn.send(server.url)
-        while (command := conn.recv()) != "stop":
-            if command == "count":
-                conn.send(server.call_count)
-
-
-def make_config(args: argparse.Namespace, model_dir: Path, prompts_file: Path, output_dir: Path, base_url: str):
-    from ttsf_core.config import build_config
-
-    return build_config({
-        "pretrained_model_name_or_path": str(model_dir),
-        "torch_dtype": "fp32",
-        "device": "cpu",
-        "seed": args.seed,
-        "pipeline_call_args": {
-            "height": args.resolution,
-            "width": args.resolution,
-            "num_inference_steps": args.steps,
-            "max_sequence_length": args.max_sequence_length,
-        },
-        "verifier_args": {"name": "gemini", "options": {"base_url": base_url}},
-        "search_args": {"search_rounds": args.rounds},
-        "prompts": {"dataset": str(prompts_file), "num_prompts": args.prompts},
-        "output_dir": str(output_dir),
-    })
 
 
 # ----- the baseline: tt-scale-flux's loop -----
@@ -253,10 +156,15 @@ def run_ours(pipe, config, server) -> SideResult:
 
     prepared = prepare_run(config)
     generator = CandidateGenerator(pipe, config)
-    clock, png = BusyClock(), BusyClock()
+    clock, png, png_off = BusyClock(), BusyClock(), BusyClock()
     generator.generate = clock.wrap(generator.generate)  # instance attribute: what run_search calls
-    original_write_png = rounds.write_png  # rounds.generate_candidates writes PNGs on the generator thread
-    rounds.write_png = png.wrap(original_write_png)
+    original_write_png = rounds.write_png  # rounds.write_candidates: on which thread is the runner's choice
+    generator_thread = threading.get_ident()
+
+    def timed_write_png(*args, **kwargs):
+        return (png if threading.get_ident() == generator_thread else png_off).wrap(original_write_png)(*args, **kwargs)
+
+    rounds.write_png = timed_write_png
     calls_before = server.call_count()
     try:
         start = time.perf_counter()
@@ -269,7 +177,8 @@ def run_ours(pipe, config, server) -> SideResult:
     counts = generator.counts
     tail = end - max(clock.last_end, png.last_end)
     return SideResult(end - start, clock.seconds, clock.cpu_seconds, png.seconds, tail,
-                      server.call_count() - calls_before, counts.pipeline_calls, counts.prompt_encodings, picks)
+                      server.call_count() - calls_before, counts.pipeline_calls, counts.prompt_encodings, picks,
+                      png_off.seconds)
 
 
 def warm_up(pipe, config, prompt: str) -> None:
@@ -291,9 +200,9 @@ def compare(args, pipe, model_dir: Path, prompts_file: Path, run_dir: Path, late
     slow spell on the machine does not always land on the same side."""
     from ttsf_core.prompts import load_prompts
 
-    server = (ProcessServer if args.server == "process" else ThreadServer)(latency)
+    server = (_common.ProcessServer if args.server == "process" else _common.ThreadServer)(latency)
     try:
-        config = make_config(args, model_dir, prompts_file, run_dir / "ours", server.url)
+        config = _common.search_config(args, model_dir, prompts_file, run_dir / "ours", server.url)
         prompts = load_prompts(config.prompts)
         sides = {
             "baseline": lambda: run_baseline(pipe, config, prompts, run_dir / "baseline", server),
@@ -315,8 +224,8 @@ def mismatches(result: dict) -> list[str]:
 def print_runs(results: list[dict]) -> list[str]:
     """One row per side per comparison; returns the selection mismatches found."""
     header = ["latency s", "run", "side", "wall s", "generating s", "generating CPU s", "generator idle",
-              "idle: PNG writes s", "idle: after last image+PNG s", "verifier calls", "pipeline calls",
-              "prompt encodings", "same picks"]
+              "idle: PNG writes s", "idle: after last image+PNG s", "PNG writes on other threads (thread-s)",
+              "verifier calls", "pipeline calls", "prompt encodings", "same picks"]
     rows, problems = [], []
     for result in results:
         bad = mismatches(result)
@@ -326,7 +235,8 @@ def print_runs(results: list[dict]) -> list[str]:
             side = result[name]
             rows.append([f"{result['latency']:g}", result["run"], name, f"{side.wall_s:.2f}",
                          f"{side.generating_s:.2f}", f"{side.generating_cpu_s:.2f}", f"{100 * side.idle_fraction:.1f}%",
-                         f"{side.png_s:.2f}", f"{side.tail_s:.2f}", side.verifier_calls, side.pipeline_calls,
+                         f"{side.png_s:.2f}", f"{side.tail_s:.2f}", f"{side.png_off_s:.2f}", side.verifier_calls,
+                         side.pipeline_calls,
                          side.prompt_encodings, same])
     print(_common.markdown_table(header, rows))
     return problems
@@ -368,16 +278,17 @@ def print_diagnosis(results: list[dict]) -> None:
         runs = [result for result in results if result["latency"] == latency]
         med = lambda values: _common.median(list(values))  # noqa: E731
         png = med(r["ttsf"].png_s for r in runs)
+        png_off = med(r["ttsf"].png_off_s for r in runs)
         tail = med(r["ttsf"].tail_s for r in runs)
         other = med(r["ttsf"].wall_s - r["ttsf"].generating_s - r["ttsf"].png_s - r["ttsf"].tail_s for r in runs)
         slowed = med(r["ttsf"].generating_s - r["ttsf"].generating_cpu_s for r in runs)
         # The baseline's wall time with its own generation at CPU speed too, so contention does not inflate it.
         bound = med((r["baseline"].wall_s - r["baseline"].generating_s + r["baseline"].generating_cpu_s)
                     / r["ttsf"].generating_cpu_s for r in runs)
-        print(f"- latency {latency:g} s: {png:.2f} s writing PNGs on the generator thread (rounds.generate_candidates), "
-              f"{tail:.2f} s waiting for the last round's grades after the last image, {other:.2f} s other idle, and "
-              f"generation itself {slowed:.2f} s slower than its CPU time (this process's verifier threads and other "
-              f"processes holding the GIL/CPU); with none of these: {bound:.2f}x")
+        print(f"- latency {latency:g} s: {png:.2f} s writing PNGs on the generator thread ({png_off:.2f} thread-s more on "
+              f"the grading threads, overlapped), {tail:.2f} s waiting for the last round's grades after the last image, "
+              f"{other:.2f} s other idle, and generation itself {slowed:.2f} s slower than its CPU time (this process's "
+              f"verifier and PNG-writing threads and other processes holding the GIL/CPU); with none of these: {bound:.2f}x")
 
 
 def print_contention(results: list[dict]) -> None:
@@ -394,10 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _common.set_threads(args.threads)
     _common.quiet_libraries()
-    # Only the local fake server is ever contacted: never send a real key anywhere.
-    os.environ["GEMINI_API_KEY"] = FAKE_KEY
-    for name in ("GEMINI_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "GOOGLE_API_KEY"):
-        os.environ.pop(name, None)
+    _common.use_fake_gemini_key()
 
     results = []
     with tempfile.TemporaryDirectory(prefix="ttsf-bench-search-") as folder:
@@ -406,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts_file = workdir / "prompts.txt"
         prompts_file.write_text("\n".join(PROMPTS[: args.prompts]) + "\n")
         pipe = _common.load_tiny_pipeline(model_dir)
-        warm_up(pipe, make_config(args, model_dir, prompts_file, workdir / "warm", "http://127.0.0.1:9"), PROMPTS[0])
+        warm_up(pipe, _common.search_config(args, model_dir, prompts_file, workdir / "warm", "http://127.0.0.1:9"), PROMPTS[0])
         for latency in args.latencies:
             for run in range(args.repeats):
                 run_dir = workdir / f"latency-{latency:g}" / f"run-{run}"  # fresh: nothing to resume
