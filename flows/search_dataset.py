@@ -27,6 +27,10 @@ def _run_name() -> str:
     return f"search-{config.identity_hash()}" if config else "search"
 
 
+def _finished(layout, batch: list[tuple[int, str]], search_rounds: int) -> bool:
+    return all(layout.record_path(prompt, r).is_file() for _, prompt in batch for r in range(1, search_rounds + 1))
+
+
 @flow(name="search-dataset", flow_run_name=_run_name)
 def search_dataset(config: RunConfig) -> str:
     """Returns the run folder. Re-running the same config resumes: nothing finished is redone."""
@@ -47,6 +51,11 @@ def search_dataset(config: RunConfig) -> str:
     for batch_index, batch in enumerate(batches):
         progress = ProgressRef(artifact_id=progress_id, total_prompts=len(prepared.prompts),
                                done_before=batch_index * config.prompts_per_batch)
+        if _finished(prepared.layout, batch, config.search_args.search_rounds):
+            # A finished batch costs no subflow run (each costs ~1 s of Prefect bookkeeping).
+            progress.update(len(batch))
+            logger.info("batch %d: every round already recorded, skipped", batch_index)
+            continue
         state = batch_flow(config, batch_index, batch, rpm_name, progress, return_state=True)
         if state.is_failed() or state.is_crashed():
             failed.append(batch_index)

@@ -71,7 +71,24 @@ def test_two_batches_write_records_artifacts_and_report(tmp_path):
     progress = _read_artifact(f"ttsf-progress-{config.identity_hash()}")
     assert progress.type == "progress" and float(progress.data) == pytest.approx(100.0)
     summary = _read_artifact("ttsf-summary")
-    assert summary.type == "markdown" and str(RunLayout(config).run_dir) in summary.data
+    assert summary.type == "markdown" and str(RunLayout(config).run_dir.resolve()) in summary.data
+
+
+def _batch_runs() -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["search-batch"]))))
+
+
+def test_a_finished_run_starts_no_batch_and_asks_nothing(tmp_path):
+    with FakeGeminiServer() as server:
+        config = _config(tmp_path, server, search_args={"search_rounds": 1})
+        search_dataset(config)
+        calls, batches, generated = server.call_count, _batch_runs(), runtime.images_generated()
+        search_dataset(config)
+        assert (server.call_count, _batch_runs(), runtime.images_generated()) == (calls, batches, generated)
 
 
 def test_a_429_storm_waits_retry_after_and_selects_as_a_clean_run(tmp_path):
