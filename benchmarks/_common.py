@@ -35,6 +35,19 @@ for _path in (REPO_ROOT, REPO_ROOT / "tests"):
         sys.path.insert(0, str(_path))
 
 
+def add_tiny_model_args(parser, steps: bool = True) -> None:
+    """The tiny FLUX's size and the run's threads and seed: the same flags in every CPU benchmark."""
+    parser.add_argument("--width-multiplier", type=int, default=2, help="tiny FLUX width (heads = 2 x this)")
+    parser.add_argument("--num-layers", type=int, default=2, help="double- and single-stream blocks each")
+    parser.add_argument("--resolution", type=int, default=128, help="height = width in pixels (multiple of 16)")
+    if steps:
+        parser.add_argument("--steps", type=int, default=4, help="denoising steps per image")
+    parser.add_argument("--max-sequence-length", type=int, default=128, help="T5 tokens (tt-scale-flux uses 512)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: a second thread on a shared 2-core VM makes runs erratic)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the candidates")
+
+
 def quiet_libraries() -> None:
     """Silence progress bars and load-time chatter, so stdout holds only the tables."""
     import diffusers

@@ -32,17 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Images/s of batched vs one-at-a-time generation, and encode-once vs encode-per-call, "
         "on a tiny FLUX built offline (CPU, fp32). Prints ratios measured side by side."
     )
-    parser.add_argument("--width-multiplier", type=int, default=2, help="tiny FLUX width (heads = 2 x this)")
-    parser.add_argument("--num-layers", type=int, default=2, help="double- and single-stream blocks each")
-    parser.add_argument("--resolution", type=int, default=128, help="height = width in pixels (multiple of 16)")
-    parser.add_argument("--steps", type=int, default=4, help="denoising steps per image")
-    parser.add_argument("--max-sequence-length", type=int, default=128, help="T5 tokens (tt-scale-flux uses 512)")
+    _common.add_tiny_model_args(parser)
     parser.add_argument("--images", type=int, default=16, help="images per measurement (a round-4 pool is 16)")
     parser.add_argument("--batch-sizes", default="4,8", help="batched sizes to compare with batch 1")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per variant; the median is kept")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1: stable on a shared 2-core VM, see BENCHMARKS.md)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed of the candidates")
     args = parser.parse_args(argv)
     args.batch_sizes = [int(size) for size in args.batch_sizes.split(",") if size.strip()]
     return args

@@ -56,14 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=4, choices=range(1, len(PROMPTS) + 1), metavar="N",
                         help=f"prompts searched (1-{len(PROMPTS)})")
     parser.add_argument("--rounds", type=int, default=4, help="search rounds (2+4+8+16 candidates for 4)")
-    parser.add_argument("--width-multiplier", type=int, default=2, help="tiny FLUX width (heads = 2 x this)")
-    parser.add_argument("--num-layers", type=int, default=2, help="double- and single-stream blocks each")
-    parser.add_argument("--resolution", type=int, default=128, help="height = width in pixels (multiple of 16)")
-    parser.add_argument("--steps", type=int, default=4, help="denoising steps per image")
-    parser.add_argument("--max-sequence-length", type=int, default=128, help="T5 tokens (tt-scale-flux uses 512)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1 leaves the other core to the HTTP and verifier threads)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed of the candidates")
+    _common.add_tiny_model_args(parser)
     parser.add_argument("--server", choices=("process", "thread"), default="process",
                         help="run the fake Gemini in its own process (default: its request handling does not "
                         "compete with generation for this process's GIL, as a remote service would not) or "
