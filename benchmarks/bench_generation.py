@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(args, timings, images)
     print_ratios(args, timings, encode_s)
     print(f"context: reading pipe._execution_device takes {1000 * device_s:.1f} ms here (diffusers walks every "
-          "module); ttsf's CandidateGenerator reads it once per batch, the pipeline call once more.")
+          "module); ttsf's CandidateGenerator reads it once when built, the pipeline call once per batch.")
     return 0
 
 
