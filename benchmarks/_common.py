@@ -48,6 +48,32 @@ def add_tiny_model_args(parser, steps: bool = True) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed of the candidates")
 
 
+def prepare_workdir(workdir: Path, args) -> tuple[Path, Path]:
+    """The set-up every Prefect benchmark shares: isolated Prefect home, threads, quiet libraries, a fake
+    Gemini key, the tiny model and the prompts file. Returns (model folder, prompts file)."""
+    prefect_environment(workdir)
+    set_threads(args.threads)
+    quiet_libraries()
+    use_fake_gemini_key()
+    model_dir = build_tiny_model(workdir, args.width_multiplier, args.num_layers)
+    return model_dir, write_prompts(workdir, args.prompts)
+
+
+def one_call_per_image(call, prompt: str, latent, args):
+    """tt-scale-flux's way of generating: one pipeline call per candidate with the prompt TEXT, so the
+    text encoders run again for every image. `args` holds the pipeline call arguments."""
+    return call(
+        prompt=[prompt],
+        latents=latent,
+        height=args.height,
+        width=args.width,
+        guidance_scale=args.guidance_scale,
+        num_inference_steps=args.num_inference_steps,
+        max_sequence_length=args.max_sequence_length,
+        output_type="pil",
+    ).images[0]
+
+
 def quiet_libraries() -> None:
     """Silence progress bars and load-time chatter, so stdout holds only the tables."""
     import diffusers

@@ -75,17 +75,7 @@ def encode_per_call(pipe, config, seeds: list[int]):
     latents = draw_latents(pipe, seeds, args.height, args.width)
     images = []
     for index in range(len(seeds)):
-        output = pipe(
-            prompt=[PROMPT],
-            latents=latents[index : index + 1],
-            height=args.height,
-            width=args.width,
-            guidance_scale=args.guidance_scale,
-            num_inference_steps=args.num_inference_steps,
-            max_sequence_length=args.max_sequence_length,
-            output_type="pil",
-        )
-        images.extend(output.images)
+        images.append(_common.one_call_per_image(pipe, PROMPT, latents[index : index + 1], args))
     return images
 
 

@@ -106,12 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="ttsf-bench-resume-") as folder:
         workdir = Path(folder)
-        _common.prefect_environment(workdir)
-        _common.set_threads(args.threads)
-        _common.quiet_libraries()
-        _common.use_fake_gemini_key()
-        model_dir = _common.build_tiny_model(workdir, args.width_multiplier, args.num_layers)
-        prompts_file = _common.write_prompts(workdir, args.prompts)
+        model_dir, prompts_file = _common.prepare_workdir(workdir, args)
         server = _common.ProcessServer(args.latency_s)
         try:
             with _common.PrefectServer() as prefect:

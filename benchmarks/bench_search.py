@@ -111,16 +111,7 @@ def run_baseline(pipe, config, prompts: list[str], output_dir: Path, server) -> 
                 latents = draw(pipe, seeds, args.height, args.width)
                 images = []
                 for index, seed in enumerate(seeds):
-                    image = call(
-                        prompt=[prompt],
-                        latents=latents[index : index + 1],
-                        height=args.height,
-                        width=args.width,
-                        guidance_scale=args.guidance_scale,
-                        num_inference_steps=args.num_inference_steps,
-                        max_sequence_length=args.max_sequence_length,
-                        output_type="pil",
-                    ).images[0]
+                    image = _common.one_call_per_image(call, prompt, latents[index : index + 1], args)
                     save.wrap(image.save)(output_dir / f"p{prompt_index}_r{search_round}_i{index}_s{seed}.png")
                     images.append(image)
                 grades = grade_like_tt_scale_flux(verifier, prompt, images)
