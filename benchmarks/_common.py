@@ -169,14 +169,9 @@ def write_prompts(folder: Path, count: int) -> Path:
     return path
 
 
-def search_config(args, model_dir: Path, prompts_file: Path, output_dir: Path, base_url: str, **overrides):
-    """The run config of the CPU search benchmarks: the scaled tiny FLUX, fake Gemini at `base_url`.
-
-    `args` carries seed, resolution, steps, max_sequence_length, rounds and prompts; `overrides` are
-    deep-merged over the result (e.g. search_args, prompts)."""
-    from ttsf_core.config import build_config, merge
-
-    return build_config(merge({
+def tiny_model_fields(args, model_dir: Path) -> dict:
+    """The config fields of the scaled tiny FLUX every CPU benchmark runs: fp32 on the CPU."""
+    return {
         "pretrained_model_name_or_path": str(model_dir),
         "torch_dtype": "fp32",
         "device": "cpu",
@@ -187,6 +182,17 @@ def search_config(args, model_dir: Path, prompts_file: Path, output_dir: Path, b
             "num_inference_steps": args.steps,
             "max_sequence_length": args.max_sequence_length,
         },
+    }
+
+
+def search_config(args, model_dir: Path, prompts_file: Path, output_dir: Path, base_url: str, **overrides):
+    """The run config of the CPU search benchmarks: the scaled tiny FLUX, fake Gemini at `base_url`.
+
+    `args` carries seed, resolution, steps, max_sequence_length, rounds and prompts; `overrides` are
+    deep-merged over the result (e.g. search_args, prompts)."""
+    from ttsf_core.config import build_config, merge
+
+    return build_config(merge(tiny_model_fields(args, model_dir) | {
         "verifier_args": {"name": "gemini", "options": {"base_url": base_url}},
         "search_args": {"search_rounds": args.rounds},
         "prompts": {"dataset": str(prompts_file), "num_prompts": args.prompts},

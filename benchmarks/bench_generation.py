@@ -44,19 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_config(args: argparse.Namespace, model_dir: Path, batch_size: int):
     from ttsf_core.config import build_config
 
-    return build_config({
-        "pretrained_model_name_or_path": str(model_dir),
-        "torch_dtype": "fp32",
-        "device": "cpu",
-        "batch_size_for_img_gen": batch_size,
-        "seed": args.seed,
-        "pipeline_call_args": {
-            "height": args.resolution,
-            "width": args.resolution,
-            "num_inference_steps": args.steps,
-            "max_sequence_length": args.max_sequence_length,
-        },
-    })
+    return build_config(_common.tiny_model_fields(args, model_dir) | {"batch_size_for_img_gen": batch_size})
 
 
 def ours(pipe, config, seeds: list[int]):

@@ -74,7 +74,7 @@ def search_batch(
 
 def _generate(layout: RunLayout, seeds: list[int], prompt: str, search_round: int):
     """A cached generation is only trusted while its files are there: missing images are redrawn."""
-    paths = [layout.image_path(prompt, search_round, index, seed) for index, seed in enumerate(seeds)]
+    paths = layout.round_image_paths(prompt, search_round, seeds)
     return generate_task if all(path.is_file() for path in paths) else generate_task.with_options(refresh_cache=True)
 
 

@@ -92,6 +92,10 @@ class RunLayout:
     def image_path(self, prompt: str, search_round: int, index: int, seed: int) -> Path:
         return self.prompt_dir(prompt) / f"r{search_round:02d}_c{index:03d}_s{seed}.png"
 
+    def round_image_paths(self, prompt: str, search_round: int, seeds: list[int]) -> list[Path]:
+        """Where a round's candidates go, in candidate order."""
+        return [self.image_path(prompt, search_round, index, seed) for index, seed in enumerate(seeds)]
+
     def record_path(self, prompt: str, search_round: int) -> Path:
         return self.prompt_dir(prompt) / f"round_{search_round:02d}.json"
 

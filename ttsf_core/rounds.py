@@ -38,18 +38,18 @@ def generate_candidates(
 def write_candidates(
     layout: RunLayout, prompt: str, search_round: int, seeds: list[int], images: list[Image.Image]
 ) -> list[WrittenImage]:
-    written = []
-    for index, (seed, image) in enumerate(zip(seeds, images, strict=True)):
-        path = layout.image_path(prompt, search_round, index, seed)
-        written.append(WrittenImage(seed=seed, path=str(path), sha256=write_png(path, image)))
-    return written
+    paths = layout.round_image_paths(prompt, search_round, seeds)
+    return [
+        WrittenImage(seed=seed, path=str(path), sha256=write_png(path, image))
+        for seed, path, image in zip(seeds, paths, images, strict=True)
+    ]
 
 
 def reuse_candidates(
     layout: RunLayout, prompt: str, search_round: int, seeds: list[int]
 ) -> tuple[list[WrittenImage], list[Image.Image]] | None:
     """The round's images when every one is already on disk (written atomically, so complete)."""
-    paths = [layout.image_path(prompt, search_round, index, seed) for index, seed in enumerate(seeds)]
+    paths = layout.round_image_paths(prompt, search_round, seeds)
     if not all(path.is_file() for path in paths):
         return None
     written = [WrittenImage(seed=seed, path=str(path), sha256=file_sha256(path)) for seed, path in zip(seeds, paths)]
