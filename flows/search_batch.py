@@ -1,26 +1,26 @@
-"""One batch of prompts: for each prompt and round, generate -> verify -> select -> write.
+"""One batch of prompts through the search engine, with every job a Prefect task run.
 
-Generation runs on the flow's own thread, one round after another (one GPU); each round's
-verifications are submitted to the task runner's bounded thread pool, so the next round is being
-generated while the previous one is graded. Finished rounds (record on disk) are not resubmitted.
+The loop is ttsf_core.engine's (the same as `ttsf_core.runner`'s); this flow only builds the Prefect
+executor, reports progress and publishes the batch's table. Finished rounds are read back, stored
+images and grades are reused, so a re-run or a retry redoes nothing finished.
 """
 
+from __future__ import annotations
 
 from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact, update_progress_artifact
+from prefect.states import Failed
 from pydantic import BaseModel
-from prefect.futures import as_completed
-from prefect.tasks import exponential_backoff
 
-from tasks.generate import generate_task
-from tasks.record import finish_round_task
-from tasks.verify import verify_task
-from ttsf_core import rounds
+from tasks import runtime
+from tasks.executor import PrefectExecutor
 from ttsf_core.config import RunConfig
-from ttsf_core.records import RunLayout, read_round_record
-from ttsf_core.search import round_order
+from ttsf_core.engine import BatchCounts, Observer, SearchEngine
+from ttsf_core.prompts import read_prompt_list
+from ttsf_core.records import RoundRecord
+from ttsf_core.verifiers.base import verifier_batch_size
 
 TABLE_COLUMNS = ("prompt_index", "search_round", "num_noises", "best_noise_seed", "best_score", "best_img_path")
 
@@ -37,80 +37,63 @@ class ProgressRef(BaseModel):
         update_progress_artifact(self.artifact_id, progress=100.0 * done / max(self.total_prompts, 1))
 
 
+class BatchSummary(BaseModel):
+    """What a batch run returns (also as a failed run's data): counts and failures, never images."""
+
+    batch_index: int
+    counts: dict[str, int]
+    failures: list[str]
+    unfinished_prompts: list[int]
+
+
+class _FlowObserver(Observer):
+    def __init__(self, logger, progress: ProgressRef | None, rounds_per_prompt: int, already: dict[int, int]):
+        self.logger, self.progress, self.rounds_per_prompt = logger, progress, rounds_per_prompt
+        self.rounds_done = dict(already)
+
+    def round_recorded(self, record: RoundRecord) -> None:
+        self.logger.info("prompt %d round %d: best %s = %.3f (noise %s)", record.prompt_index, record.search_round,
+                         record.choice_of_metric, record.best_score, record.best.noise.tag())
+        self.rounds_done[record.prompt_index] = self.rounds_done.get(record.prompt_index, 0) + 1
+        if self.progress is not None and self.rounds_done[record.prompt_index] == self.rounds_per_prompt:
+            self.progress.update(sum(count == self.rounds_per_prompt for count in self.rounds_done.values()))
+
+
 @flow(name="search-batch", flow_run_name="batch-{batch_index}")
 def search_batch(
     config: RunConfig,
     batch_index: int,
-    prompts: list[tuple[int, str]],
+    prompt_list: str,
+    start: int,
+    stop: int,
     rpm_limit_name: str | None = None,
     progress: ProgressRef | None = None,
-) -> list[dict]:
+):
     logger = get_run_logger()
-    layout = RunLayout(config)
-    verify = verify_task.with_options(
-        retries=config.verifier_retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=config.verifier_retry_backoff_s),
-    )
-    records, pending = [], []
-    for prompt_index, prompt in prompts:
-        for search_round in round_order(config.search_args.search_method, config.search_args.search_rounds):
-            done = read_round_record(layout.record_path(prompt, search_round))
-            if done is not None:
-                records.append(done.model_dump(mode="json"))
-                continue
-            seeds = rounds.plan(config, prompt, search_round)
-            written = _generate(layout, seeds, prompt, search_round)(config, prompt_index, prompt, search_round, seeds)
-            grades = [
-                verify.submit(config.verifier_args, prompt, prompt_index, search_round, index,
-                              item["path"], item["sha256"], rpm_limit_name)
-                for index, item in enumerate(written)
-            ]
-            finish = finish_round_task.submit(config, prompt_index, prompt, search_round, written, grades)
-            pending.append((finish, grades))
-    records += _collect(pending, logger, progress, config.search_args.search_rounds, records)
-    _table(batch_index, records)
-    return records
+    prompts = list(enumerate(read_prompt_list(prompt_list)))[start:stop]
+    verifier = runtime.verifier_for(config.verifier_args)
+    observer = _FlowObserver(logger, progress, config.search_args.search_rounds, {})
+    engine = SearchEngine(config, PrefectExecutor(config, rpm_limit_name), grade_chunk=verifier_batch_size(verifier),
+                          observer=observer)
+    outcome = engine.run_batch(prompts)
+    _table(batch_index, [record.model_dump(mode="json") for record in outcome.records])
+    summary = BatchSummary(batch_index=batch_index, counts=vars(outcome.counts),
+                           failures=[_describe(f.error) for f in outcome.failures],
+                           unfinished_prompts=outcome.unfinished_prompts)
+    if outcome.failures:
+        for failure in outcome.failures:
+            logger.error("prompt %d round %d failed: %s", failure.prompt_index, failure.search_round,
+                         _describe(failure.error))
+        return Failed(message=summary.failures[0], data=summary)
+    return summary
 
 
-def _generate(layout: RunLayout, seeds: list[int], prompt: str, search_round: int):
-    """A cached generation is only trusted while its files are there: missing images are redrawn."""
-    paths = layout.round_image_paths(prompt, search_round, seeds)
-    return generate_task if all(path.is_file() for path in paths) else generate_task.with_options(refresh_cache=True)
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
-def _collect(pending, logger, progress, rounds_per_prompt: int, already: list[dict]) -> list[dict]:
-    """Wait for every round (so all that can finish does), then raise the first failure."""
-    finished, failures = [], []
-    rounds_done: dict[int, int] = {}
-    for record in already:
-        rounds_done[record["prompt_index"]] = rounds_done.get(record["prompt_index"], 0) + 1
-    grades_of = {id(finish): grades for finish, grades in pending}
-    for future in as_completed([finish for finish, _ in pending]):
-        try:
-            record = future.result()
-        except Exception as error:  # noqa: BLE001 - reported after the other rounds finish
-            failures.append(_root_cause(error, grades_of[id(future)]))
-            continue
-        finished.append(record)
-        logger.info("prompt %d round %d: best %s = %.3f (seed %d)", record["prompt_index"], record["search_round"],
-                    record["choice_of_metric"], record["best_score"], record["best_noise_seed"])
-        rounds_done[record["prompt_index"]] = rounds_done.get(record["prompt_index"], 0) + 1
-        if progress is not None and rounds_done[record["prompt_index"]] == rounds_per_prompt:
-            progress.update(sum(count == rounds_per_prompt for count in rounds_done.values()))
-    if failures:
-        raise failures[0]
-    return finished
-
-
-def _root_cause(error: Exception, grade_futures) -> Exception:
-    """A round fails because one of its verifications did: report that one, not the knock-on."""
-    for grade in grade_futures:
-        if grade.state.is_failed():
-            try:
-                grade.result()
-            except Exception as cause:  # noqa: BLE001 - returned to be raised by the caller
-                return cause
-    return error
+def counts_of(summary: BatchSummary | None) -> BatchCounts:
+    return BatchCounts(**summary.counts) if summary is not None else BatchCounts()
 
 
 def _table(batch_index: int, records: list[dict]) -> None:

@@ -1,21 +1,21 @@
 """The whole job: load prompts, split them into batches, search each batch, build the report."""
 
+from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.search_batch import ProgressRef, search_batch
+from flows.search_batch import BatchSummary, ProgressRef, counts_of, search_batch
+from flows.storage import result_storage_for
 from tasks.rate_limit import ensure_rpm_limit
 from ttsf_core.config import RunConfig
+from ttsf_core.engine import BatchCounts
+from ttsf_core.prompts import read_prompt_list, save_prompt_list
 from ttsf_core.report import build_report, report_dataframe, summary_markdown
 from ttsf_core.runner import prepare_run
-from flows.storage import result_storage_for
-
-
-def _batches(prompts: list[str], size: int) -> list[list[tuple[int, str]]]:
-    indexed = list(enumerate(prompts))
-    return [indexed[start : start + size] for start in range(0, len(indexed), size)]
 
 
 def _run_name() -> str:
@@ -27,46 +27,60 @@ def _run_name() -> str:
     return f"search-{config.identity_hash()}" if config else "search"
 
 
-def _finished(layout, batch: list[tuple[int, str]], search_rounds: int) -> bool:
-    return all(layout.record_path(prompt, r).is_file() for _, prompt in batch for r in range(1, search_rounds + 1))
+def _finished(layout, prompts: list[str], search_rounds: int) -> bool:
+    return all(layout.record_path(prompt, r).is_file() for prompt in prompts for r in range(1, search_rounds + 1))
 
 
 @flow(name="search-dataset", flow_run_name=_run_name)
-def search_dataset(config: RunConfig) -> str:
-    """Returns the run folder. Re-running the same config resumes: nothing finished is redone."""
+def search_dataset(config: RunConfig, prompt_list: str | None = None) -> dict:
+    """Returns the run folder and what this run did. Re-running the same config resumes: nothing
+    finished is redone. `prompt_list`: the prompts already loaded and saved (ttsf run passes it, so
+    a dataset is read once); without it the flow loads them from `config.prompts`."""
     logger = get_run_logger()
-    prepared = prepare_run(config)
+    prepared = prepare_run(config, prompts=read_prompt_list(prompt_list) if prompt_list else None)
     run_dir = prepared.layout.run_dir.resolve()
+    prompt_list = str(save_prompt_list(prepared.layout.run_dir, prepared.prompts))
     rpm_name = ensure_rpm_limit(config)
-    batches = _batches(prepared.prompts, config.prompts_per_batch)
+    total, size = len(prepared.prompts), config.prompts_per_batch
     progress_id = create_progress_artifact(progress=0.0, key=f"ttsf-progress-{config.identity_hash()}",
-                                           description=f"Prompts finished of {len(prepared.prompts)}")
+                                           description=f"Prompts finished of {total}")
     batch_flow = search_batch.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=config.task_workers),
         result_storage=result_storage_for(config),
-        persist_result=False,  # the batch's records are on disk; only task results are worth caching
     )
-    logger.info("%d prompts in %d batches -> %s", len(prepared.prompts), len(batches), run_dir)
-    failed, causes = [], []
-    for batch_index, batch in enumerate(batches):
-        progress = ProgressRef(artifact_id=progress_id, total_prompts=len(prepared.prompts),
-                               done_before=batch_index * config.prompts_per_batch)
-        if _finished(prepared.layout, batch, config.search_args.search_rounds):
+    logger.info("%d prompts in %d batches -> %s", total, -(-total // size), run_dir)
+    counts, failed, causes = BatchCounts(), [], []
+    for batch_index, start in enumerate(range(0, total, size)):
+        stop = min(start + size, total)
+        progress = ProgressRef(artifact_id=progress_id, total_prompts=total, done_before=start)
+        if _finished(prepared.layout, prepared.prompts[start:stop], config.search_args.search_rounds):
             # A finished batch costs no subflow run (each costs ~1 s of Prefect bookkeeping).
-            progress.update(len(batch))
-            logger.info("batch %d: every round already recorded, skipped", batch_index)
+            progress.update(stop - start)
+            counts.rounds_skipped += (stop - start) * config.search_args.search_rounds
             continue
-        state = batch_flow(config, batch_index, batch, rpm_name, progress, return_state=True)
-        if state.is_failed() or state.is_crashed():
+        state = batch_flow(config, batch_index, prompt_list, start, stop, rpm_name, progress, return_state=True)
+        summary = _summary(state)
+        counts.add(counts_of(summary))
+        if not state.is_completed():
             failed.append(batch_index)
             causes.append(state.message)
             logger.error("batch %d failed: %s (re-run the same config to resume it)", batch_index, state.message)
     if failed:
         raise RuntimeError(f"batches {failed} failed ({causes[0]}); finished rounds are kept: "
                            "re-run the same config to resume")
-    frame = report_dataframe(run_dir)
-    build_report(run_dir)
-    create_markdown_artifact(markdown=summary_markdown(frame, run_dir), key="ttsf-summary",
-                             description="Best score per round and where the files are")
-    return str(run_dir)
+    if build_report(run_dir, only_if_changed=True) is not None:
+        create_markdown_artifact(markdown=summary_markdown(report_dataframe(run_dir), run_dir), key="ttsf-summary",
+                                 description="Best score per round and where the files are")
+    return {"run_dir": str(run_dir), "counts": vars(counts)}
 
+
+def _summary(state) -> BatchSummary | None:
+    try:
+        data = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - a crashed batch has no result; its state says why
+        return None
+    return data if isinstance(data, BatchSummary) else None
+
+
+def run_dir_of(result: dict) -> Path:
+    return Path(result["run_dir"])

@@ -1,28 +1,21 @@
-"""Generate a round's candidates and write their PNGs. Cached across flow runs: its persisted result
-is what it wrote (paths + content hashes), never tensors or images."""
+"""Generate a stage's missing images and write them to the store (each batch as it finishes).
+
+Not cached by Prefect: the store is the cache. The job finds images already stored (written by an
+earlier attempt, run or worker) and generates only the rest, so a retry pays for what is missing.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks import runtime
-from tasks.cache_keys import generation_key
-from ttsf_core import rounds
+from ttsf_core import jobs
 from ttsf_core.config import RunConfig
-from ttsf_core.records import RunLayout
+from ttsf_core.store import Store, StoredImage
 
 
-@task(
-    name="generate",
-    task_run_name="generate-p{prompt_index}-r{search_round}",
-    cache_key_fn=generation_key,
-    persist_result=True,
-    result_serializer="json",
-    retries=1,
-)
-def generate_task(config: RunConfig, prompt_index: int, prompt: str, search_round: int, seeds: list[int]) -> list[dict]:
-    generator = runtime.generator_for(config)
-    written, _ = rounds.generate_candidates(generator, RunLayout(config), prompt, search_round, seeds)
-    return [asdict(item) for item in written]
+@task(name="generate", task_run_name="generate-p{job.prompt_index}-r{job.search_round}-{job.stage}",
+      cache_policy=NO_CACHE, retries=1)
+def generate_task(config: RunConfig, job: jobs.GenerateJob) -> list[StoredImage]:
+    return jobs.generate(Store(config), runtime.generator_for(config), job)

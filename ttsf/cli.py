@@ -38,7 +38,14 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "guidance_scale": (("pipeline_call_args", "guidance_scale"), "Guidance scale [3.5]."),
     "max_sequence_length": (("pipeline_call_args", "max_sequence_length"), "T5 max tokens [512]."),
     "search_rounds": (("search_args", "search_rounds"), "Search rounds R; round r draws 2**r noises [4]."),
-    "initial_pool_size": (("search_args", "initial_pool_size"), "Noises in round 1; doubles each round [2]."),
+    "initial_pool_size": (("search_args", "initial_pool_size"), "random: noises in round 1; doubles each round [2]."),
+    "search_method": (("search_args", "search_method"), "random, or zero-order (a pivot and its neighbours each "
+                      "round; the best neighbour becomes the next pivot) [random]."),
+    "threshold": (("search_args", "threshold"), "zero-order: cosine similarity of each neighbour to the pivot [0.95]."),
+    "num_neighbors": (("search_args", "num_neighbors"), "zero-order: neighbours graded each round [4]."),
+    "draft_steps": (("search_args", "draft_steps"), "Cheap drafts: generate every candidate with this many steps "
+                    "first, and only the best --draft_keep again at full steps [off]."),
+    "draft_keep": (("search_args", "draft_keep"), "Drafts regenerated at full steps each round [2]."),
     "verifier_to_use": (("verifier_args", "name"), "gemini, qwen, imagestats, or an installed plugin [gemini]."),
     "verifier_model": (("verifier_args", "model_name"), "The verifier's model [its own default]."),
     "choice_of_metric": (("verifier_args", "choice_of_metric"),
@@ -111,7 +118,10 @@ def main() -> None:
 
 @main.command("run")
 @run_options
-def run_command(**options: Any) -> None:
+@click.option("--executor", type=click.Choice(["prefect", "threads"]), default="prefect", show_default=True,
+              help="prefect: the search-dataset flow, every job a task run (visible in the Prefect UI); "
+                   "threads: the same search loop on local threads, no orchestrator.")
+def run_command(executor: str, **options: Any) -> None:
     """Search noises for each prompt, grade every image, record each round's best."""
     from ttsf.cli_run import run_and_print
 
@@ -119,7 +129,7 @@ def run_command(**options: Any) -> None:
         config = config_from_options(options)
     except ConfigError as error:
         fail(str(error))
-    run_and_print(config)
+    run_and_print(config, executor)
 
 
 @main.command("report")
@@ -130,6 +140,24 @@ def report_command(output_dir: Path) -> None:
     from ttsf.cli_run import report_and_print
 
     report_and_print(output_dir)
+
+
+@main.command("regenerate")
+@click.argument("record", type=click.Path(path_type=Path))
+@click.option("--index", type=int, default=None, help="Candidate index in the record [the round's best].")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where to write the PNG [./<noise tag>-st<steps>.png].")
+@click.option("--device", default=None, help="Device for the pipeline [the run's].")
+def regenerate_command(record: Path, index: int | None, out: Path | None, device: str | None) -> None:
+    """Regenerate one candidate's image from its round RECORD alone (noise spec, steps, batch) and
+    check it is byte-identical to the recorded image (exit 1 if not)."""
+    from ttsf.cli_run import regenerate_and_print
+    from ttsf_core.records import read_round_record
+
+    if index is None:
+        found = read_round_record(record) if record.is_file() else None
+        index = found.best_index if found is not None else 0
+    regenerate_and_print(record, index, out, device)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,8 @@
-"""What `ttsf run` and `ttsf report` do once their input is valid.
+"""What `ttsf run`, `ttsf report` and `ttsf regenerate` do once their input is valid.
 
 `ttsf run` runs the `search_dataset` Prefect flow in this process, on Prefect's embedded temporary
-server (or the server PREFECT_API_URL names): nothing to set up, and every run is visible in the UI.
+server (or the server PREFECT_API_URL names), or with `--executor threads` the same search loop on
+local threads without Prefect. A run with nothing left to do starts neither Prefect nor a model.
 """
 
 from __future__ import annotations
@@ -22,40 +23,92 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "WARNING",
 }
+RESUME_HINT = "finished rounds, images and grades are kept: run the same command again to resume"
 
 
-def run_and_print(config: RunConfig) -> None:
-    from ttsf_core import runner
+def run_and_print(config: RunConfig, executor: str = "prefect") -> None:
     from ttsf.cli import fail
+    from ttsf_core import runner
 
     try:
         prepared = runner.prepare_run(config)  # fail on bad input before Prefect or a model starts
     except (ConfigError, VerifierConfigError) as error:
         fail(str(error))
+    pending = pending_rounds(prepared)
+    if not pending:
+        click.echo(f"Nothing to do: all {len(prepared.prompts)} prompts x {config.search_args.search_rounds} rounds "
+                   "are recorded (0 images generated, 0 graded).")
+    else:
+        with RecordProgress(prepared, pending):
+            counts = _search(prepared, executor, fail)
+        click.echo(f"This run generated {counts['images_generated']} images and graded {counts['images_graded']} "
+                   f"({counts['images_found']} images and {counts['grades_found']} grades were already stored; "
+                   f"{counts['rounds_skipped']} rounds already recorded).")
+    from ttsf_core.report import build_report
+
+    build_report(prepared.layout.run_dir, only_if_changed=True)
+    print_summary(prepared.layout.run_dir)
+
+
+def _search(prepared, executor: str, fail) -> dict:
+    from ttsf_core import runner
+
+    if executor == "threads":
+        _, outcome = runner.run(prepared)
+        if outcome.failures:
+            error = outcome.failures[0].error
+            fail(f"{type(error).__name__}: {error}; {RESUME_HINT}", code=1)
+        return vars(outcome.counts)
     for name, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(name, value)
     from flows.search_dataset import search_dataset
     from tasks import runtime
+    from ttsf_core.prompts import save_prompt_list
 
     # Load the pipeline while Prefect's embedded server starts (both take seconds); the flow's
     # first generation waits for it. A failed load is raised again, with its message, by the flow.
-    threading.Thread(target=_preload, args=(runtime, config), daemon=True).start()
+    threading.Thread(target=_preload, args=(runtime, prepared.config), daemon=True).start()
+    prompt_list = save_prompt_list(prepared.layout.run_dir, prepared.prompts)
+    try:
+        result = search_dataset(prepared.config, prompt_list=str(prompt_list))
+    except (VerifierError, RetryableVerifierError, RuntimeError) as error:
+        fail(f"{type(error).__name__}: {error}; {RESUME_HINT}", code=1)
+    return result["counts"]
 
-    rounds = range(1, config.search_args.search_rounds + 1)
-    total = len(prepared.prompts) * sum(config.search_args.pool_size(r) for r in rounds)
-    with tqdm(total=total, unit="candidate", desc="search", dynamic_ncols=True) as bar:
-        runtime.on_progress(bar.update)
-        try:
-            run_dir = search_dataset(config)
-        except (VerifierError, RetryableVerifierError, RuntimeError) as error:
-            bar.close()
-            fail(f"{type(error).__name__}: {error}; finished rounds and images are kept: "
-                 "run the same command again to resume", code=1)
-        finally:
-            runtime.on_progress(None)
-    click.echo(f"This run generated {runtime.images_generated()} images and verified "
-               f"{runtime.images_verified()} (the rest were finished before or cached).")
-    print_summary(Path(run_dir))
+
+def pending_rounds(prepared) -> int:
+    """Rounds of this run with no record yet."""
+    rounds = range(1, prepared.config.search_args.search_rounds + 1)
+    return sum(not prepared.layout.record_path(prompt, r).is_file() for prompt in prepared.prompts for r in rounds)
+
+
+class RecordProgress:
+    """A progress bar over rounds recorded, read from the run folder (true whoever writes them)."""
+
+    def __init__(self, prepared, pending: int, interval_s: float = 1.0):
+        self.prepared, self.interval_s = prepared, interval_s
+        total = len(prepared.prompts) * prepared.config.search_args.search_rounds
+        self.bar = tqdm(total=total, initial=total - pending, unit="round", desc="search", dynamic_ncols=True)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            self._update()
+
+    def _update(self) -> None:
+        done = self.bar.total - pending_rounds(self.prepared)
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> "RecordProgress":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._update()
+        self.bar.close()
 
 
 def _preload(runtime, config: RunConfig) -> None:
@@ -69,10 +122,13 @@ def print_summary(run_dir: Path) -> None:
     from ttsf_core.report import REPORT_DIRNAME, report_dataframe
 
     frame = report_dataframe(run_dir)
-    by_round = frame.groupby("search_round").agg(images=("num_noises", "first"), mean_best=("best_score", "mean"))
-    click.echo(f"{frame['prompt_index'].nunique()} prompts, metric {frame['choice_of_metric'].iloc[0]}")
+    by_round = frame.groupby("search_round").agg(images=("images_generated", "mean"), nfe=("nfe_so_far", "mean"),
+                                                 mean_best=("best_score", "mean"))
+    click.echo(f"{frame['prompt_index'].nunique()} prompts, metric {frame['choice_of_metric'].iloc[0]}, "
+               f"search {frame['search_method'].iloc[0]}")
     for search_round, row in by_round.iterrows():
-        click.echo(f"  round {search_round}: {row['images']} images a prompt, mean best score {row['mean_best']:.3f}")
+        click.echo(f"  round {search_round}: {row['images']:g} images ({row['nfe']:g} NFEs) a prompt so far, "
+                   f"mean best score {row['mean_best']:.3f}")
     click.echo(f"Report: {run_dir / REPORT_DIRNAME}")
     click.echo(f"Output: {run_dir}")
 
@@ -99,3 +155,18 @@ def find_run_dirs(output_dir: Path) -> list[Path]:
     if (output_dir / "config.json").is_file():
         return [output_dir]
     return sorted(path.parent for path in output_dir.rglob("config.json") if (path.parent / "prompts").is_dir())
+
+
+def regenerate_and_print(record: Path, index: int, out: Path | None, device: str | None) -> None:
+    from ttsf.cli import fail
+    from ttsf_core.regenerate import regenerate
+
+    try:
+        result = regenerate(record, index, out, device)
+    except (ConfigError, ValueError) as error:
+        fail(str(error))
+    verdict = "byte-identical to the recorded image" if result.identical else \
+        f"DIFFERENT from the recorded image (recorded {result.recorded_sha256}, got {result.sha256})"
+    click.echo(f"{result.path}: {verdict}")
+    if not result.identical:
+        raise SystemExit(1)

@@ -80,15 +80,45 @@ class VerifierArgs(_Frozen):
         return value
 
 
-class SearchArgs(_Frozen):
-    """The search over initial noises (tt-scale-flux's `search_args`)."""
+SEARCH_METHODS = ("random", "zero-order")
+_SEARCH_METHOD_ALIASES = {"zero_order": "zero-order", "zeroorder": "zero-order", "zo": "zero-order"}
 
-    search_method: Literal["random"] = "random"
+
+class SearchArgs(_Frozen):
+    """The search over initial noises (tt-scale-flux's `search_args`, zero-order keys included)."""
+
+    search_method: Literal["random", "zero-order"] = "random"
     search_rounds: int = Field(4, ge=1, le=16)
-    # Round r (1-based) draws initial_pool_size * 2**(r-1) noises: 2, 4, 8, ... by default.
-    initial_pool_size: int = Field(2, ge=1)
+    # random: round r (1-based) draws initial_pool_size * 2**(r-1) noises: 2, 4, 8, ... by default.
+    initial_pool_size: int = Field(2, ge=1, le=1024)
+    # zero-order: each round grades a pivot and num_neighbors neighbours at cosine `threshold` to it.
+    threshold: float = Field(0.95, gt=0, lt=1)
+    num_neighbors: int = Field(4, ge=1, le=256)
+    # Cheap drafts: every candidate first at draft_steps, the best draft_keep again at full steps.
+    draft_steps: int | None = Field(None, ge=1)
+    draft_keep: int = Field(2, ge=1, le=1024)
+
+    @field_validator("search_method", mode="before")
+    @classmethod
+    def _method_alias(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            return _SEARCH_METHOD_ALIASES.get(text, text)
+        return value
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the records of a run beyond its images and grades: the strategy and its own
+        parameters. Not `search_rounds`: a longer run extends a shorter one in the same folder."""
+        own = {"random": ("initial_pool_size",), "zero-order": ("threshold", "num_neighbors")}[self.search_method]
+        identity = {"search_method": self.search_method, **{name: getattr(self, name) for name in own}}
+        if self.draft_steps is not None:
+            identity |= {"draft_steps": self.draft_steps, "draft_keep": self.draft_keep}
+        return identity
 
     def pool_size(self, search_round: int) -> int:
+        """Noises a round draws (its final-stage candidates before any draft cut)."""
+        if self.search_method == "zero-order":
+            return 1 + self.num_neighbors
         return self.initial_pool_size * 2 ** (search_round - 1)
 
 
@@ -180,21 +210,39 @@ class RunConfig(_Frozen):
             raise ValueError("allowed: a hub id, a local folder or 'tiny-flux'")
         return value.strip()
 
+    @model_validator(mode="after")
+    def _drafts_are_cheaper(self) -> "RunConfig":
+        draft, full = self.search_args.draft_steps, self.pipeline_call_args.num_inference_steps
+        if draft is not None and draft >= full:
+            raise ValueError(f"search_args.draft_steps: received {draft}, allowed: fewer than "
+                             f"num_inference_steps ({full})")
+        return self
+
+    def generation_identity(self) -> dict[str, Any]:
+        """What decides an image's pixels besides its noise and its steps (both part of its file name)."""
+        call = self.pipeline_call_args.model_dump(exclude={"num_inference_steps"})
+        return {"model": self.pretrained_model_name_or_path, "torch_dtype": self.torch_dtype, **call}
+
     def search_identity(self) -> dict[str, Any]:
-        """What decides every candidate's image and grade; the output folder is named by its hash."""
+        """What decides a run folder's records: images, grades and selection (not the round count)."""
         verifier = self.verifier_args
         return {
-            "model": self.pretrained_model_name_or_path,
-            "torch_dtype": self.torch_dtype,
+            "generation": self.generation_identity(),
+            "num_inference_steps": self.pipeline_call_args.num_inference_steps,
             "seed": self.seed,
-            "pipeline_call_args": self.pipeline_call_args.model_dump(),
-            "search_args": self.search_args.model_dump(),
-            "verifier": verifier.grading_identity() | {"choice_of_metric": verifier.choice_of_metric},
+            "search": self.search_args.identity(),
+            "verifier": verifier.grading_identity(),
+            "choice_of_metric": verifier.choice_of_metric,
         }
 
     def identity_hash(self) -> str:
-        blob = json.dumps(self.search_identity(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return digest(self.search_identity())
+
+
+def digest(payload: Any, length: int = 12) -> str:
+    """A short, stable hash of a JSON-able payload (sorted keys): names folders and cache entries."""
+    blob = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 class ConfigError(ValueError):

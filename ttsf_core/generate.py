@@ -5,13 +5,15 @@ from __future__ import annotations
 import inspect
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
+from ttsf_core.candidates import Candidate, NoiseSpec, draw_batch
 from ttsf_core.config import RunConfig
-from ttsf_core.noise import draw_latents, supports_explicit_latents
+from ttsf_core.noise import supports_explicit_latents
 
 _ENCODINGS_KEPT = 16  # prompts in flight at once are few; keep their embeddings, drop the rest
 
@@ -69,40 +71,65 @@ class CandidateGenerator:
             )
         return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
 
-    def generate(self, prompt: str, seeds: list[int]) -> list[Image.Image]:
-        images: list[Image.Image] = []
-        for start in range(0, len(seeds), self.batch_size):
-            images.extend(self._generate_batch(prompt, seeds[start : start + self.batch_size]))
-        return images
+    def generate(self, prompt: str, candidates: list[Candidate]) -> list[Image.Image]:
+        """Every candidate's image, in order."""
+        return [image for _, images in self.batches(prompt, candidates) for image in images]
 
-    def _generate_batch(self, prompt: str, seeds: list[int]) -> list[Image.Image]:
+    def batches(self, prompt: str, candidates: list[Candidate]) -> Iterator[tuple[list[Candidate], list[Image.Image]]]:
+        """Pipeline calls of at most batch_size candidates sharing their steps, yielded as each finishes
+        (so the caller can write them before the next call: a kill loses one batch at most)."""
+        for batch in plan_batches(candidates, self.batch_size):
+            yield batch, self._generate_batch(prompt, batch)
+
+    def _generate_batch(self, prompt: str, batch: list[Candidate]) -> list[Image.Image]:
         with self._lock:
-            kwargs = self._call_kwargs(self.encode(prompt), seeds)
+            kwargs = self._call_kwargs(self.encode(prompt), batch)
             output = self.pipe(**kwargs)
             self.counts.pipeline_calls += 1
-            self.counts.images += len(seeds)
+            self.counts.images += len(batch)
         return list(output.images)
 
-    def _call_kwargs(self, encoding: dict, seeds: list[int]) -> dict:
+    def _call_kwargs(self, encoding: dict, batch: list[Candidate]) -> dict:
         args = self.config.pipeline_call_args
         kwargs = {
             "height": args.height,
             "width": args.width,
             "guidance_scale": args.guidance_scale,
-            "num_inference_steps": args.num_inference_steps,
+            "num_inference_steps": batch[0].steps,
             "output_type": "pil",
         }
         if self._passes_sequence_length:
             kwargs["max_sequence_length"] = args.max_sequence_length
         if self._explicit:
             dtype = encoding["prompt_embeds"].dtype
-            kwargs["latents"] = draw_latents(self.pipe, seeds, args.height, args.width).to(self._device, dtype)
-            kwargs.update({name: _repeat(tensor, len(seeds)) for name, tensor in encoding.items()})
+            kwargs["latents"] = draw_batch(self.pipe, batch, args.height, args.width).to(self._device, dtype)
+            kwargs.update({name: _repeat(tensor, len(batch)) for name, tensor in encoding.items()})
         else:
             # Other pipelines draw their own noise: one CPU generator per candidate keeps it per-seed.
-            kwargs["prompt"] = [encoding["prompt"]] * len(seeds)
-            kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+            walked = [candidate.noise.tag() for candidate in batch if candidate.noise.walk]
+            if walked:
+                raise ValueError(f"noise {walked[0]}: neighbour noises need a pipeline that takes packed latents "
+                                 f"(FLUX); {type(self.pipe).__name__} draws its own")
+            kwargs["prompt"] = [encoding["prompt"]] * len(batch)
+            kwargs["generator"] = [torch.Generator("cpu").manual_seed(c.noise.seed) for c in batch]
         return kwargs
+
+
+def plan_batches(candidates: list[Candidate], batch_size: int) -> list[list[Candidate]]:
+    """Consecutive runs of equal steps, cut into pieces of at most batch_size: the pipeline calls."""
+    batches: list[list[Candidate]] = []
+    for candidate in candidates:
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < batch_size and last[0].steps == candidate.steps:
+            last.append(candidate)
+        else:
+            batches.append([candidate])
+    return batches
+
+
+def seed_candidates(seeds: list[int], steps: int) -> list[Candidate]:
+    """Fresh-noise candidates for plain seeds (benchmarks, tests, tt-scale-flux-style calls)."""
+    return [Candidate(noise=NoiseSpec(seed=seed), steps=steps) for seed in seeds]
 
 
 def _repeat(tensor: torch.Tensor, times: int) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """Seeds -> initial noises.
 
-Every candidate's seed is derived from (base seed, prompt, round, index) alone, so the same config
-draws the same candidates on any machine and in any order. Each candidate's latents are drawn on the
-CPU with its own torch.Generator (one generator for a whole batch would tie an image to its batch
-position), in float32, then cast to the model's dtype: CPU float32 draws are identical everywhere.
+Every seed is derived from (base seed, prompt, round, index, purpose) alone, so the same config
+draws the same candidates on any machine and in any order. Each noise is drawn on the CPU with its own
+torch.Generator (one generator for a whole batch would tie an image to its batch position), in float32,
+then cast to the model's dtype: CPU float32 draws are identical everywhere.
 """
 
 from __future__ import annotations
@@ -15,10 +15,15 @@ import torch
 SEED_BITS = 63
 
 
-def candidate_seed(base_seed: int, prompt: str, search_round: int, index: int) -> int:
-    """A 63-bit seed that depends only on its arguments (not on Python's salted hash())."""
-    key = f"ttsf-noise-v1\x1f{base_seed}\x1f{search_round}\x1f{index}\x1f{prompt}".encode("utf-8")
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed that depends only on `parts` (not on Python's salted hash())."""
+    key = "\x1f".join(str(part) for part in parts).encode("utf-8")
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> (64 - SEED_BITS)
+
+
+def candidate_seed(base_seed: int, prompt: str, search_round: int, index: int) -> int:
+    """The seed of a fresh noise: candidate `index` of `search_round` for `prompt`."""
+    return derive_seed("ttsf-noise-v1", base_seed, search_round, index, prompt)
 
 
 def round_seeds(base_seed: int, prompt: str, search_round: int, pool_size: int) -> list[int]:
@@ -45,6 +50,21 @@ def draw_latents(pipe, seeds: list[int], height: int, width: int) -> torch.Tenso
         latents = pipe.prepare_latents(1, channels, height, width, torch.float32, torch.device("cpu"), generator)
         drawn.append(latents[0] if isinstance(latents, tuple) else latents)
     return torch.cat(drawn, dim=0)
+
+
+def sphere_neighbour(pivot: torch.Tensor, seed: int, cosine: float) -> torch.Tensor:
+    """A point on the sphere of the pivot's norm at cosine similarity `cosine` to it (Ma et al.'s
+    zero-order neighbour, as tt-scale-flux draws it, but seeded): the pivot direction u, a random
+    direction w orthogonal to it (a seeded float64 Gaussian with its u-component removed), and
+    |pivot| * (cosine * u + sqrt(1 - cosine^2) * w). Computed in float64, returned in float32."""
+    flat = pivot.reshape(-1).to(torch.float64)
+    norm = torch.linalg.vector_norm(flat)
+    unit = flat / norm.clamp_min(1e-12)
+    direction = torch.randn(flat.numel(), generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float64)
+    orthogonal = direction - (direction @ unit) * unit
+    orthogonal = orthogonal / torch.linalg.vector_norm(orthogonal).clamp_min(1e-12)
+    neighbour = norm * (cosine * unit + (1.0 - cosine**2) ** 0.5 * orthogonal)
+    return neighbour.reshape(pivot.shape).to(torch.float32)
 
 
 def supports_explicit_latents(pipe) -> bool:

@@ -88,3 +88,29 @@ def _read_hub(source: PromptSource, limit: int | None) -> list:
             f"dataset: received {source.dataset!r}, which could not be loaded ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}); allowed: a hub dataset id or a local file"
         ) from None
+
+
+PROMPT_LISTS_DIRNAME = "prompt-lists"
+
+
+def save_prompt_list(run_dir: Path, prompts: list[str]) -> Path:
+    """Write the run's prompts once, named by their hash, so flows pass a path instead of the texts
+    (Prefect refuses large parameters; a dataset is read once per run, not once per batch)."""
+    from ttsf_core.config import digest
+    from ttsf_core.files import write_json
+
+    path = Path(run_dir) / PROMPT_LISTS_DIRNAME / f"{digest(prompts, 16)}.json"
+    if not path.is_file():
+        write_json(path, {"prompts": prompts})
+    return path
+
+
+def read_prompt_list(path: str | Path) -> list[str]:
+    import json
+
+    from ttsf_core.config import digest
+
+    prompts = json.loads(Path(path).read_text(encoding="utf-8"))["prompts"]
+    if not Path(path).stem == digest(prompts, 16):
+        raise ValueError(f"prompt list {path} does not match its name: it was changed after it was written")
+    return prompts

@@ -1,39 +1,57 @@
-"""Candidate and round records, the run folder layout, and atomic file writes.
+"""Candidate and round records, and the run folder layout.
 
-A run folder is named by the hash of what decides its images and grades (never a timestamp), so the
-same config always lands in - and resumes from - the same place. Each prompt gets its own folder with
-one PNG per candidate and one JSON per round carrying tt-scale-flux's keys plus every candidate.
+A run folder is named by the hash of what decides its records (images, grades, selection; never a
+timestamp, never the round count), so the same config always lands in - and resumes from - the same
+place, and a longer search extends a shorter one. Each prompt gets a folder with one JSON per round
+carrying tt-scale-flux's keys plus every candidate: its noise spec, steps, image and grades. Images
+and grades themselves live in the store (ttsf_core.store), shared by every run of the output folder.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
-import re
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any
 
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from ttsf_core.candidates import Candidate, NoiseSpec, Role, Stage
 from ttsf_core.config import RunConfig
+from ttsf_core.files import prompt_dirname, safe_slug, write_json
 from ttsf_core.verifiers.base import METRIC_NAMES, Grades
 
 RECORD_GLOB = "prompts/*/round_*.json"
 
 
 class CandidateRecord(BaseModel):
+    """One graded image of a round. `img_path` is relative to the record's folder (absolute in records
+    written before the store existed); `batch` lists the noises generated in the same pipeline call, in
+    order, `batch_position` this one's place there: batched float math depends on both, so together
+    they make the image reproducible bit for bit."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     index: int
     seed: int
+    noise: NoiseSpec
+    steps: int | None = None  # None: a record from before drafts (the run's num_inference_steps)
+    stage: Stage = "final"
+    role: Role = "sample"
     img_path: str
     image_sha256: str
     score: float
     grades: Grades
+    batch: tuple[NoiseSpec, ...] = ()
+    batch_position: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_noise(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "noise" not in data and "seed" in data:
+            data = {**data, "noise": {"seed": data["seed"]}}
+        return data
+
+    def candidate(self, default_steps: int) -> Candidate:
+        return Candidate(noise=self.noise, steps=self.steps or default_steps, stage=self.stage, role=self.role)
 
 
 class RoundRecord(BaseModel):
@@ -49,28 +67,32 @@ class RoundRecord(BaseModel):
     best_index: int
     config_hash: str
     candidates: list[CandidateRecord]
+    search_method: str = "random"
+    best_noise: NoiseSpec | None = None
+    # Denoiser evaluations this round added to the prompt's search (steps of images not in earlier rounds).
+    nfe: int | None = None
+    # zero-order only (tt-scale-flux's key): did a neighbour beat the pivot?
+    neighbors_improvement: bool | None = None
 
     @model_validator(mode="after")
     def _best_is_one_of_the_candidates(self) -> "RoundRecord":
-        if self.num_noises != len(self.candidates) or not 0 <= self.best_index < len(self.candidates):
-            raise ValueError(f"num_noises {self.num_noises} / best_index {self.best_index} do not match "
-                             f"{len(self.candidates)} candidates")
+        if not 0 <= self.best_index < len(self.candidates):
+            raise ValueError(f"best_index {self.best_index} is not among {len(self.candidates)} candidates")
         best = self.candidates[self.best_index]
         if (best.seed, best.score, best.img_path) != (self.best_noise_seed, self.best_score, self.best_img_path):
             raise ValueError("best_noise_seed, best_score and best_img_path must be those of candidates[best_index]")
+        if best.stage != "final":
+            raise ValueError(f"candidates[{self.best_index}] is a draft: the best is chosen among final images")
         if self.choice_of_metric not in METRIC_NAMES:
             raise ValueError(f"choice_of_metric: received {self.choice_of_metric!r}, allowed: {', '.join(METRIC_NAMES)}")
         return self
 
+    @property
+    def best(self) -> CandidateRecord:
+        return self.candidates[self.best_index]
 
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def safe_slug(text: str, max_len: int = 40) -> str:
-    """A file-name-safe ASCII slug: whatever the text says, no separators, dots or control chars."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:max_len].strip("_")
-    return slug or "x"
+    def final_candidates(self) -> list[CandidateRecord]:
+        return [candidate for candidate in self.candidates if candidate.stage == "final"]
 
 
 class RunLayout:
@@ -78,8 +100,9 @@ class RunLayout:
 
     def __init__(self, config: RunConfig):
         verifier = config.verifier_args
+        self.output_dir = Path(config.output_dir)
         self.run_dir = (
-            Path(config.output_dir)
+            self.output_dir
             / safe_slug(Path(config.pretrained_model_name_or_path).name or "model", 60)
             / safe_slug(verifier.name)
             / verifier.choice_of_metric
@@ -87,14 +110,7 @@ class RunLayout:
         )
 
     def prompt_dir(self, prompt: str) -> Path:
-        return self.run_dir / "prompts" / f"{safe_slug(prompt)}-{text_hash(prompt)[:10]}"
-
-    def image_path(self, prompt: str, search_round: int, index: int, seed: int) -> Path:
-        return self.prompt_dir(prompt) / f"r{search_round:02d}_c{index:03d}_s{seed}.png"
-
-    def round_image_paths(self, prompt: str, search_round: int, seeds: list[int]) -> list[Path]:
-        """Where a round's candidates go, in candidate order."""
-        return [self.image_path(prompt, search_round, index, seed) for index, seed in enumerate(seeds)]
+        return self.run_dir / "prompts" / prompt_dirname(prompt)
 
     def record_path(self, prompt: str, search_round: int) -> Path:
         return self.prompt_dir(prompt) / f"round_{search_round:02d}.json"
@@ -102,49 +118,6 @@ class RunLayout:
     @property
     def config_path(self) -> Path:
         return self.run_dir / "config.json"
-
-
-@contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that appears at `path` only once fully written: a temp file in the same folder,
-    synced, then renamed. Readers never see a partial file; a failure leaves no trace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            yield temp
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_writer(path) as temp:
-        temp.write(data)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_png(path: Path, image: Image.Image) -> str:
-    """Write `image` as PNG atomically; return the sha256 of the bytes written."""
-    data = png_bytes(image)
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def write_json(path: Path, payload: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def write_round_record(path: Path, record: RoundRecord) -> None:
@@ -171,6 +144,15 @@ def iter_round_records(run_dir: Path) -> list[tuple[Path, RoundRecord]]:
     return sorted(found, key=lambda item: (item[1].prompt_index, item[1].search_round))
 
 
+def relative_image_path(record_path: Path, image_path: Path) -> str:
+    """How a record names an image: relative to the record's folder, so a moved output folder works."""
+    return Path(os.path.relpath(Path(image_path).absolute(), Path(record_path).parent.absolute())).as_posix()
+
+
 def resolve_image(record_path: Path, img_path: str) -> Path:
-    """Images live beside their record; resolve there so a moved run folder still works."""
-    return Path(record_path).parent / Path(img_path).name
+    """A record's image path as a usable path: relative ones from the record's folder; absolute ones
+    (older records, whose images lived beside them) there, else beside the record."""
+    path = Path(img_path)
+    if not path.is_absolute():
+        return Path(os.path.normpath(Path(record_path).parent / path))
+    return path if path.is_file() else Path(record_path).parent / path.name

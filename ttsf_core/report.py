@@ -18,16 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from ttsf_core.records import (
-    CandidateRecord,
-    RoundRecord,
-    atomic_write_bytes,
-    atomic_writer,
-    iter_round_records,
-    png_bytes,
-    resolve_image,
-    safe_slug,
-)
+from ttsf_core.files import atomic_write_bytes, atomic_writer, png_bytes, safe_slug, text_hash, write_json
+from ttsf_core.records import RECORD_GLOB, CandidateRecord, RoundRecord, iter_round_records, resolve_image
 from ttsf_core.verifiers.base import METRIC_NAMES
 
 REPORT_DIRNAME = "report"
@@ -35,11 +27,15 @@ BASE_COLUMNS: tuple[str, ...] = (
     "prompt_index",
     "prompt",
     "search_round",
+    "search_method",
     "num_noises",
     "images_generated",
+    "nfe",
+    "nfe_so_far",
     "best_score",
     "best_so_far",
     "best_noise_seed",
+    "best_noise",
     "best_index",
     "choice_of_metric",
     "best_img_path",
@@ -74,9 +70,11 @@ def report_dataframe(run_dir: str | Path) -> pd.DataFrame:
         raise ValueError(f"no round records under {run_dir} (looked for {run_dir}/prompts/*/round_*.json)")
     frame = pd.DataFrame([_row(path, record) for path, record in found], columns=list(COLUMNS))
     _check_unique_rounds(frame, run_dir)
+    # A zero-order pivot carried over from the round before is the same image: counted once.
+    frame["images_generated"] = _distinct_images_so_far([record for _, record in found])
     frame = frame.sort_values(["prompt_index", "search_round"], kind="stable").reset_index(drop=True)
     by_prompt = frame.groupby("prompt_index", sort=False)
-    frame["images_generated"] = by_prompt["num_noises"].cumsum()
+    frame["nfe_so_far"] = by_prompt["nfe"].cumsum()
     frame["best_so_far"] = by_prompt["best_score"].cummax()
     return frame
 
@@ -87,16 +85,31 @@ def _row(path: Path, record: RoundRecord) -> dict:
         "prompt_index": record.prompt_index,
         "prompt": record.prompt,
         "search_round": record.search_round,
+        "search_method": record.search_method,
         "num_noises": record.num_noises,
-        "images_generated": 0,  # cumulative over the rounds on disk, filled once all are read
+        "images_generated": 0,  # distinct images of the prompt's search so far, filled below
+        "nfe": record.nfe if record.nfe is not None else float("nan"),
+        "nfe_so_far": 0,
         "best_score": float(record.best_score),
         "best_so_far": 0.0,
         "best_noise_seed": record.best_noise_seed,
+        "best_noise": best.noise.tag(),
         "best_index": record.best_index,
         "choice_of_metric": record.choice_of_metric,
         "best_img_path": str(resolve_image(path, record.best_img_path).absolute()),
         **best.grades.scores(),
     }
+
+
+def _distinct_images_so_far(records: list[RoundRecord]) -> list[int]:
+    """For each record (in prompt, round order): distinct images of its prompt's rounds up to it."""
+    seen: dict[int, set] = {}
+    counts = []
+    for record in records:
+        images = seen.setdefault(record.prompt_index, set())
+        images.update((c.noise.tag(), c.steps) for c in record.candidates)
+        counts.append(len(images))
+    return counts
 
 
 def _best_candidate(path: Path, record: RoundRecord) -> CandidateRecord:
@@ -118,11 +131,20 @@ def _check_unique_rounds(frame: pd.DataFrame, run_dir: Path) -> None:
 # ---------------------------------------------------------------- the files
 
 
-def build_report(run_dir: str | Path) -> ReportFiles:
-    """Write report.parquet/.csv/.html, scaling_curve.png, collages/ and best_images.zip under run_dir/report."""
+STAMP_NAME = ".sources.json"
+
+
+def build_report(run_dir: str | Path, only_if_changed: bool = False) -> ReportFiles | None:
+    """Write report.parquet/.csv/.html, scaling_curve.png, collages/ and best_images.zip under
+    run_dir/report. With `only_if_changed`, nothing is rewritten (and None returned) when the
+    records are the ones the report was last built from."""
     run_dir = Path(run_dir)
-    frame = report_dataframe(run_dir)
     folder = run_dir / REPORT_DIRNAME
+    sources = _record_digests(run_dir)
+    stamp = folder / STAMP_NAME
+    if only_if_changed and stamp.is_file() and _read_json(stamp) == sources and (folder / "report.html").is_file():
+        return None
+    frame = report_dataframe(run_dir)
     parquet, csv, page = folder / "report.parquet", folder / "report.csv", folder / "report.html"
     curve_path, zip_path = folder / "scaling_curve.png", folder / "best_images.zip"
     atomic_write_bytes(parquet, _parquet_bytes(frame))
@@ -132,7 +154,22 @@ def build_report(run_dir: str | Path) -> ReportFiles:
     collages = tuple(_write_collage(folder / "collages", rounds) for _, rounds in frame.groupby("prompt_index", sort=True))
     _write_best_images_zip(zip_path, frame)
     atomic_write_bytes(page, report_html(frame, run_dir, curve).encode("utf-8"))
+    write_json(stamp, sources)
     return ReportFiles(folder, parquet, csv, page, curve_path, zip_path, collages)
+
+
+def _record_digests(run_dir: Path) -> dict[str, str]:
+    return {path.relative_to(run_dir).as_posix(): text_hash(path.read_text(encoding="utf-8"))
+            for path in sorted(run_dir.glob(RECORD_GLOB))}
+
+
+def _read_json(path: Path):
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _write_collage(folder: Path, rounds: pd.DataFrame) -> Path:
@@ -168,17 +205,19 @@ def _write_best_images_zip(path: Path, frame: pd.DataFrame) -> None:
 
 
 def scaling_curve_png(frame: pd.DataFrame) -> bytes:
-    """Mean best score and mean best-so-far per round against cumulative images per prompt."""
+    """Mean best score and mean best-so-far per round against the cumulative cost per prompt: denoiser
+    evaluations (NFEs, which compare strategies and drafts fairly) or, for older records, images."""
     per_round = _per_round_means(frame)
     figure = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(figure)  # explicit Agg: never touch pyplot's global backend from a library
     axes = figure.add_subplot()
-    x = per_round["images_generated"]
+    by_nfe = bool(per_round["nfe_so_far"].notna().all())
+    x = per_round["nfe_so_far" if by_nfe else "images_generated"]
     axes.plot(x, per_round["best_score"], marker="o", label="mean best score of the round")
     axes.plot(x, per_round["best_so_far"], marker="s", linestyle="--", label="mean best so far")
     for search_round, x_value, y_value in zip(per_round.index, x, per_round["best_so_far"]):
         axes.annotate(f"r{search_round}", (x_value, y_value), textcoords="offset points", xytext=(0, 8), ha="center")
-    axes.set_xlabel("images generated per prompt")
+    axes.set_xlabel("denoiser evaluations (NFEs) per prompt" if by_nfe else "images generated per prompt")
     axes.set_ylabel(f"best {_metric_label(frame)}")
     axes.set_title(f"inference-time scaling ({frame['prompt_index'].nunique()} prompts)")
     axes.grid(True, alpha=0.3)
@@ -191,7 +230,7 @@ def scaling_curve_png(frame: pd.DataFrame) -> bytes:
 
 
 def _per_round_means(frame: pd.DataFrame) -> pd.DataFrame:
-    columns = ["images_generated", "best_score", "best_so_far"]
+    columns = ["images_generated", "nfe_so_far", "best_score", "best_so_far"]
     means = frame.groupby("search_round", sort=True)[columns].mean()
     means["prompts"] = frame.groupby("search_round", sort=True)["prompt_index"].nunique()
     return means
@@ -309,12 +348,12 @@ def summary_markdown(frame: pd.DataFrame, run_dir: str | Path) -> str:
         f"**{frame['prompt_index'].nunique()} prompts**, metric `{_metric_label(frame)}`, "
         f"rounds {per_round.index.min()}-{per_round.index.max()}",
         "",
-        "| round | images per prompt | prompts | mean best score | mean best so far |",
-        "|---:|---:|---:|---:|---:|",
+        "| round | images per prompt | NFEs per prompt | prompts | mean best score | mean best so far |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for search_round, row in per_round.iterrows():
         lines.append(
-            f"| {search_round} | {row['images_generated']:g} | {int(row['prompts'])} "
+            f"| {search_round} | {row['images_generated']:g} | {row['nfe_so_far']:g} | {int(row['prompts'])} "
             f"| {row['best_score']:.3f} | {row['best_so_far']:.3f} |"
         )
     gain = last["best_score"] - first["best_score"]

@@ -1,29 +1,26 @@
-"""Run a whole search directly (no orchestrator): generation on this thread, grading overlapped.
+"""Run a search directly (no orchestrator): the engine with the thread-pool executor.
 
-Random-search rounds are independent, so while round r's images are being graded the generator
-already draws round r+1: the GPU does not wait on the verifier's API.
+`prepare_run` is every check that can fail on bad input, before any model loads; `run` loads the
+pipeline only if some round still needs an image, then searches every prompt as one batch.
 """
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from ttsf_core import rounds
 from ttsf_core.config import ConfigError, RunConfig
+from ttsf_core.engine import BatchOutcome, Observer, SearchEngine
+from ttsf_core.executors import ThreadExecutor
+from ttsf_core.files import write_json
 from ttsf_core.generate import CandidateGenerator
 from ttsf_core.pipelines import check_resolution, load_pipeline
 from ttsf_core.prompts import load_prompts
-from ttsf_core.records import RoundRecord, RunLayout, read_round_record, write_json
-from ttsf_core.search import round_order
-from ttsf_core.verifiers.base import Verifier
+from ttsf_core.records import RunLayout
+from ttsf_core.search import Strategy, build_strategy
+from ttsf_core.verifiers.base import Verifier, verifier_batch_size
 from ttsf_core.verifiers.registry import build_verifier
-
-# Rounds graded at once; bounds the images held in memory while the verifier catches up.
-MAX_ROUNDS_IN_FLIGHT = 4
 
 
 @dataclass
@@ -32,17 +29,36 @@ class PreparedRun:
     layout: RunLayout
     prompts: list[str]
     verifier: Verifier
+    strategy: Strategy
+
+    def indexed_prompts(self) -> list[tuple[int, str]]:
+        return list(enumerate(self.prompts))
 
 
-def prepare_run(config: RunConfig) -> PreparedRun:
-    """Every check that can fail on bad input, before any model is loaded."""
+def prepare_run(config: RunConfig, prompts: list[str] | None = None) -> PreparedRun:
+    """Every check that can fail on bad input, before any model is loaded; writes config.json.
+    `prompts`: already loaded (the dataset is then not read again)."""
     verifier = build_verifier(config.verifier_args)
     check_resolution(config)
-    prompts = load_prompts(config.prompts)
+    prompts = prompts if prompts is not None else load_prompts(config.prompts)
     layout = RunLayout(config)
     ensure_writable(layout.run_dir, config.output_dir)
-    write_json(layout.config_path, {"identity": config.search_identity(), "config": config.model_dump(mode="json")})
-    return PreparedRun(config=config, layout=layout, prompts=prompts, verifier=verifier)
+    write_config(layout, config)
+    return PreparedRun(config=config, layout=layout, prompts=prompts, verifier=verifier,
+                       strategy=build_strategy(config))
+
+
+def write_config(layout: RunLayout, config: RunConfig) -> None:
+    """config.json: the run's identity and the config that last ran in the folder (rewritten only on change)."""
+    payload = {"identity": config.search_identity(), "config": config.model_dump(mode="json")}
+    path = layout.config_path
+    if path.is_file():
+        try:
+            if json.loads(path.read_text(encoding="utf-8")) == payload:
+                return
+        except (OSError, ValueError):
+            pass  # unreadable: rewritten below
+    write_json(path, payload)
 
 
 def ensure_writable(run_dir: Path, output_dir: Path) -> None:
@@ -57,57 +73,18 @@ def ensure_writable(run_dir: Path, output_dir: Path) -> None:
         ) from None
 
 
-def run_search(
-    prepared: PreparedRun, generator: CandidateGenerator, on_candidates: Callable[[int], None] | None = None
-) -> list[RoundRecord]:
-    """Every prompt's every round; finished rounds (records on disk) are read back, not redone."""
-    config, layout = prepared.config, prepared.layout
-    finished: list[RoundRecord] = []
-    slots = threading.BoundedSemaphore(MAX_ROUNDS_IN_FLIGHT)
-    futures: list[Future] = []
-    with ThreadPoolExecutor(max_workers=MAX_ROUNDS_IN_FLIGHT, thread_name_prefix="ttsf-grade") as pool:
-        for prompt_index, prompt in enumerate(prepared.prompts):
-            for search_round in round_order(config.search_args.search_method, config.search_args.search_rounds):
-                done = read_round_record(layout.record_path(prompt, search_round))
-                if done is not None:
-                    finished.append(done)
-                    _report(on_candidates, done.num_noises)
-                    continue
-                seeds = rounds.plan(config, prompt, search_round)
-                reused = rounds.reuse_candidates(layout, prompt, search_round, seeds)
-                written, images = reused or (None, generator.generate(prompt, seeds))
-                slots.acquire()
-                futures.append(pool.submit(_write_grade_finish, prepared, prompt_index, prompt, search_round,
-                                           seeds, written, images, slots, on_candidates))
-    # Every round that could finish has finished (and is on disk) before the first error is raised.
-    errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        raise errors[0]
-    finished.extend(f.result() for f in futures)
-    return sorted(finished, key=lambda r: (r.prompt_index, r.search_round))
+def run(config: RunConfig | PreparedRun, generator: CandidateGenerator | None = None,
+        observer: Observer | None = None) -> tuple[PreparedRun, BatchOutcome]:
+    """Search every prompt; finished rounds are read back, stored images and grades reused.
+    `generator`: an already loaded one (tests, benchmarks); otherwise loaded on first need."""
+    prepared = config if isinstance(config, PreparedRun) else prepare_run(config)
+    config = prepared.config
 
+    def load_generator() -> CandidateGenerator:
+        return generator or CandidateGenerator(load_pipeline(config), config)
 
-def _write_grade_finish(prepared, prompt_index, prompt, search_round, seeds, written, images, slots, on_candidates):
-    """Off the generator's thread: PNG encoding and fsync would otherwise stall the next batch."""
-    try:
-        if written is None:
-            written = rounds.write_candidates(prepared.layout, prompt, search_round, seeds, images)
-        grades = rounds.grade(prepared.verifier, prompt, images)
-        record = rounds.finish_round(prepared.config, prepared.layout, prompt_index, prompt, search_round,
-                                     written, grades)
-        _report(on_candidates, len(written))
-        return record
-    finally:
-        slots.release()
-
-
-def _report(callback: Callable[[int], None] | None, count: int) -> None:
-    if callback is not None:
-        callback(count)
-
-
-def run(config: RunConfig, on_candidates: Callable[[int], None] | None = None) -> tuple[PreparedRun, list[RoundRecord]]:
-    """Validate, load the pipeline once, search every prompt."""
-    prepared = prepare_run(config)
-    generator = CandidateGenerator(load_pipeline(config), config)
-    return prepared, run_search(prepared, generator, on_candidates)
+    with ThreadExecutor(config, prepared.verifier, load_generator, prepared.strategy) as executor:
+        engine = SearchEngine(config, executor, grade_chunk=verifier_batch_size(prepared.verifier),
+                              observer=observer, strategy=prepared.strategy)
+        outcome = engine.run_batch(prepared.indexed_prompts())
+    return prepared, outcome

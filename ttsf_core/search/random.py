@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from ttsf_core.config import RunConfig
+from collections.abc import Sequence
+
+from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.noise import round_seeds
+from ttsf_core.records import RoundRecord
+from ttsf_core.search.base import Strategy
 
 
-def plan_round(config: RunConfig, prompt: str, search_round: int, previous=None) -> list[int]:
-    """The seeds of `search_round`'s candidates. `previous` (the last round's record) is unused here."""
-    pool = config.search_args.pool_size(search_round)
-    return round_seeds(config.seed, prompt, search_round, pool)
+class RandomSearch(Strategy):
+    name = "random"
+    independent_rounds = True
 
-
-# Random search never looks at earlier rounds, so every round can be planned up front and overlapped.
-ROUNDS_ARE_INDEPENDENT = True
+    def plan_round(self, prompt: str, search_round: int, history: Sequence[RoundRecord]) -> list[Candidate]:
+        seeds = round_seeds(self.config.seed, prompt, search_round, self.search.pool_size(search_round))
+        return [Candidate(noise=NoiseSpec(seed=seed), steps=self.full_steps) for seed in seeds]

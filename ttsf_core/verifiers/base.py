@@ -78,6 +78,25 @@ class RateLimitError(RetryableVerifierError):
     """HTTP 429: wait at least `retry_after` seconds (from the server's Retry-After) before retrying."""
 
 
+def most_telling(failures: Sequence[BaseException]) -> BaseException:
+    """Of several failures, the one the user must act on: configuration first, retryable last."""
+    for kind in (VerifierConfigError, VerifierError, RateLimitError, RetryableVerifierError):
+        for failure in failures:
+            if isinstance(failure, kind):
+                return failure
+    return failures[0]
+
+
+# Images per verifier call when a verifier does not say (`batch_size` attribute).
+DEFAULT_BATCH_SIZE = 8
+
+
+def verifier_batch_size(verifier: "Verifier") -> int:
+    """How many images a verifier takes per call: its `batch_size` when it declares one."""
+    size = getattr(verifier, "batch_size", None)
+    return size if isinstance(size, int) and size >= 1 else DEFAULT_BATCH_SIZE
+
+
 @runtime_checkable
 class Verifier(Protocol):
     """Grades images for one prompt. Returns one Grades per image, in INPUT order."""

@@ -28,6 +28,7 @@ from ttsf_core.verifiers.base import (
     RetryableVerifierError,
     VerifierConfigError,
     VerifierError,
+    most_telling,
     parse_grades,
 )
 
@@ -97,6 +98,11 @@ class GeminiVerifier:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
+    @property
+    def batch_size(self) -> int:
+        """Images per call: as many as may be in flight at once."""
+        return self.args.max_concurrency
+
     def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]:
         """One Grades per image, in input order; raises the typed error of a failed image."""
         images = list(images)
@@ -111,7 +117,7 @@ class GeminiVerifier:
             future.cancel()
         failures = [future.exception() for future in done if future.exception() is not None]
         if failures:
-            raise _most_telling(failures)
+            raise most_telling(failures)
         return [future.result() for future in futures]
 
     def score_one(self, prompt: str, image: Image.Image, index: int = 0) -> Grades:
@@ -273,15 +279,6 @@ def _error_details(error: genai_errors.APIError) -> list[dict[str, Any]]:
     inner = body.get("error", body)
     details = inner.get("details") if isinstance(inner, dict) else None
     return [detail for detail in details if isinstance(detail, dict)] if isinstance(details, list) else []
-
-
-def _most_telling(failures: list[BaseException]) -> BaseException:
-    """Of several failures, the one the user must act on: configuration first, retryable last."""
-    for kind in (VerifierConfigError, VerifierError, RateLimitError, RetryableVerifierError):
-        for failure in failures:
-            if isinstance(failure, kind):
-                return failure
-    return failures[0]
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:

@@ -1,0 +1,293 @@
+"""The search loop, written once, for every strategy and every executor.
+
+For one batch of prompts:
+  1. skip recorded rounds (their records are read back, never redone);
+  2. plan: every round of an independent strategy up front (largest first), else each prompt's next
+     round once the one before it is recorded;
+  3. generate: whenever the generator frees up it takes the next ready stage of any prompt in the
+     batch, so a strategy waiting on grades never idles the GPU (images already stored are not redone);
+  4. grade: each stage's images without a stored grade, in chunks of the verifier's batch size;
+  5. select and write: when a round's last stage is graded, its record.
+The executor decides where each job runs (threads, Prefect tasks); it returns futures with
+`add_done_callback` and `result`, and the loop reacts to them on this one thread.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ttsf_core.candidates import Candidate
+from ttsf_core.config import RunConfig
+from ttsf_core.jobs import FinishJob, GenerateJob, GradeJob, GradeResult
+from ttsf_core.records import RoundRecord, RunLayout, read_round_record
+from ttsf_core.search import GradedCandidate, Strategy, build_strategy, round_order
+from ttsf_core.store import Store, StoredImage
+from ttsf_core.verifiers.base import Grades, VerifierConfigError
+
+# Two generation jobs in flight: the next is queued on the generator while the current one runs, so an
+# executor's own start-up cost (a Prefect task run's bookkeeping) overlaps the GPU's work.
+GENERATIONS_IN_FLIGHT = 2
+
+
+class Future(Protocol):
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
+    def result(self, timeout: float | None = None) -> Any: ...
+
+
+class Executor(Protocol):
+    def generate(self, job: GenerateJob) -> Future: ...
+    def grade(self, job: GradeJob) -> Future: ...
+    def finish(self, job: FinishJob) -> Future: ...
+
+
+class Observer:
+    """Told as work completes (progress bars, UI artifacts). The defaults do nothing."""
+
+    def images_generated(self, count: int) -> None: ...
+    def images_graded(self, count: int) -> None: ...
+    def round_recorded(self, record: RoundRecord) -> None: ...
+
+
+@dataclass
+class BatchCounts:
+    images_generated: int = 0
+    images_found: int = 0  # already in the store: not generated again
+    images_graded: int = 0  # sent to the verifier
+    grades_found: int = 0  # already in the store: not asked again
+    rounds_recorded: int = 0
+    rounds_skipped: int = 0  # recorded before this run
+
+    def add(self, other: "BatchCounts") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class RoundFailure:
+    prompt_index: int
+    search_round: int
+    error: BaseException
+
+
+@dataclass
+class BatchOutcome:
+    records: list[RoundRecord]
+    failures: list[RoundFailure]
+    counts: BatchCounts
+    unfinished_prompts: list[int]
+
+    def raise_first(self) -> None:
+        if self.failures:
+            raise self.failures[0].error
+
+
+@dataclass(eq=False)
+class _Round:
+    prompt_index: int
+    prompt: str
+    search_round: int
+    graded: list[GradedCandidate] = field(default_factory=list)
+    stage: list[Candidate] = field(default_factory=list)
+    images: list[StoredImage | None] = field(default_factory=list)
+    grades: list[Grades | None] = field(default_factory=list)
+    outstanding: int = 0
+    failed: bool = False
+
+
+class SearchEngine:
+    """Runs batches of prompts through one strategy with one executor."""
+
+    def __init__(self, config: RunConfig, executor: Executor, *, grade_chunk: int,
+                 observer: Observer | None = None, strategy: Strategy | None = None):
+        if grade_chunk < 1:
+            raise ValueError(f"grade_chunk: received {grade_chunk}, allowed: a positive integer")
+        self.config = config
+        self.executor = executor
+        self.grade_chunk = grade_chunk
+        self.observer = observer or Observer()
+        self.strategy = strategy or build_strategy(config)
+        self.layout = RunLayout(config)
+        self.store = Store(config)
+
+    def run_batch(self, prompts: list[tuple[int, str]]) -> BatchOutcome:
+        return _BatchRun(self, prompts).run()
+
+
+class _BatchRun:
+    def __init__(self, engine: SearchEngine, prompts: list[tuple[int, str]]):
+        self.engine, self.strategy, self.store = engine, engine.strategy, engine.store
+        self.prompts = dict(prompts)
+        self.events: queue.Queue = queue.Queue()
+        self.generation_queue: deque[tuple[_Round, GenerateJob]] = deque()
+        self.generating = 0
+        self.in_flight = 0
+        self.aborted = False
+        self.history: dict[int, list[RoundRecord]] = {index: [] for index in self.prompts}
+        self.todo: dict[int, deque[int]] = {}
+        self.records: list[RoundRecord] = []
+        self.failures: list[RoundFailure] = []
+        self.counts = BatchCounts()
+
+    def run(self) -> BatchOutcome:
+        # 1. Skip recorded rounds.
+        rounds = round_order(self.strategy, self.engine.config.search_args.search_rounds)
+        for index, prompt in self.prompts.items():
+            for search_round in rounds:
+                record = read_round_record(self.engine.layout.record_path(prompt, search_round))
+                if record is None:
+                    self.todo.setdefault(index, deque()).append(search_round)
+                else:
+                    self.history[index].append(record)
+                    self.records.append(record)
+                    self.counts.rounds_skipped += 1
+        # 2. Plan.
+        for index in list(self.todo):
+            while self.todo[index]:
+                self._start_round(index, self.todo[index].popleft())
+                if not self.strategy.independent_rounds:
+                    break
+        # 3-5. Generate, grade, select and write, as results arrive.
+        self._pump()
+        while self.in_flight:
+            handler, work, future = self.events.get()
+            self.in_flight -= 1
+            handler(work, future)
+            self._pump()
+        unfinished = sorted(index for index in self.prompts
+                            if len({r.search_round for r in self.history[index]}) < len(rounds))
+        records = sorted(self.records, key=lambda r: (r.prompt_index, r.search_round))
+        return BatchOutcome(records, self.failures, self.counts, unfinished)
+
+    # -- plan ----------------------------------------------------------------------------------
+
+    def _start_round(self, prompt_index: int, search_round: int) -> None:
+        self._advance(_Round(prompt_index, self.prompts[prompt_index], search_round))
+
+    def _advance(self, work: _Round) -> None:
+        """The round's next stage, or its record when the strategy has no further stage."""
+        history = sorted(self.history[work.prompt_index], key=lambda r: r.search_round)
+        try:
+            stage = self.strategy.next_stage(work.prompt, work.search_round, history, work.graded)
+        except Exception as error:  # noqa: BLE001 - a planning bug fails its round, not the batch
+            self._fail(work, error)
+            return
+        if stage is None:
+            job = FinishJob(prompt_index=work.prompt_index, prompt=work.prompt, search_round=work.search_round,
+                            graded=work.graded, nfe=self._nfe(work, history))
+            self._submit(self.engine.executor.finish(job), self._on_finished, work)
+            return
+        work.stage, work.grades = stage, [None] * len(stage)
+        work.images = [self.store.find_image(work.prompt, candidate) for candidate in stage]
+        missing = [c for c, image in zip(stage, work.images) if image is None]
+        self.counts.images_found += len(stage) - len(missing)
+        if not missing:
+            self._request_grades(work)
+            return
+        job = GenerateJob(prompt_index=work.prompt_index, prompt=work.prompt, search_round=work.search_round,
+                          candidates=missing)
+        # A later stage finishes a round already begun: it goes ahead of rounds not yet started.
+        (self.generation_queue.appendleft if work.graded else self.generation_queue.append)((work, job))
+
+    def _nfe(self, work: _Round, history: list[RoundRecord]) -> int:
+        default_steps = self.engine.config.pipeline_call_args.num_inference_steps
+        earlier = {c.candidate(default_steps).key() for r in history if r.search_round < work.search_round
+                   for c in r.candidates}
+        fresh = {item.candidate.key(): item.candidate.steps for item in work.graded}
+        return sum(steps for key, steps in fresh.items() if key not in earlier)
+
+    # -- generate ------------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        while self.generation_queue and self.generating < GENERATIONS_IN_FLIGHT and not self.aborted:
+            work, job = self.generation_queue.popleft()
+            self.generating += 1
+            self._submit(self.engine.executor.generate(job), self._on_generated, work)
+
+    def _on_generated(self, work: _Round, future: Future) -> None:
+        self.generating -= 1
+        try:
+            made = list(future.result())
+        except Exception as error:  # noqa: BLE001 - recorded; the batch goes on
+            self._fail(work, error)
+            return
+        generated = sum(image.generated for image in made)
+        self.counts.images_generated += generated
+        self.counts.images_found += len(made) - generated  # written meanwhile by another worker
+        fresh = iter(made)
+        work.images = [image if image is not None else next(fresh) for image in work.images]
+        self.engine.observer.images_generated(generated)
+        self._request_grades(work)
+
+    # -- grade ---------------------------------------------------------------------------------
+
+    def _request_grades(self, work: _Round) -> None:
+        if self.aborted:
+            return
+        work.grades = [self.store.find_grade(work.prompt, image.sha256) for image in work.images]
+        missing = [position for position, grades in enumerate(work.grades) if grades is None]
+        self.counts.grades_found += len(work.grades) - len(missing)
+        size = self.engine.grade_chunk
+        chunks = [missing[start : start + size] for start in range(0, len(missing), size)]
+        work.outstanding = len(chunks)
+        for number, positions in enumerate(chunks):
+            job = GradeJob(prompt_index=work.prompt_index, prompt=work.prompt, search_round=work.search_round,
+                           chunk=number, images=[work.images[p] for p in positions])
+            self._submit(self.engine.executor.grade(job), self._on_graded, (work, positions))
+        if not chunks:
+            self._stage_graded(work)
+
+    def _on_graded(self, item: tuple[_Round, list[int]], future: Future) -> None:
+        work, positions = item
+        work.outstanding -= 1
+        try:
+            result: GradeResult = future.result()
+        except Exception as error:  # noqa: BLE001 - recorded; the batch goes on
+            self._fail(work, error)
+            return
+        for position, grades in zip(positions, result.grades, strict=True):
+            work.grades[position] = grades
+        self.counts.images_graded += result.asked
+        self.counts.grades_found += len(positions) - result.asked
+        self.engine.observer.images_graded(len(positions))
+        if work.outstanding == 0 and not work.failed:
+            self._stage_graded(work)
+
+    def _stage_graded(self, work: _Round) -> None:
+        work.graded += [GradedCandidate(candidate=c, image=i, grades=g)
+                        for c, i, g in zip(work.stage, work.images, work.grades, strict=True)]
+        self._advance(work)
+
+    # -- select and write ----------------------------------------------------------------------
+
+    def _on_finished(self, work: _Round, future: Future) -> None:
+        try:
+            record: RoundRecord = future.result()
+        except Exception as error:  # noqa: BLE001 - recorded; the batch goes on
+            self._fail(work, error)
+            return
+        self.history[work.prompt_index].append(record)
+        self.records.append(record)
+        self.counts.rounds_recorded += 1
+        self.engine.observer.round_recorded(record)
+        if not self.strategy.independent_rounds and self.todo.get(work.prompt_index) and not self.aborted:
+            self._start_round(work.prompt_index, self.todo[work.prompt_index].popleft())
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _submit(self, future: Future, handler: Callable, work: Any) -> None:
+        self.in_flight += 1
+        future.add_done_callback(lambda done: self.events.put((handler, work, done)))
+
+    def _fail(self, work: _Round, error: BaseException) -> None:
+        if work.failed:
+            return
+        work.failed = True
+        self.failures.append(RoundFailure(work.prompt_index, work.search_round, error))
+        if isinstance(error, VerifierConfigError):
+            # The verifier cannot work as configured (a rejected key): no more images, no more requests.
+            self.aborted = True
+            self.generation_queue.clear()

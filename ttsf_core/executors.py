@@ -1,0 +1,82 @@
+"""The thread-pool executor: the engine's jobs on local threads, no orchestrator.
+
+Generation runs on two threads that share one pipeline (its lock lets one call run at a time), so a
+job's PNG writes overlap the next job's pipeline calls; grading runs on a small pool (the verifier
+bounds its own requests); records are written on one thread. Verifier failures are retried here with
+the same policy (ttsf_core.retry) the Prefect tasks declare.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from ttsf_core import jobs
+from ttsf_core.config import RunConfig
+from ttsf_core.engine import GENERATIONS_IN_FLIGHT
+from ttsf_core.generate import CandidateGenerator
+from ttsf_core.records import RunLayout
+from ttsf_core.retry import backoff_delay, is_retryable
+from ttsf_core.search import Strategy, build_strategy
+from ttsf_core.store import Store
+from ttsf_core.verifiers.base import Verifier
+
+GRADE_WORKERS = 4
+
+
+class ThreadExecutor:
+    """Runs jobs on local threads. `load_generator` is called once, on the first generation job."""
+
+    def __init__(self, config: RunConfig, verifier: Verifier, load_generator: Callable[[], CandidateGenerator],
+                 strategy: Strategy | None = None, sleep: Callable[[float], None] = time.sleep):
+        self.config, self.verifier = config, verifier
+        self.store, self.layout = Store(config), RunLayout(config)
+        self.strategy = strategy or build_strategy(config)
+        self._load_generator, self._generator = load_generator, None
+        self._load_lock = threading.Lock()
+        self._sleep = sleep
+        self._generation = ThreadPoolExecutor(GENERATIONS_IN_FLIGHT, thread_name_prefix="ttsf-generate")
+        self._grading = ThreadPoolExecutor(GRADE_WORKERS, thread_name_prefix="ttsf-grade")
+        self._finishing = ThreadPoolExecutor(1, thread_name_prefix="ttsf-finish")
+
+    def generate(self, job: jobs.GenerateJob) -> Future:
+        return self._generation.submit(lambda: jobs.generate(self.store, self.generator(), job))
+
+    def grade(self, job: jobs.GradeJob) -> Future:
+        return self._grading.submit(self._grade_with_retries, job)
+
+    def finish(self, job: jobs.FinishJob) -> Future:
+        return self._finishing.submit(jobs.finish, self.config, self.layout, self.strategy, job)
+
+    def generator(self) -> CandidateGenerator:
+        with self._load_lock:
+            if self._generator is None:
+                self._generator = self._load_generator()
+            return self._generator
+
+    @property
+    def generator_loaded(self) -> bool:
+        return self._generator is not None
+
+    def _grade_with_retries(self, job: jobs.GradeJob) -> jobs.GradeResult:
+        attempt = 1
+        while True:
+            try:
+                return jobs.grade(self.store, self.verifier, job)
+            except Exception as error:
+                if not is_retryable(error, attempt) or attempt > self.config.verifier_retries:
+                    raise
+                self._sleep(backoff_delay(attempt, self.config.verifier_retry_backoff_s, error))
+                attempt += 1
+
+    def close(self) -> None:
+        for pool in (self._generation, self._grading, self._finishing):
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> "ThreadExecutor":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,94 @@
+"""Files: atomic writes, content hashes, and names that are safe whatever text they come from.
+
+Every file ttsf writes appears only once complete (a temp file in the same folder, synced, renamed),
+so a crash never leaves half a file and readers never see one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from PIL import Image
+
+# mkstemp makes 0600 files; ours are for sharing (web servers, workers under other accounts), so they
+# get what the umask allows, like any other file. Read once, at import, before threads exist.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def safe_slug(text: str, max_len: int = 40) -> str:
+    """A file-name-safe ASCII slug: whatever the text says, no separators, dots or control chars."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:max_len].strip("_")
+    return slug or "x"
+
+
+def prompt_dirname(prompt: str) -> str:
+    """A prompt's folder name: readable slug plus a hash, unique per prompt text."""
+    return f"{safe_slug(prompt)}-{text_hash(prompt)[:10]}"
+
+
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that appears at `path` only once fully written: a temp file in the same folder,
+    synced, then renamed. Readers never see a partial file; a failure leaves no trace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            yield temp
+            temp.flush()
+            os.fchmod(temp.fileno(), FILE_MODE)
+            os.fsync(temp.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_writer(path) as temp:
+        temp.write(data)
+
+
+def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    """PNG bytes; `text` goes into iTXt chunks ahead of the pixels (readable without decoding them)."""
+    info = None
+    if text:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def write_png(path: Path, image: Image.Image, text: dict[str, str] | None = None) -> str:
+    """Write `image` as PNG atomically; return the sha256 of the bytes written."""
+    data = png_bytes(image, text)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_json(path: Path, payload: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+

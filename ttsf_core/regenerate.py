@@ -1,0 +1,72 @@
+"""Regenerate one candidate's image from its round record alone, and check it against the record.
+
+The record names the candidate's noise spec, its steps, and the pipeline call it was made in (the
+batch of noises and its position there: batched float math depends on both); the run folder's
+config.json gives the model and pipeline arguments. The same batch is generated again and the
+candidate's PNG, with the same recipe chunk, is compared byte for byte with the recorded sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ttsf_core.candidates import Candidate
+from ttsf_core.config import ConfigError, RunConfig
+from ttsf_core.files import atomic_write_bytes, png_bytes
+from ttsf_core.generate import CandidateGenerator
+from ttsf_core.records import CandidateRecord, RoundRecord, read_round_record
+from ttsf_core.store import RECIPE_KEY, Recipe
+
+
+@dataclass(frozen=True)
+class Regenerated:
+    path: Path
+    sha256: str
+    recorded_sha256: str
+
+    @property
+    def identical(self) -> bool:
+        return self.sha256 == self.recorded_sha256
+
+
+def run_config_of(record_path: Path) -> RunConfig:
+    """The config of the run a record belongs to (run_dir/prompts/<prompt>/round_XX.json)."""
+    config_path = Path(record_path).resolve().parents[2] / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"RECORD: received {str(record_path)!r}, allowed: a round record inside a ttsf run folder "
+                          f"(no {config_path})")
+    data = json.loads(config_path.read_text(encoding="utf-8"))
+    return RunConfig.model_validate(data["config"])
+
+
+def read_candidate(record_path: Path, index: int) -> tuple[RoundRecord, CandidateRecord]:
+    record = read_round_record(Path(record_path))
+    if record is None:
+        raise ConfigError(f"RECORD: received {str(record_path)!r}, allowed: an existing round_XX.json")
+    if not 0 <= index < len(record.candidates):
+        raise ConfigError(f"--index: received {index}, allowed: 0..{len(record.candidates) - 1}")
+    return record, record.candidates[index]
+
+
+def regenerate(record_path: Path, index: int, out: Path | None = None, device: str | None = None,
+               generator: CandidateGenerator | None = None) -> Regenerated:
+    record, item = read_candidate(record_path, index)
+    config = run_config_of(record_path)
+    if device is not None:
+        config = config.model_copy(update={"device": device})
+    steps = item.steps or config.pipeline_call_args.num_inference_steps
+    batch = item.batch or (item.noise,)
+    config = config.model_copy(update={"batch_size_for_img_gen": len(batch)})
+    if generator is None:
+        from ttsf_core.pipelines import load_pipeline
+
+        generator = CandidateGenerator(load_pipeline(config), config)
+    images = generator.generate(record.prompt, [Candidate(noise=noise, steps=steps) for noise in batch])
+    recipe = Recipe(noise=item.noise, steps=steps, batch=tuple(batch), batch_position=item.batch_position)
+    data = png_bytes(images[item.batch_position], {RECIPE_KEY: recipe.model_dump_json()})
+    path = Path(out) if out is not None else Path.cwd() / f"{item.noise.tag()}-st{steps}.png"
+    atomic_write_bytes(path, data)
+    return Regenerated(path=path, sha256=hashlib.sha256(data).hexdigest(), recorded_sha256=item.image_sha256)

@@ -1,0 +1,43 @@
+"""Cheap drafts over any strategy: every candidate first at `draft_steps`, graded; only the best
+`draft_keep` (and a zero-order pivot, so improvement is judged at full steps) are generated again at
+full steps and graded; the round's best is chosen among the full-step images. A draft and a final
+image of one noise differ in steps, so they never share a file or a stored grade."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ttsf_core.candidates import Candidate
+from ttsf_core.records import RoundRecord
+from ttsf_core.search.base import GradedCandidate, Strategy
+
+
+class DraftSearch(Strategy):
+    def __init__(self, inner: Strategy):
+        super().__init__(inner.config)
+        self.inner = inner
+        self.name = f"{inner.name}+draft"
+        self.independent_rounds = inner.independent_rounds
+
+    def plan_round(self, prompt: str, search_round: int, history: Sequence[RoundRecord]) -> list[Candidate]:
+        return self.inner.plan_round(prompt, search_round, history)
+
+    def next_stage(self, prompt: str, search_round: int, history: Sequence[RoundRecord],
+                   graded: Sequence[GradedCandidate]) -> list[Candidate] | None:
+        if not graded:
+            return [c.at(self.search.draft_steps, "draft") for c in self.plan_round(prompt, search_round, history)]
+        if any(item.candidate.stage == "final" for item in graded):
+            return None
+        return [item.candidate.at(self.full_steps, "final") for item in self.kept(graded)]
+
+    def kept(self, drafts: Sequence[GradedCandidate]) -> list[GradedCandidate]:
+        """The best draft_keep drafts by the metric (ties: first drawn), pivots always, in draw order."""
+        metric = self.config.verifier_args.choice_of_metric
+        ranked = sorted(range(len(drafts)), key=lambda i: (-drafts[i].grades.score(metric), i))
+        keep = set(ranked[: self.search.draft_keep])
+        keep |= {i for i, item in enumerate(drafts) if item.candidate.role == "pivot"}
+        return [drafts[i] for i in sorted(keep)]
+
+    def round_fields(self, final: Sequence[GradedCandidate], best: int) -> dict[str, Any]:
+        return self.inner.round_fields(final, best)

@@ -1,0 +1,121 @@
+"""Images and grades, each stored under what decides it, shared by every run of an output folder.
+
+    OUTPUT_DIR/store/images/<model>-<generation hash>/<prompt>/<noise tag>-st<steps>.png
+    OUTPUT_DIR/store/grades/<verifier>-<grading hash>/<prompt>/<image sha256>.json
+
+An image's folder hash covers the model, dtype and pipeline arguments (not the steps: they are in the
+file name); a grade's covers the verifier's grading settings. The metric, the strategy and the round
+count decide neither, so a longer run, another metric or another strategy drawing the same noise
+finds the work already done. Each identity folder holds an identity.json saying what its hash covers.
+Each PNG carries its generation recipe (noise, steps, the pipeline call's batch) in an iTXt chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ttsf_core.candidates import Candidate, NoiseSpec
+from ttsf_core.config import RunConfig, digest
+from ttsf_core.files import file_sha256, prompt_dirname, safe_slug, write_json, write_png
+from ttsf_core.verifiers.base import Grades
+
+STORE_DIRNAME = "store"
+RECIPE_KEY = "ttsf-recipe"
+
+
+class Recipe(BaseModel):
+    """How an image was made: its candidate, and the pipeline call it was part of."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    noise: NoiseSpec
+    steps: int
+    batch: tuple[NoiseSpec, ...]
+    batch_position: int
+
+
+class StoredImage(BaseModel):
+    """An image in the store: where, its content hash, how it was made, and whether this call made it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str
+    path: str
+    sha256: str
+    recipe: Recipe
+    generated: bool = False
+
+
+class StoredGrade(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prompt: str
+    image_sha256: str
+    grades: Grades
+
+
+class Store:
+    """The image and grade folders for one config's generation and grading identities."""
+
+    def __init__(self, config: RunConfig):
+        root = Path(config.output_dir) / STORE_DIRNAME
+        generation = config.generation_identity()
+        grading = config.verifier_args.grading_identity()
+        model = safe_slug(Path(config.pretrained_model_name_or_path).name or "model", 60)
+        self.images_dir = root / "images" / f"{model}-{digest(generation)}"
+        self.grades_dir = root / "grades" / f"{safe_slug(config.verifier_args.name)}-{digest(grading)}"
+        self._identities = {self.images_dir: generation, self.grades_dir: grading}
+
+    # -- images ------------------------------------------------------------------------------
+
+    def image_path(self, prompt: str, candidate: Candidate) -> Path:
+        return self.images_dir / prompt_dirname(prompt) / f"{candidate.key()}.png"
+
+    def find_image(self, prompt: str, candidate: Candidate) -> StoredImage | None:
+        """The stored image of `candidate`, or None. A file is complete or absent (atomic writes)."""
+        path = self.image_path(prompt, candidate)
+        if not path.is_file():
+            return None
+        return StoredImage(key=candidate.key(), path=str(path), sha256=file_sha256(path), recipe=read_recipe(path))
+
+    def write_image(self, prompt: str, candidate: Candidate, image: Image.Image, recipe: Recipe) -> StoredImage:
+        self._note_identity(self.images_dir)
+        path = self.image_path(prompt, candidate)
+        sha = write_png(path, image, {RECIPE_KEY: recipe.model_dump_json()})
+        return StoredImage(key=candidate.key(), path=str(path), sha256=sha, recipe=recipe, generated=True)
+
+    # -- grades ------------------------------------------------------------------------------
+
+    def grade_path(self, prompt: str, image_sha256: str) -> Path:
+        return self.grades_dir / prompt_dirname(prompt) / f"{image_sha256}.json"
+
+    def find_grade(self, prompt: str, image_sha256: str) -> Grades | None:
+        path = self.grade_path(prompt, image_sha256)
+        if not path.is_file():
+            return None
+        try:
+            stored = StoredGrade.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValidationError as error:
+            raise ValueError(f"stored grade {path} is not a valid ttsf grade: {error}") from None
+        if stored.prompt != prompt or stored.image_sha256 != image_sha256:
+            raise ValueError(f"stored grade {path} belongs to another prompt or image")
+        return stored.grades
+
+    def write_grade(self, prompt: str, image_sha256: str, grades: Grades) -> None:
+        self._note_identity(self.grades_dir)
+        stored = StoredGrade(prompt=prompt, image_sha256=image_sha256, grades=grades)
+        write_json(self.grade_path(prompt, image_sha256), stored.model_dump(mode="json"))
+
+    def _note_identity(self, folder: Path) -> None:
+        path = folder / "identity.json"
+        if not path.is_file():
+            write_json(path, {"covers": self._identities[folder]})
+
+
+def read_recipe(path: Path) -> Recipe:
+    with Image.open(path) as image:
+        text = image.info.get(RECIPE_KEY)
+    if text is None:
+        raise ValueError(f"image {path} carries no {RECIPE_KEY!r} chunk: not written by this version of ttsf")
+    return Recipe.model_validate(json.loads(text))
