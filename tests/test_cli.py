@@ -1,5 +1,5 @@
 import json
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,53 +29,131 @@ def _invoke(args, env=None):
     return CliRunner().invoke(main, ["run", *args], env=env)
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--choice_of_metric", "beauty"], "--choice_of_metric (verifier_args.choice_of_metric): received 'beauty', allowed:"),
-    (["--verifier_to_use", "oracle"], "verifier_to_use: received 'oracle', allowed: gemini, imagestats, qwen"),
-    (["--search_rounds", "0"], "--search_rounds (search_args.search_rounds): received '0', allowed:"),
-    (["--height", "100"], "height: received 100, allowed: a positive multiple of 16"),
-    (["--width", "-8"], "--width (pipeline_call_args.width): received '-8'"),
-    (["--prompt", " "], "--prompt (prompts.prompt): received ' ', allowed: a non-empty text"),
-    (["--num_prompts", "three"], "--num_prompts (prompts.num_prompts): received 'three', allowed: a positive integer or 'all'"),
-    (["--dataset", "missing.csv"], "dataset: received 'missing.csv', allowed:"),
-    (["--torch_dtype", "int4"], "--torch_dtype (torch_dtype): received 'int4'"),
-    (["--seed", "-1"], "--seed (seed): received '-1'"),
-])
-def test_bad_input_is_one_clear_line_and_a_nonzero_exit(args, expected, no_model_loads, tmp_path):
-    base = ["--model", "tiny-flux", "--verifier_to_use", "imagestats", "--output_dir", str(tmp_path)]
-    if "--prompt" not in args and "--dataset" not in args and "--num_prompts" not in args:
-        base += ["--prompt", PROMPT]
-    result = _invoke(base + args)
-    assert result.exit_code == 2, result.output
+ERROR_LINE = re.compile(r"^ttsf: error: (--[a-z_]+ \([a-z_.]+\)|[A-Za-z_.]+( \([^)]*\))?): received .+, allowed: .+$")
+PYDANTIC_WORDING = ("Input should", "input should", "valid integer", "For further information", "pydantic")
+OK = ["--prompt", PROMPT, "--verifier_to_use", "imagestats"]  # a valid rest of the command line
+NO_KEY = {"GEMINI_API_KEY": ""}
+
+
+def case(flags, *expected, files=None, env=None):
+    """One bad input: flags ({tmp} is the test's folder), files written there first, and a fragment of
+    each error line expected, in order (one line per problem)."""
+    files = files or {}
+    shown = " ".join([*(flags[len(OK):] if flags[:len(OK)] == OK else flags), *files.values()])
+    return pytest.param(flags, files, env or NO_KEY, expected, id=shown.replace("\n", "; "))
+
+
+def config(name, text, *expected, env=None):
+    """A bad config file, given with --config beside valid flags."""
+    return case([*OK, "--config", "{tmp}/" + name], *expected, files={name: text}, env=env)
+
+
+INT_1_16 = "allowed: an integer >= 1 and <= 16"
+BAD_INPUTS = [
+    # flags: out of range, wrong type, not one of the choices
+    case([*OK, "--search_rounds", "0"], f"--search_rounds (search_args.search_rounds): received '0', {INT_1_16}"),
+    case([*OK, "--search_rounds", "17"], f"--search_rounds (search_args.search_rounds): received '17', {INT_1_16}"),
+    case([*OK, "--seed", "-1"], "--seed (seed): received '-1', allowed: an integer >= 0 and < "),
+    case([*OK, "--height", "tall"], "--height (pipeline_call_args.height): received 'tall', allowed: an integer > 0"),
+    case([*OK, "--height", "100"], "--height (pipeline_call_args.height): received 100, allowed: a positive multiple of 16"),
+    case([*OK, "--width", "-8"], "--width (pipeline_call_args.width): received '-8', allowed: an integer > 0"),
+    case([*OK, "--num_inference_steps", "2.5"],
+         "--num_inference_steps (pipeline_call_args.num_inference_steps): received '2.5', allowed: an integer >= 1"),
+    case([*OK, "--guidance_scale", "loud"],
+         "--guidance_scale (pipeline_call_args.guidance_scale): received 'loud', allowed: a number >= 0"),
+    case([*OK, "--max_sequence_length", "1000"], "received '1000', allowed: an integer >= 1 and <= 512"),
+    case([*OK, "--torch_dtype", "int4"], "--torch_dtype (torch_dtype): received 'int4', allowed: one of bf16, fp16, fp32"),
+    case([*OK, "--choice_of_metric", "beauty"],
+         "--choice_of_metric (verifier_args.choice_of_metric): received 'beauty', allowed: one of accuracy_to_prompt"),
+    case([*OK, "--verifier_to_use", "oracle"],
+         "--verifier_to_use (verifier_args.name): received 'oracle', allowed: gemini, imagestats, qwen"),
+    case([*OK, "--verifier_concurrency", "0"],
+         "--verifier_concurrency (verifier_args.max_concurrency): received '0', allowed: an integer >= 1 and <= 256"),
+    case([*OK, "--batch_size_for_img_gen", "many"], "received 'many', allowed: an integer >= 1 and <= 256"),
+    case([*OK, "--verifier_rpm", "0"], "--verifier_rpm (verifier_rpm): received '0', allowed: an integer >= 1"),
+    case([*OK, "--search_method", "beam"],
+         "--search_method (search_args.search_method): received 'beam', allowed: one of random, zero-order"),
+    case([*OK, "--threshold", "1"], "--threshold (search_args.threshold): received '1', allowed: a number > 0 and < 1"),
+    case([*OK, "--threshold", "close"], "--threshold (search_args.threshold): received 'close', allowed: a number > 0"),
+    case([*OK, "--num_neighbors", "0"],
+         "--num_neighbors (search_args.num_neighbors): received '0', allowed: an integer >= 1 and <= 256"),
+    case([*OK, "--draft_steps", "0"], "--draft_steps (search_args.draft_steps): received '0', allowed: an integer >= 1"),
+    case([*OK, "--num_inference_steps", "4", "--draft_steps", "4"], "--draft_steps (search_args.draft_steps): received 4, "
+         "allowed: an integer >= 1 and < pipeline_call_args.num_inference_steps (4)"),
+    case([*OK, "--draft_keep", "two"], "--draft_keep (search_args.draft_keep): received 'two', allowed: an integer >= 1"),
+    case([*OK, "--prompt", " "], "--prompt (prompts.prompt): received ' ', allowed: a non-empty text"),
+    case(["--num_prompts", "three"],
+         "--num_prompts (prompts.num_prompts): received 'three', allowed: a positive integer or 'all'"),
+    case([*OK, "--seed", "x", "--threshold", "2", "--search_method", "beam"],
+         "--seed (seed): received 'x'", "--search_method (search_args.search_method): received 'beam'",
+         "--threshold (search_args.threshold): received '2'"),
+    # flags: problems found before a model loads
+    case(["--verifier_to_use", "imagestats", "--num_prompts=None"], "--num_prompts (prompts.num_prompts): received None, "
+         "allowed: a positive integer or 'all' (None only together with --prompt)"),
+    case(["--verifier_to_use", "imagestats", "--dataset", "{tmp}/missing.csv"],
+         "--dataset (prompts.dataset): received '{tmp}/missing.csv', allowed: a readable"),
+    case(["--verifier_to_use", "imagestats", "--dataset", "{tmp}/p.csv"],
+         "--prompt_column (prompts.prompt_column): received 'prompt', allowed: one of text", files={"p.csv": "text\nhi\n"}),
+    case([*OK, "--output_dir", "{tmp}/a-file/out"],
+         "--output_dir (output_dir): received '{tmp}/a-file/out', allowed: a folder this user can write",
+         files={"a-file": ""}),
+    case(["--prompt", PROMPT], "GEMINI_API_KEY (verifier_args.name=gemini): received nothing, allowed: your Gemini API "
+         "key in the environment (https://aistudio.google.com/apikey), or another --verifier_to_use"),
+    case(["--prompt", PROMPT, "--config", "{tmp}/c.json"],
+         "verifier_args.options.base_url: received 'localhost:1', allowed: an http:// or https:// URL",
+         files={"c.json": '{"verifier_args": {"options": {"base_url": "localhost:1"}}}'}, env={"GEMINI_API_KEY": "k"}),
+    # click's own usage errors
+    case([*OK, "--seeed", "3"], "flags: received unknown flag '--seeed', allowed: --seed"),
+    case([*OK, "--seed"], "--seed (seed): received nothing, allowed: a value after --seed"),
+    case([*OK, "--use_low_gpu_vram=yes"],
+         "--use_low_gpu_vram (use_low_gpu_vram): received a value, allowed: --use_low_gpu_vram alone"),
+    case([*OK, "stray"], "arguments: received 'stray', allowed: none"),
+    case([*OK, "--executor", "dask"], "executor: received 'dask', allowed: one of prefect, threads"),
+    # config files: JSON, TOML, YAML
+    case([*OK, "--config", "{tmp}/none.json"],
+         "config: received '{tmp}/none.json', allowed: an existing .json, .toml, .yaml or .yml file"),
+    config("c.json", '{"verifier_args": {"options": {"max_sides": 3}}}',
+           "verifier_args.options: received unknown 'max_sides', allowed: max_side"),
+    config("c.json", '{"seed": "x", "pipeline_call_args": {"guidance_scale": [1]}}',
+           "--seed (seed): received 'x', allowed: an integer >= 0",
+           "--guidance_scale (pipeline_call_args.guidance_scale): received [1], allowed: a number >= 0"),
+    config("c.json", '{"foo": 1, "verifier_retry_backoff_s": 900}',
+           "verifier_retry_backoff_s: received 900, allowed: a number >= 0 and <= 600",
+           "foo: received unknown field 'foo', allowed: pretrained_model_name_or_path, torch_dtype"),
+    config("c.toml", "[search_args]\nsearch_rounds = 0\nthreshold = 1.5\n",
+           f"--search_rounds (search_args.search_rounds): received 0, {INT_1_16}",
+           "--threshold (search_args.threshold): received 1.5, allowed: a number > 0 and < 1"),
+    config("c.toml", "pipeline_call_args = 5\n", "pipeline_call_args: received 5, allowed: a mapping of height, width"),
+    config("c.toml", "[prompts]\nprompt_colum = 'x'\n",
+           "prompts.prompt_colum: received unknown field 'prompt_colum', allowed: prompt, dataset"),
+    config("c.yaml", "use_low_gpu_vram: maybe\nverifier_args:\n  max_new_tokens: 0\n",
+           "--use_low_gpu_vram (use_low_gpu_vram): received 'maybe', allowed: true or false",
+           "verifier_args.max_new_tokens: received 0, allowed: an integer >= 1"),
+    config("c.yaml", "search_args:\n  beam_width: 4\n  search_method: 7\n",
+           "--search_method (search_args.search_method): received 7, allowed: one of random, zero-order",
+           "search_args.beam_width: received unknown field 'beam_width', allowed: search_method, search_rounds"),
+    config("c.yaml", "result_storage: [a]\nverifier_args:\n  options: [1]\n",
+           "verifier_args.options: received [1], allowed: a mapping of names to values",
+           "--result_storage (result_storage): received ['a'], allowed: a text"),
+    config("c.yaml", "- a\n- b\n", "allowed: a mapping of field names to values"),
+    config("c.yaml", "seed: [1\n", "allowed: a valid YAML file"),
+    config("c.json", "{not json", "allowed: a valid JSON file"),
+    config("c.toml", "seed = \n", "allowed: a valid TOML file"),
+]
+
+
+@pytest.mark.parametrize("flags,files,env,expected", BAD_INPUTS)
+def test_every_bad_input_is_one_line_in_one_format(flags, files, env, expected, no_model_loads, tmp_path):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    args = ["--model", "tiny-flux", "--output_dir", str(tmp_path / "out"), *(f.format(tmp=tmp_path) for f in flags)]
+    result = _invoke(args, env=env)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     lines = [line for line in result.output.splitlines() if line.startswith("ttsf: error:")]
-    assert len(lines) == 1 and expected in lines[0], result.output
-
-
-def test_missing_column_is_named(no_model_loads, tmp_path):
-    data = tmp_path / "p.csv"
-    data.write_text("text\nhello\n")
-    result = _invoke([*TINY, "--dataset", str(data), "--output_dir", str(tmp_path)])
-    assert result.exit_code == 2 and "prompt_column: received 'prompt', allowed: one of text" in result.output
-
-
-def test_missing_gemini_key_fails_before_loading(no_model_loads, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "GEMINI_API_KEY"}
-    result = CliRunner().invoke(main, ["run", "--prompt", PROMPT, "--model", "tiny-flux", "--output_dir",
-                                       str(tmp_path)], env={**env, "GEMINI_API_KEY": ""})
-    assert result.exit_code == 2 and "GEMINI_API_KEY" in result.output
-
-
-def test_unwritable_output_dir_is_named(no_model_loads, tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    result = _invoke([*TINY, "--prompt", PROMPT, "--output_dir", str(blocker / "out")])
-    assert result.exit_code == 2 and "--output_dir (output_dir): received" in result.output
-    assert "allowed: a folder this user can write" in result.output
-
-
-def test_num_prompts_none_needs_a_prompt(no_model_loads, tmp_path):
-    result = _invoke([*TINY, "--num_prompts=None", "--output_dir", str(tmp_path)])
-    assert result.exit_code == 2 and "num_prompts" in result.output
+    assert len(lines) == len(expected), result.output
+    for line, fragment in zip(lines, expected):
+        assert ERROR_LINE.match(line) and fragment.format(tmp=tmp_path) in line, line
+    assert not any(words in result.output for words in (*PYDANTIC_WORDING, "Traceback")), result.output
 
 
 def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_flux_dir):
@@ -86,7 +164,7 @@ def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_
     run_dir = first.stdout.strip().splitlines()[-1].removeprefix("Output: ")
     records = sorted((tmp_path / "out").rglob("round_*.json"))
     assert run_dir in str(records[0]) and len(records) == 3
-    assert len(list((tmp_path / "out").rglob("prompts/*/*.png"))) == 2 + 4 + 8
+    assert len(list((tmp_path / "out").rglob("store/images/*/*/*.png"))) == 2 + 4 + 8
     assert "Report:" in first.stdout
     before = {p: p.read_bytes() for p in Path(run_dir).rglob("*") if p.is_file()}
     for path in (tmp_path / "out").rglob("*"):
@@ -115,7 +193,7 @@ def test_report_rebuilds_from_the_records_alone(tmp_path, tiny_pipe):
 
     config = small_config(tmp_path, search_args={"search_rounds": 2})
     prepared = runner.prepare_run(config)
-    runner.run_search(prepared, CandidateGenerator(tiny_pipe, config))
+    runner.run(prepared, CandidateGenerator(tiny_pipe, config))
     result = CliRunner().invoke(main, ["report", str(tmp_path / "output")])
     assert result.exit_code == 0, result.output
     report = prepared.layout.run_dir / "report"

@@ -69,19 +69,36 @@ def test_identity_ignores_what_does_not_change_images():
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"search_args": {"search_rounds": 0}}, "search_args.search_rounds: received 0, allowed:"),
-    ({"verifier_args": {"choice_of_metric": "beauty"}}, "choice_of_metric: received 'beauty', allowed: accuracy_to_prompt"),
+    ({"search_args": {"search_rounds": 0}}, "search_args.search_rounds: received 0, allowed: an integer >= 1 and <= 16"),
+    ({"verifier_args": {"choice_of_metric": "beauty"}}, "choice_of_metric: received 'beauty', allowed: one of accuracy_to_prompt"),
     ({"prompts": {"num_prompts": "-2"}}, "num_prompts: received '-2', allowed: a positive integer or 'all'"),
     ({"prompts": {"num_prompts": 0}}, "num_prompts: received 0"),
     ({"prompts": {"prompt": "   "}}, "prompts.prompt: received '   ', allowed: a non-empty text"),
-    ({"torch_dtype": "int8"}, "torch_dtype: received 'int8', allowed: bf16, fp16, fp32"),
-    ({"pipeline_call_args": {"steps": 3}}, "pipeline_call_args.steps: received 3, unknown field; allowed: height"),
-    ({"search_args": {"search_method": "beam"}}, "search_args.search_method: received 'beam'"),
+    ({"torch_dtype": "int8"}, "torch_dtype: received 'int8', allowed: one of bf16, fp16, fp32"),
+    ({"pipeline_call_args": {"steps": 3}}, "pipeline_call_args.steps: received unknown field 'steps', allowed: height, width"),
+    ({"search_args": {"search_method": "beam"}}, "search_args.search_method: received 'beam', allowed: one of random, zero-order"),
+    ({"search_args": {"threshold": 0}}, "search_args.threshold: received 0, allowed: a number > 0 and < 1"),
+    ({"search_args": {"draft_steps": "few"}}, "search_args.draft_steps: received 'few', allowed: an integer >= 1"),
+    ({"search_args": {"draft_steps": 50}}, "search_args.draft_steps: received 50, allowed: an integer >= 1 and < "
+                                           "pipeline_call_args.num_inference_steps (50)"),
+    ({"prompts": {"num_prompts": 2.5}}, "prompts.num_prompts: received 2.5, allowed: an integer or 'all'"),
+    ({"use_low_gpu_vram": "maybe"}, "use_low_gpu_vram: received 'maybe', allowed: true or false"),
 ])
 def test_bad_values_name_the_field_what_was_received_and_what_is_allowed(data, message):
     with pytest.raises(ConfigError) as error:
         build_config(data)
     assert message in str(error.value)
+
+
+def test_each_bad_field_is_one_line_even_when_pydantic_reports_it_twice():
+    with pytest.raises(ConfigError) as error:
+        build_config({"seed": "x", "prompts": {"num_prompts": 2.5}, "search_args": {"beam": 1}})
+    assert str(error.value).splitlines() == [
+        "seed: received 'x', allowed: an integer >= 0 and < 9223372036854775808",
+        "search_args.beam: received unknown field 'beam', allowed: search_method, search_rounds, initial_pool_size, "
+        "threshold, num_neighbors, draft_steps, draft_keep",
+        "prompts.num_prompts: received 2.5, allowed: an integer or 'all'",
+    ]
 
 
 def test_unreadable_config_files_are_named(tmp_path):

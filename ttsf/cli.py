@@ -60,6 +60,7 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "result_storage": (("result_storage",), "Where cached task results persist: a folder, or a Prefect "
                        "storage block slug like s3-bucket/name [OUTPUT_DIR/.prefect-results]."),
 }
+EXECUTORS = ("prefect", "threads")
 
 
 def _flags_to_overrides(values: dict[str, Any]) -> dict[str, Any]:
@@ -75,13 +76,21 @@ def _flags_to_overrides(values: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def _flag_names(message: str) -> str:
+def _flag_heads() -> dict[str, str]:
+    """Each name a message may give a flag's field by (its leaf, the flag, its dotted path) ->
+    how an error line names it: `--flag (dotted.path)`."""
+    paths = {flag: path for flag, (path, _) in RUN_FLAGS.items()} | {"use_low_gpu_vram": ("use_low_gpu_vram",)}
+    return {head: f"--{flag} ({'.'.join(path)})" for flag, path in paths.items()
+            for head in (path[-1], flag, ".".join(path))}
+
+
+_FLAG_HEADS = _flag_heads()
+
+
+def _flag_names(line: str) -> str:
     """Name the flag a user typed next to the config field it sets."""
-    for flag, (path, _) in RUN_FLAGS.items():
-        dotted = ".".join(path)
-        if message.startswith(dotted + ":"):
-            return f"--{flag} ({dotted}):" + message[len(dotted) + 1 :]
-    return message
+    head, sep, rest = line.partition(": ")
+    return f"{_FLAG_HEADS[head]}: {rest}" if sep and head in _FLAG_HEADS else line
 
 
 def config_from_options(options: dict[str, Any]):
@@ -100,6 +109,32 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+class RunCommand(click.Command):
+    """`ttsf run`, with click's own usage errors (unknown flag, flag without its value, stray argument)
+    in the same one-line shape as every other bad input."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            extra = super().parse_args(ctx, args)
+        except click.UsageError as error:
+            fail(_usage_problem(self, error))
+        if extra:
+            fail(f"arguments: received {' '.join(extra)!r}, allowed: none (every input is a --flag)")
+        return extra
+
+
+def _usage_problem(command: click.Command, error: click.UsageError) -> str:
+    if isinstance(error, click.NoSuchOption):
+        close = ", ".join(error.possibilities or ()) or "the flags `ttsf run --help` lists"
+        return f"flags: received unknown flag {error.option_name!r}, allowed: {close}"
+    if not isinstance(error, click.BadOptionUsage):  # none other arises: every option takes a plain string
+        raise error
+    name = error.option_name
+    if any(getattr(param, "is_flag", False) and name in param.opts for param in command.params):
+        return f"{name.lstrip('-')}: received a value, allowed: {name} alone"
+    return f"{name.lstrip('-')}: received nothing, allowed: a value after {name}"
+
+
 def run_options(function):
     for flag in reversed(RUN_FLAGS):
         function = click.option(f"--{flag}", flag, default=None, help=RUN_FLAGS[flag][1])(function)
@@ -116,15 +151,17 @@ def main() -> None:
     """ttsf: inference-time scaling for text-to-image diffusion by searching over initial noises."""
 
 
-@main.command("run")
+@main.command("run", cls=RunCommand, context_settings={"allow_extra_args": True})
 @run_options
-@click.option("--executor", type=click.Choice(["prefect", "threads"]), default="prefect", show_default=True,
-              help="prefect: the search-dataset flow, every job a task run (visible in the Prefect UI); "
-                   "threads: the same search loop on local threads, no orchestrator.")
+@click.option("--executor", default="prefect", show_default=True,
+              help=f"{' or '.join(EXECUTORS)}. prefect: the search-dataset flow, every job a task run (visible in "
+                   "the Prefect UI); threads: the same search loop on local threads, no orchestrator.")
 def run_command(executor: str, **options: Any) -> None:
     """Search noises for each prompt, grade every image, record each round's best."""
     from ttsf.cli_run import run_and_print
 
+    if executor not in EXECUTORS:
+        fail(f"executor: received {executor!r}, allowed: one of {', '.join(EXECUTORS)}")
     try:
         config = config_from_options(options)
     except ConfigError as error:

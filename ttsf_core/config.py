@@ -10,10 +10,12 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from ttsf_core.verifiers.base import METRIC_NAMES
 
@@ -76,7 +78,7 @@ class VerifierArgs(_Frozen):
     @classmethod
     def _known_metric(cls, value: str) -> str:
         if value not in METRIC_NAMES:
-            raise ValueError(f"allowed: {', '.join(METRIC_NAMES)}")
+            raise ValueError(f"allowed: one of {', '.join(METRIC_NAMES)}")
         return value
 
 
@@ -158,7 +160,8 @@ class PromptSource(_Frozen):
     @model_validator(mode="after")
     def _one_source(self) -> "PromptSource":
         if self.prompt is None and self.num_prompts is None:
-            raise ValueError("num_prompts: received None, allowed: None only together with --prompt")
+            raise ValueError("num_prompts: received None, allowed: a positive integer or 'all' (None only together "
+                             "with --prompt)")
         return self
 
 
@@ -200,7 +203,7 @@ class RunConfig(_Frozen):
         text = str(value).strip().lower().removeprefix("torch.")
         text = _DTYPE_ALIASES.get(text, text)
         if text not in TORCH_DTYPES:
-            raise ValueError(f"allowed: {', '.join(TORCH_DTYPES)} (or bfloat16, float16, float32)")
+            raise ValueError(f"allowed: one of {', '.join(TORCH_DTYPES)} (or bfloat16, float16, float32)")
         return text
 
     @field_validator("pretrained_model_name_or_path")
@@ -214,8 +217,8 @@ class RunConfig(_Frozen):
     def _drafts_are_cheaper(self) -> "RunConfig":
         draft, full = self.search_args.draft_steps, self.pipeline_call_args.num_inference_steps
         if draft is not None and draft >= full:
-            raise ValueError(f"search_args.draft_steps: received {draft}, allowed: fewer than "
-                             f"num_inference_steps ({full})")
+            raise ValueError(f"search_args.draft_steps: received {draft}, allowed: an integer >= 1 and < "
+                             f"pipeline_call_args.num_inference_steps ({full})")
         return self
 
     def generation_identity(self) -> dict[str, Any]:
@@ -250,32 +253,68 @@ class ConfigError(ValueError):
 
 
 def format_validation_error(error: ValidationError) -> str:
-    lines = []
+    """One `dotted.field: received X, allowed: Y` line per bad field; Y in plain words, built from
+    the field's type and constraints, never pydantic's own wording."""
+    lines: dict[str, str] = {}
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "config"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown field; allowed: " + ", ".join(_allowed_fields(item["loc"]))
-        if not message.startswith(("allowed", "unknown", "received")) and "received" not in message:
-            message = "allowed: " + message[:1].lower() + message[1:]
-        received = item.get("input")
-        if isinstance(received, dict):
-            lines.append(f"{field}: {message}")
-        elif "received" in message:
-            lines.append(f"{field}: {message}")
-        else:
-            lines.append(f"{field}: received {received!r}, {message}")
-    return "\n".join(lines)
+        field, line = _problem(item)
+        lines.setdefault(field, line)  # a union field fails once per member: one line for it
+    return "\n".join(lines.values())
 
 
-def _allowed_fields(loc: tuple) -> list[str]:
+def _problem(item: dict[str, Any]) -> tuple[str, str]:
+    field, info, model = _locate(item["loc"])
+    if item["type"] == "extra_forbidden":
+        allowed = ", ".join(model.model_fields)
+        return field, f"{field}: received unknown field {item['loc'][-1]!r}, allowed: {allowed}"
+    own = str(item.get("ctx", {}).get("error", "")) if item["type"] == "value_error" else ""
+    sub, _, rest = own.partition(": ")
+    if rest.startswith("received "):  # a model validator naming its own field: "sub.field: received ..."
+        field = ".".join(filter(None, (field, sub)))
+        return field, f"{field}: {rest}"
+    allowed = own.removeprefix("allowed: ") or _allowed(info, item.get("ctx"))
+    return field, f"{field or 'config'}: received {item['input']!r}, allowed: {allowed}"
+
+
+def _locate(loc: tuple) -> tuple[str, FieldInfo | None, type[BaseModel]]:
+    """The dotted field `loc` names, its FieldInfo, and the model holding it (pydantic's union-member
+    parts of a loc, like 'int' or "literal['all']", are dropped)."""
     model: type[BaseModel] = RunConfig
-    for part in loc[:-1]:
-        annotation = model.model_fields[str(part)].annotation
+    names: list[str] = []
+    info = None
+    for part in loc:
+        names.append(str(part))
+        info = model.model_fields.get(str(part))
+        annotation = info.annotation if info else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             break
         model = annotation
-    return list(model.model_fields)
+    return ".".join(names), info, model
+
+
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a text", Path: "a path",
+          dict: "a mapping of names to values"}
+
+
+def _allowed(info: FieldInfo | None, ctx: dict[str, Any] | None) -> str:
+    """E.g. "an integer >= 1 and <= 16": the field's type, then every bound it has."""
+    limits = {key: value for key, value in (ctx or {}).items() if key in _BOUNDS}
+    for constraint in info.metadata if info else ():
+        limits |= {key: getattr(constraint, key) for key in _BOUNDS if hasattr(constraint, key)}
+    bounds = " and ".join(f"{_BOUNDS[key]} {limits[key]}" for key in _BOUNDS if key in limits)
+    return " ".join(filter(None, (_kind(info.annotation) if info else "a valid value", bounds)))
+
+
+def _kind(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return f"one of {', '.join(map(str, args))}" if len(args) > 1 else repr(args[0])
+    if origin in (Union, UnionType):
+        return " or ".join(_kind(arg) for arg in args if arg is not type(None))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"a mapping of {', '.join(annotation.model_fields)}"
+    return _KINDS.get(origin or annotation, "a valid value")
 
 
 def build_config(data: dict[str, Any]) -> RunConfig:
@@ -289,24 +328,26 @@ def build_config(data: dict[str, Any]) -> RunConfig:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON, TOML or YAML config file into a nested dict (tt-scale-flux's JSON keys included)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config: received {str(path)!r}, allowed: an existing .json, .toml or .yaml file")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
+    parse = _PARSERS.get(path.suffix.lower())
+    if parse is None or not path.is_file():
+        raise ConfigError(f"config: received {str(path)!r}, allowed: an existing .json, .toml, .yaml or .yml file")
     try:
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
-        else:
-            raise ConfigError(f"config: received {str(path)!r}, allowed: a .json, .toml, .yaml or .yml file")
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"config: {str(path)!r} could not be parsed: {error}") from None
+        data = parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as error:  # JSON, TOML and decoding errors are ValueErrors
+        detail = " ".join(str(error).split())  # YAML's spans several lines
+        raise ConfigError(f"config: received {str(path)!r} (it could not be parsed: {detail}), allowed: "
+                          f"a valid {path.suffix.lower().lstrip('.').upper()} file") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config: {str(path)!r} holds a {type(data).__name__}, allowed: a mapping of fields")
+        raise ConfigError(f"config: received {str(path)!r} (it holds a {type(data).__name__}), allowed: "
+                          "a mapping of field names to values")
     return _lift_tt_scale_flux_keys(data)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.safe_load(text) or {}  # an empty file sets nothing
+
+
+_PARSERS = {".json": json.loads, ".toml": tomllib.loads, ".yaml": _load_yaml, ".yml": _load_yaml}
 
 
 def _lift_tt_scale_flux_keys(data: dict[str, Any]) -> dict[str, Any]:

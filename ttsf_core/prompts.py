@@ -22,7 +22,8 @@ def load_prompts(source: PromptSource) -> list[str]:
         texts = _read_hub(source, limit)
     prompts = list(dict.fromkeys(text.strip() for text in texts if isinstance(text, str) and text.strip()))
     if not prompts:
-        raise ConfigError(f"dataset: received {source.dataset!r}, which holds no non-empty prompts")
+        raise ConfigError(f"prompts.dataset: received {source.dataset!r} (it holds no non-empty prompts), "
+                          "allowed: a dataset with at least one non-empty prompt")
     return prompts[:limit] if limit else prompts
 
 
@@ -35,7 +36,8 @@ def _read_local(source: PromptSource, limit: int | None) -> list:
     suffix = path.suffix.lower()
     if not path.is_file() or suffix not in LOCAL_SUFFIXES:
         raise ConfigError(
-            f"dataset: received {source.dataset!r}, allowed: a readable {'/'.join(LOCAL_SUFFIXES)} file or a hub dataset id"
+            f"prompts.dataset: received {source.dataset!r}, allowed: a readable {'/'.join(LOCAL_SUFFIXES)} file or a "
+            "hub dataset id"
         )
     try:
         if suffix == ".txt":
@@ -46,7 +48,8 @@ def _read_local(source: PromptSource, limit: int | None) -> list:
             ".parquet": lambda: _read_parquet_column(path, source),
         }[suffix]()
     except (OSError, UnicodeDecodeError, ValueError, KeyError) as error:
-        raise ConfigError(f"dataset: {source.dataset!r} could not be read: {error}".splitlines()[0]) from None
+        raise ConfigError(f"prompts.dataset: received {source.dataset!r} (it could not be read: "
+                          f"{_first_line(error)}), allowed: a readable {suffix} file") from None
     return _column(frame, source)
 
 
@@ -63,7 +66,7 @@ def _read_parquet_column(path: Path, source: PromptSource) -> pd.DataFrame:
 def _column(frame: pd.DataFrame, source: PromptSource) -> list:
     if source.prompt_column not in frame.columns:
         raise ConfigError(
-            f"prompt_column: received {source.prompt_column!r}, allowed: one of {', '.join(map(str, frame.columns))}"
+            f"prompts.prompt_column: received {source.prompt_column!r}, allowed: one of {', '.join(map(str, frame.columns))}"
         )
     return frame[source.prompt_column].tolist()
 
@@ -76,7 +79,7 @@ def _read_hub(source: PromptSource, limit: int | None) -> list:
         stream = datasets.load_dataset(source.dataset, split=source.dataset_split, streaming=True)
         if source.prompt_column not in (stream.column_names or [source.prompt_column]):
             raise ConfigError(
-                f"prompt_column: received {source.prompt_column!r}, allowed: one of {', '.join(stream.column_names)}"
+                f"prompts.prompt_column: received {source.prompt_column!r}, allowed: one of {', '.join(stream.column_names)}"
             )
         rows = stream.select_columns([source.prompt_column])
         rows = rows.take(limit * 2) if limit else rows  # head-room for blank or repeated prompts
@@ -85,9 +88,13 @@ def _read_hub(source: PromptSource, limit: int | None) -> list:
         raise
     except Exception as error:  # noqa: BLE001 - the hub raises many types; all mean "unreadable"
         raise ConfigError(
-            f"dataset: received {source.dataset!r}, which could not be loaded ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); allowed: a hub dataset id or a local file"
+            f"prompts.dataset: received {source.dataset!r} (it could not be loaded: {type(error).__name__}: "
+            f"{_first_line(error)}), allowed: a reachable hub dataset id or a local {'/'.join(LOCAL_SUFFIXES)} file"
         ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "no detail")
 
 
 PROMPT_LISTS_DIRNAME = "prompt-lists"

@@ -77,8 +77,8 @@ class GeminiVerifier:
         api_key = os.environ.get(API_KEY_ENV, "").strip()
         if not api_key:
             raise VerifierConfigError(
-                f"{API_KEY_ENV} is not set: export your Gemini API key (https://aistudio.google.com/apikey) "
-                "or choose another verifier"
+                f"{API_KEY_ENV} (verifier_args.name={self.name}): received nothing, allowed: your Gemini API key in "
+                "the environment (https://aistudio.google.com/apikey), or another --verifier_to_use"
             )
         # The SDK's own retry stays off (its default): retries belong to the caller, which honours
         # Retry-After; the SDK's retry would not.
@@ -300,7 +300,7 @@ def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(ALLOWED_OPTIONS))
     if unknown:
         raise VerifierConfigError(
-            f"verifier_args.options: received {', '.join(map(repr, unknown))}, allowed: {', '.join(ALLOWED_OPTIONS)}"
+            f"verifier_args.options: received unknown {', '.join(map(repr, unknown))}, allowed: {', '.join(ALLOWED_OPTIONS)}"
         )
     return options
 

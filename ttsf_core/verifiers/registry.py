@@ -40,5 +40,6 @@ def verifier_class(name: str) -> type:
 def build_verifier(args: VerifierArgs) -> Verifier:
     verifier = verifier_class(args.name)(args)
     if not isinstance(verifier, Verifier):
-        raise ConfigError(f"verifier_to_use: {args.name!r} does not implement the Verifier protocol (name, score)")
+        raise ConfigError(f"verifier_to_use: received {args.name!r} (it does not implement the Verifier protocol), "
+                          "allowed: a verifier with a name and a score method")
     return verifier
