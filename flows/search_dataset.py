@@ -69,7 +69,8 @@ def search_dataset(config: RunConfig, prompt_list: str | None = None) -> dict:
         raise RuntimeError(f"batches {failed} failed ({causes[0]}); finished rounds are kept: "
                            "re-run the same config to resume")
     if build_report(run_dir, only_if_changed=True) is not None:
-        create_markdown_artifact(markdown=summary_markdown(report_dataframe(run_dir), run_dir), key="ttsf-summary",
+        create_markdown_artifact(markdown=summary_markdown(report_dataframe(run_dir), run_dir),
+                                 key=f"ttsf-summary-{config.identity_hash()}",
                                  description="Best score per round and where the files are")
     return {"run_dir": str(run_dir), "counts": vars(counts)}
 

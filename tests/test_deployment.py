@@ -24,6 +24,7 @@ import pytest
 
 from ttsf_core.config import build_config
 from ttsf_core.records import RunLayout
+from ttsf_core.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]  # the CLI of this interpreter (the worker's flow runs use it too)
@@ -202,5 +203,5 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(prefect_server, worker
     assert set(report["prompt"]) == set(PROMPTS)
     for path in report["best_img_path"]:
         assert Path(path).is_file(), path
-    # Every candidate's PNG: 2 + 4 a prompt.
-    assert len(list((run_dir / "prompts").glob("*/*.png"))) == len(PROMPTS) * (2 + 4)
+    # Every candidate's PNG, in the store: 2 + 4 a prompt.
+    assert len(list(Store(build_config(config)).images_dir.glob("*/*.png"))) == len(PROMPTS) * (2 + 4)

@@ -13,9 +13,10 @@ from conftest import small_config
 from fake_gemini import FakeGeminiServer
 from flows.search_dataset import search_dataset
 from tasks import runtime
-from ttsf_core import rounds
-from ttsf_core.generate import CandidateGenerator
-from ttsf_core.records import RunLayout, png_bytes
+from ttsf_core import jobs
+from ttsf_core.files import png_bytes
+from ttsf_core.records import RunLayout
+from ttsf_core.search import build_strategy
 from ttsf_core.verifiers import imagestats, registry
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -57,7 +58,9 @@ def _read_artifact(key: str):
 def test_two_batches_write_records_artifacts_and_report(tmp_path):
     with FakeGeminiServer() as server:
         config = _config(tmp_path, server)
-        run_dir = search_dataset(config)
+        result = search_dataset(config)
+    run_dir = result["run_dir"]
+    assert result["counts"]["images_generated"] == result["counts"]["images_graded"] == 3 * (2 + 4)
     assert sorted(p.name for p in (tmp_path / "output").rglob("round_*.json")) == ["round_01.json"] * 3 + [
         "round_02.json"] * 3
     frame = _report(run_dir)
@@ -70,7 +73,7 @@ def test_two_batches_write_records_artifacts_and_report(tmp_path):
         assert table is not None and table.type == "table"
     progress = _read_artifact(f"ttsf-progress-{config.identity_hash()}")
     assert progress.type == "progress" and float(progress.data) == pytest.approx(100.0)
-    summary = _read_artifact("ttsf-summary")
+    summary = _read_artifact(f"ttsf-summary-{config.identity_hash()}")
     assert summary.type == "markdown" and str(RunLayout(config).run_dir.resolve()) in summary.data
 
 
@@ -86,18 +89,20 @@ def test_a_finished_run_starts_no_batch_and_asks_nothing(tmp_path):
     with FakeGeminiServer() as server:
         config = _config(tmp_path, server, search_args={"search_rounds": 1})
         search_dataset(config)
-        calls, batches, generated = server.call_count, _batch_runs(), runtime.images_generated()
-        search_dataset(config)
-        assert (server.call_count, _batch_runs(), runtime.images_generated()) == (calls, batches, generated)
+        calls, batches = server.call_count, _batch_runs()
+        again = search_dataset(config)
+        assert (server.call_count, _batch_runs()) == (calls, batches)
+        assert again["counts"]["images_generated"] == again["counts"]["images_graded"] == 0
+        assert again["counts"]["rounds_skipped"] == len(PROMPTS)
 
 
 def test_a_429_storm_waits_retry_after_and_selects_as_a_clean_run(tmp_path):
     storm = [(429, {"Retry-After": "1"})] * 4
     with FakeGeminiServer(failures=storm) as server:
-        stormy_dir = search_dataset(_config(tmp_path / "storm", server))
+        stormy_dir = search_dataset(_config(tmp_path / "storm", server))["run_dir"]
         requests = server.requests
     with FakeGeminiServer() as server:
-        clean_dir = search_dataset(_config(tmp_path / "clean", server))
+        clean_dir = search_dataset(_config(tmp_path / "clean", server))["run_dir"]
     pd.testing.assert_frame_equal(_report(stormy_dir), _report(clean_dir))
     refused = [r for r in requests if r.status == 429]
     assert len(refused) == 4
@@ -108,10 +113,9 @@ def test_a_429_storm_waits_retry_after_and_selects_as_a_clean_run(tmp_path):
 
 
 def _image_sha(config, prompt: str, search_round: int, index: int) -> str:
-    seeds = rounds.plan(config, prompt, search_round)
-    generator = runtime.generator_for(config)
-    image = generator.generate(prompt, seeds[index : index + 1])[0] if generator.batch_size == 1 else \
-        generator.generate(prompt, seeds)[index]
+    """The sha256 of the PNG the verifier is sent for one candidate (generated in its round's batch)."""
+    candidates = build_strategy(config).plan_round(prompt, search_round, [])
+    image = runtime.generator_for(config).generate(prompt, candidates)[index]
     return hashlib.sha256(png_bytes(image)).hexdigest()
 
 
@@ -125,18 +129,18 @@ def test_a_failed_batch_resumes_without_regenerating_or_reverifying(tmp_path):
         with pytest.raises(RuntimeError, match=r"batches \[0\] failed .*VerifierError.*no JSON object"):
             search_dataset(config)
         first_run = [r.image_sha256 for r in server.requests]
-    generated_before = runtime.images_generated()
     with FakeGeminiServer() as server:
         config = _config(tmp_path / "resumed", server)
-        resumed_dir = search_dataset(config)
+        resumed = search_dataset(config)
         asked_again = [r.image_sha256 for r in server.requests]
-    assert runtime.images_generated() == generated_before  # zero images regenerated
+    resumed_dir = resumed["run_dir"]
+    assert resumed["counts"]["images_generated"] == 0  # zero images regenerated
     assert first_run.count(bad_sha) == 2  # a persistently invalid answer fails after one retry
     others = [sha for sha in first_run if sha != bad_sha]
     assert len(others) == len(set(others)) == 3 * (2 + 4) - 1
     assert asked_again == [bad_sha]  # only the image that never got a grade
     with FakeGeminiServer() as server:
-        clean_dir = search_dataset(_config(tmp_path / "clean", server))
+        clean_dir = search_dataset(_config(tmp_path / "clean", server))["run_dir"]
     pd.testing.assert_frame_equal(_report(resumed_dir), _report(clean_dir))
 
 
@@ -179,7 +183,7 @@ class SleepyVerifier:
 def test_generation_overlaps_verification(tmp_path, monkeypatch):
     monkeypatch.setitem(registry.BUILTIN_VERIFIERS, "sleepy", f"{__name__}:SleepyVerifier")
     generating: list[tuple[float, float]] = []
-    real_generate = rounds.generate_candidates
+    real_generate = jobs.generate
 
     def timed_generate(*args, **kwargs):
         start = time.monotonic()
@@ -187,15 +191,14 @@ def test_generation_overlaps_verification(tmp_path, monkeypatch):
         generating.append((start, time.monotonic()))
         return result
 
-    monkeypatch.setattr(rounds, "generate_candidates", timed_generate)
+    monkeypatch.setattr(jobs, "generate", timed_generate)
     SleepyVerifier.intervals = []
     config = _config(tmp_path, None, verifier_args={"name": "sleepy"}, search_args={"search_rounds": 3},
                      prompts_per_batch=3)
     search_dataset(config)
     wall = max(end for _, end in SleepyVerifier.intervals) - min(start for start, _ in generating)
     generation = sum(end - start for start, end in generating)
-    rounds_run = len(generating)
-    verification = rounds_run * SleepyVerifier.delay_s  # each round's images are graded in parallel
+    verification = len(SleepyVerifier.intervals) * SleepyVerifier.delay_s  # each call grades a round's chunk
     # Grading of one round ran while a later round was being generated...
     assert any(v_start < g_end and g_start < v_end
                for v_start, v_end in SleepyVerifier.intervals for g_start, g_end in generating)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from ttsf_core.generate import CandidateGenerator
+from ttsf_core.generate import CandidateGenerator, plan_batches, seed_candidates
 from ttsf_core.noise import round_seeds
 
 
@@ -16,7 +16,7 @@ def config(tmp_path):
 
 
 def test_batched_generation_equals_one_by_one(tiny_pipe, config):
-    seeds = round_seeds(0, "a red fox", 1, 6)
+    seeds = seed_candidates(round_seeds(0, "a red fox", 1, 6), 2)
     batched = CandidateGenerator(tiny_pipe, config).generate("a red fox", seeds)
     single_config = config.model_copy(update={"batch_size_for_img_gen": 1})
     single = CandidateGenerator(tiny_pipe, single_config).generate("a red fox", seeds)
@@ -26,7 +26,7 @@ def test_batched_generation_equals_one_by_one(tiny_pipe, config):
 
 
 def test_different_seeds_give_different_images(tiny_pipe, config):
-    first, second = CandidateGenerator(tiny_pipe, config).generate("a red fox", [1, 2])
+    first, second = CandidateGenerator(tiny_pipe, config).generate("a red fox", seed_candidates([1, 2], 2))
     assert np.abs(_pixels(first) - _pixels(second)).mean() > 1.0
 
 
@@ -39,8 +39,9 @@ def test_text_encoders_run_once_per_prompt_whatever_the_candidates(tiny_pipe, co
     try:
         generator = CandidateGenerator(tiny_pipe, config)
         for search_round in (1, 2, 3):
-            generator.generate("a red fox", round_seeds(0, "a red fox", search_round, 2**search_round))
-        generator.generate("a blue bird", [5, 6, 7])
+            seeds = round_seeds(0, "a red fox", search_round, 2**search_round)
+            generator.generate("a red fox", seed_candidates(seeds, 2))
+        generator.generate("a blue bird", seed_candidates([5, 6, 7], 2))
     finally:
         for hook in hooks:
             hook.remove()
@@ -51,5 +52,36 @@ def test_text_encoders_run_once_per_prompt_whatever_the_candidates(tiny_pipe, co
 
 def test_image_size_follows_the_config(tiny_pipe, tmp_path):
     config = small_config(tmp_path, pipeline_call_args={"height": 96, "width": 64})
-    (image,) = CandidateGenerator(tiny_pipe, config).generate("tall", [3])
+    (image,) = CandidateGenerator(tiny_pipe, config).generate("tall", seed_candidates([3], 2))
     assert image.size == (64, 96)
+
+
+def test_each_pipeline_call_shares_one_step_count(tiny_pipe, config):
+    mixed = seed_candidates([1, 2, 3], 1) + seed_candidates([4], 2) + seed_candidates([5, 6, 7, 8, 9], 1)
+    assert [[c.noise.seed for c in batch] for batch in plan_batches(mixed, 4)] == [[1, 2, 3], [4], [5, 6, 7, 8], [9]]
+    generator = CandidateGenerator(tiny_pipe, config)
+    images = generator.generate("a red fox", mixed)
+    assert len(images) == 9 and generator.counts.pipeline_calls == 4
+    # A draft (1 step) and a full image (2 steps) of one noise differ.
+    draft, full = generator.generate("a red fox", seed_candidates([4], 1) + seed_candidates([4], 2))
+    assert np.abs(_pixels(draft) - _pixels(full)).mean() > 0.5
+
+
+def test_generators_sharing_a_pipeline_never_run_it_at_once(tiny_pipe, config):
+    """The scheduler keeps per-call state: two configs on one pipeline must take turns."""
+    import threading
+
+    candidates = seed_candidates([1, 2, 3, 4, 5, 6], 2)
+    alone = CandidateGenerator(tiny_pipe, config).generate("a red fox", candidates)
+    results: dict[int, list] = {}
+    other = config.model_copy(update={"batch_size_for_img_gen": 2})
+    threads = [threading.Thread(target=lambda i=i, c=c: results.__setitem__(i, CandidateGenerator(tiny_pipe, c)
+                                                                           .generate("a red fox", candidates)))
+               for i, c in enumerate([config, other, config])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(results) == [0, 1, 2]
+    for images in results.values():
+        assert all(np.abs(_pixels(a) - _pixels(b)).max() <= 1 for a, b in zip(images, alone, strict=True))

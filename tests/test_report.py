@@ -11,21 +11,25 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.config import RunConfig
+from ttsf_core.files import write_json, write_png
 from ttsf_core.records import (
     CandidateRecord,
     RoundRecord,
     RunLayout,
-    write_json,
-    write_png,
+    relative_image_path,
+    resolve_image,
     write_round_record,
 )
 from ttsf_core.report import COLUMNS, build_report, report_dataframe, summary_markdown
+from ttsf_core.store import Recipe, Store
 from ttsf_core.verifiers.base import METRIC_NAMES, grades_from_scores
 
 DANGEROUS = '<script>alert(1)</script> & "quotes"'
 PROMPTS = ["a red fox in the snow", DANGEROUS, "a lighthouse at dusk"]
 POOLS = {1: 2, 2: 4, 3: 8}
+STEPS = 4
 # Overall scores of each (prompt, round) pool's winner; prompt 0 dips in round 2 so best_so_far != best_score.
 WINNER_SCORES = {0: [7.0, 6.5, 8.25], 1: [5.0, 6.0, 7.5], 2: [8.0, 8.0, 9.0]}
 
@@ -45,16 +49,19 @@ def _candidate_scores(prompt_index: int, search_round: int, index: int, pool: in
 
 def _write_round(layout: RunLayout, prompt_index: int, prompt: str, search_round: int, config: RunConfig) -> None:
     pool = POOLS[search_round]
+    store, record_path = Store(config), layout.record_path(prompt, search_round)
     candidates = []
     for index in range(pool):
         seed = 1000 * prompt_index + 100 * search_round + index
         colour = ((37 * seed) % 256, (91 * seed) % 256, (53 * seed + 17) % 256)
         image = Image.new("RGB", (_image_width(search_round), 12), colour)
-        path = layout.image_path(prompt, search_round, index, seed)
-        digest = write_png(path, image)
+        candidate = Candidate(noise=NoiseSpec(seed=seed), steps=STEPS)
+        recipe = Recipe(noise=candidate.noise, steps=STEPS, batch=(candidate.noise,), batch_position=0)
+        stored = store.write_image(prompt, candidate, image, recipe)
         grades = grades_from_scores(_candidate_scores(prompt_index, search_round, index, pool), "synthetic")
         candidates.append(
-            CandidateRecord(index=index, seed=seed, img_path=str(path), image_sha256=digest,
+            CandidateRecord(index=index, seed=seed, noise=candidate.noise, steps=STEPS,
+                            img_path=relative_image_path(record_path, stored.path), image_sha256=stored.sha256,
                             score=grades.score("overall_score"), grades=grades)
         )
     best = max(candidates, key=lambda c: c.score)
@@ -62,9 +69,9 @@ def _write_round(layout: RunLayout, prompt_index: int, prompt: str, search_round
         prompt=prompt, prompt_index=prompt_index, search_round=search_round, num_noises=pool,
         best_noise_seed=best.seed, best_score=best.score, choice_of_metric="overall_score",
         best_img_path=best.img_path, best_index=best.index, config_hash=config.identity_hash(),
-        candidates=candidates,
+        candidates=candidates, nfe=pool * STEPS,
     )
-    write_round_record(layout.record_path(prompt, search_round), record)
+    write_round_record(record_path, record)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +120,8 @@ def test_dataframe_rows_and_columns(frame):
     assert frame["prompt"].tolist() == [p for p in PROMPTS for _ in POOLS]
     assert frame["num_noises"].tolist() == [2, 4, 8] * 3
     assert frame["images_generated"].tolist() == [2, 6, 14] * 3
+    assert frame["nfe_so_far"].tolist() == [2 * STEPS, 6 * STEPS, 14 * STEPS] * 3
+    assert set(frame["search_method"]) == {"random"}
     assert set(frame["choice_of_metric"]) == {"overall_score"}
 
 
@@ -135,8 +144,8 @@ def test_metric_columns_are_the_best_candidates_grades(frame, run_dir):
             assert getattr(row, name) == best["grades"][name]["score"]
         path = Path(row.best_img_path)
         assert path.is_absolute() and path.is_file()
-        assert path.parent == record["_path"].parent.absolute()
-        assert path.name == Path(best["img_path"]).name
+        assert not Path(best["img_path"]).is_absolute()  # records name images relative to themselves
+        assert path == resolve_image(record["_path"], best["img_path"]).absolute()
 
 
 def test_report_files_exist(files):
@@ -226,7 +235,7 @@ def test_unfinished_run_reports_the_rounds_it_has(tmp_path):
     assert list(zip(frame["prompt_index"], frame["images_generated"])) == [(0, 2), (0, 6), (0, 14), (2, 2)]
     assert len(files.collages) == 2
     assert "<td>-</td>" in files.html.read_text(encoding="utf-8")  # prompt 2 has no round 2 or 3 yet
-    assert "| 3 | 14 | 1 |" in summary_markdown(frame, run_dir)  # only one prompt reached round 3
+    assert f"| 3 | 14 | {14 * STEPS} | 1 |" in summary_markdown(frame, run_dir)  # only one prompt reached round 3
 
 
 def test_best_index_missing_from_candidates_is_an_error(tmp_path):
@@ -248,3 +257,41 @@ def test_summary_markdown_mentions_each_round_mean(frame, run_dir):
     gain = frame[frame.search_round == 3]["best_score"].mean() - frame[frame.search_round == 1]["best_score"].mean()
     assert f"{gain:+.3f}" in text
     assert str(Path(run_dir) / "report") in text
+
+
+def test_a_moved_output_folder_still_resolves_every_image(run_dir, tmp_path):
+    import shutil
+
+    output = run_dir.parents[3]
+    moved = tmp_path / "moved"
+    shutil.copytree(output, moved)
+    frame = report_dataframe(moved / run_dir.relative_to(output))
+    assert all(Path(path).is_file() and Path(path).is_relative_to(moved) for path in frame["best_img_path"])
+
+
+def test_an_unchanged_report_is_not_rebuilt(tmp_path):
+    run_dir = _partial_run(tmp_path, {0: (1, 2)})
+    first = build_report(run_dir, only_if_changed=True)
+    assert first is not None
+    stamp = first.html.stat().st_mtime_ns
+    assert build_report(run_dir, only_if_changed=True) is None and first.html.stat().st_mtime_ns == stamp
+    config = RunConfig(output_dir=tmp_path, pretrained_model_name_or_path="tiny-flux", search_args={"search_rounds": 3})
+    _write_round(RunLayout(config), 0, PROMPTS[0], 3, config)
+    assert build_report(run_dir, only_if_changed=True) is not None  # a new record: rebuilt
+
+
+def test_records_from_before_the_store_still_read(tmp_path):
+    """A record written by the earlier layout: bare seeds, absolute image paths beside the record."""
+    folder = tmp_path / "run" / "prompts" / "p-0123456789"
+    image = folder / "r01_c000_s7.png"
+    digest = write_png(image, Image.new("RGB", (8, 8), "red"))
+    grades = grades_from_scores({m: 5.0 for m in METRIC_NAMES}, "old")
+    candidate = {"index": 0, "seed": 7, "img_path": str(image), "image_sha256": digest, "score": 5.0,
+                 "grades": grades.model_dump()}
+    old = {"prompt": "p", "prompt_index": 0, "search_round": 1, "num_noises": 1, "best_noise_seed": 7,
+           "best_score": 5.0, "choice_of_metric": "overall_score", "best_img_path": str(image), "best_index": 0,
+           "config_hash": "abc", "candidates": [candidate]}
+    write_json(folder / "round_01.json", old)
+    frame = report_dataframe(tmp_path / "run")
+    assert frame["best_noise"].tolist() == ["s7"] and frame["images_generated"].tolist() == [1]
+    assert Path(frame["best_img_path"][0]) == image.absolute()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,15 @@ from ttsf_core.config import RunConfig
 from ttsf_core.noise import supports_explicit_latents
 
 _ENCODINGS_KEPT = 16  # prompts in flight at once are few; keep their embeddings, drop the rest
+# A pipeline's scheduler holds per-call state: one call at a time per pipeline, however many
+# generators (configs) share it.
+_PIPELINE_LOCKS: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def pipeline_lock(pipe) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _PIPELINE_LOCKS.setdefault(pipe, threading.Lock())
 
 
 @dataclass
@@ -35,7 +45,7 @@ class CandidateGenerator:
 
     def __post_init__(self):
         self._encodings: OrderedDict[str, dict] = OrderedDict()
-        self._lock = threading.Lock()  # one pipeline, many callers (threads): one call at a time
+        self._lock = pipeline_lock(self.pipe)
         accepted = inspect.signature(self.pipe.__call__).parameters
         self._explicit = supports_explicit_latents(self.pipe) and "prompt_embeds" in accepted
         self._passes_sequence_length = "max_sequence_length" in accepted

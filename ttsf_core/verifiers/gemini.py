@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from google import genai
@@ -105,20 +105,26 @@ class GeminiVerifier:
 
     def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]:
         """One Grades per image, in input order; raises the typed error of a failed image."""
+        results = self.score_partial(prompt, images)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            raise most_telling(failures)
+        return results
+
+    def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | BaseException]:
+        """One Grades or typed error per image, in input order: the answers that did arrive are kept
+        (a retry then asks only for the rest). A rejected key cancels the requests not yet sent."""
         images = list(images)
         if not images:
             return []
         pool = self._executor()
         futures = [pool.submit(self.score_one, prompt, image, index) for index, image in enumerate(images)]
-        # Stop at the first failure: the caller retries the whole list, so queued requests would
-        # only spend quota (they are cancelled; requests already sent finish in the background).
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
-        failures = [future.exception() for future in done if future.exception() is not None]
-        if failures:
-            raise most_telling(failures)
-        return [future.result() for future in futures]
+        for future in futures:
+            if isinstance(future.exception(), VerifierConfigError):
+                for queued in futures:
+                    queued.cancel()
+                break
+        return [_outcome(future) for future in futures]
 
     def score_one(self, prompt: str, image: Image.Image, index: int = 0) -> Grades:
         """Grade one image (`index` only names it in errors)."""
@@ -169,6 +175,12 @@ class GeminiVerifier:
             if self._client is None:
                 self._client = genai.Client(api_key=self._api_key, http_options=self._http_options)
             return self._client
+
+
+def _outcome(future) -> Grades | BaseException:
+    if future.cancelled():
+        return RetryableVerifierError("not sent: another request of the batch was refused for its key")
+    return future.exception() or future.result()
 
 
 def gemini_response_schema() -> dict[str, Any]:

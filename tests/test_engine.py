@@ -1,0 +1,228 @@
+"""The one search loop: both executors, growing runs, shared work, resumes, regeneration."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import small_config
+from flows.search_dataset import search_dataset
+from tasks import runtime
+from ttsf_core import runner
+from ttsf_core.engine import SearchEngine
+from ttsf_core.executors import ThreadExecutor
+from ttsf_core.files import png_bytes
+from ttsf_core.generate import CandidateGenerator
+from ttsf_core.jobs import load_images
+from ttsf_core.records import iter_round_records
+from ttsf_core.regenerate import regenerate
+from ttsf_core.search import build_strategy
+from ttsf_core.store import Store
+from ttsf_core.verifiers import imagestats
+from ttsf_core.verifiers.base import VerifierConfigError, VerifierError
+
+STRATEGIES = {
+    "random": {"search_method": "random"},
+    "zero-order": {"search_method": "zero-order", "num_neighbors": 3},
+    "random+draft": {"search_method": "random", "draft_steps": 1, "draft_keep": 2},
+    "zero-order+draft": {"search_method": "zero-order", "num_neighbors": 3, "draft_steps": 1, "draft_keep": 1},
+}
+PROMPTS = ["a red lighthouse on a cliff at dawn", "a bowl of ramen, studio photo", "an owl reading a map"]
+
+
+def _config(tmp_path: Path, strategy: str = "random", rounds: int = 3, **overrides):
+    data = tmp_path / "prompts.txt"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data.write_text("\n".join(PROMPTS) + "\n")
+    fields = {"search_args": STRATEGIES[strategy] | {"search_rounds": rounds}, "prompts_per_batch": 2,
+              "prompts": {"prompt": None, "dataset": str(data), "num_prompts": "all"}, "task_workers": 4}
+    return small_config(tmp_path, **(fields | overrides))
+
+
+def _direct(config, pipe, verifier=None, **engine_args):
+    prepared = runner.prepare_run(config)
+    generator = CandidateGenerator(pipe, config)
+    with ThreadExecutor(config, verifier or prepared.verifier, lambda: generator, sleep=lambda s: None) as executor:
+        outcome = SearchEngine(config, executor, grade_chunk=engine_args.pop("grade_chunk", 4), **engine_args) \
+            .run_batch(prepared.indexed_prompts())
+    return outcome, generator
+
+
+def _records(config) -> dict[tuple[int, int], bytes]:
+    run_dir = runner.prepare_run(config).layout.run_dir
+    return {(r.prompt_index, r.search_round): path.read_bytes() for path, r in iter_round_records(run_dir)}
+
+
+def _stored(config) -> tuple[int, int]:
+    store = Store(config)
+    return len(list(store.images_dir.rglob("*.png"))), len(list(store.grades_dir.rglob("*/*.json")))
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_thread_and_prefect_executors_write_identical_records(strategy, tmp_path, tiny_pipe, monkeypatch):
+    direct_config = _config(tmp_path / "direct", strategy)
+    outcome, _ = _direct(direct_config, tiny_pipe, grade_chunk=16)
+    outcome.raise_first()
+    flow_config = _config(tmp_path / "flow", strategy)
+    shared = CandidateGenerator(tiny_pipe, flow_config)  # the session's pipeline, not a second load
+    monkeypatch.setattr(runtime, "generator_for", lambda config: shared)
+    result = search_dataset(flow_config)
+    direct, flow = _records(direct_config), _records(flow_config)
+    assert len(direct) == len(PROMPTS) * 3
+    assert direct == flow  # byte for byte: same candidates, images, grades, selections and paths
+    assert result["counts"]["images_generated"] == outcome.counts.images_generated
+
+
+def test_a_longer_run_generates_only_its_new_round(tmp_path, tiny_pipe):
+    first, _ = _direct(_config(tmp_path, rounds=3), tiny_pipe)
+    longer, generator = _direct(_config(tmp_path, rounds=4), tiny_pipe)
+    assert first.counts.images_generated == len(PROMPTS) * (2 + 4 + 8)
+    assert longer.counts.rounds_skipped == len(PROMPTS) * 3 and longer.counts.rounds_recorded == len(PROMPTS)
+    assert longer.counts.images_generated == generator.counts.images == longer.counts.images_graded == len(PROMPTS) * 16
+    assert longer.records[:3] == first.records[:3]
+
+
+def test_another_metric_reselects_from_stored_grades(tmp_path, tiny_pipe):
+    _direct(_config(tmp_path), tiny_pipe)
+    other = _config(tmp_path, verifier_args={"name": "imagestats", "choice_of_metric": "visual_quality_and_realism"})
+    outcome, generator = _direct(other, tiny_pipe)
+    assert generator.counts.images == outcome.counts.images_generated == outcome.counts.images_graded == 0
+    assert outcome.counts.images_found == outcome.counts.grades_found == len(PROMPTS) * 14
+    for record in outcome.records:
+        assert record.best_score == max(c.grades.visual_quality_and_realism.score for c in record.candidates)
+
+
+def _pixel_sha(image) -> str:
+    """What a verifier is sent for an image: its pixels as a plain PNG."""
+    return hashlib.sha256(png_bytes(image)).hexdigest()
+
+
+class PoisonedVerifier:
+    """imagestats, but refusing every image whose sha is in `poisoned` (an answer never valid)."""
+
+    name = "imagestats"
+    batch_size = 4
+
+    def __init__(self, poisoned: set[str]):
+        self.inner = imagestats.ImageStatsVerifier(small_config(Path("/tmp")).verifier_args)
+        self.poisoned = poisoned
+        self.asked: list[str] = []
+
+    def score(self, prompt, images):
+        shas = [_pixel_sha(image) for image in images]
+        self.asked += shas
+        bad = [index for index, sha in enumerate(shas) if sha in self.poisoned]
+        if bad:
+            raise VerifierError(f"garbled answer for image {bad[0]}", bad[0])
+        return self.inner.score(prompt, images)
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_a_run_failed_mid_round_resumes_with_nothing_finished_redone(strategy, tmp_path, tiny_pipe):
+    reference = _config(tmp_path / "reference", strategy)
+    _direct(reference, tiny_pipe)
+    total_images, total_grades = _stored(reference)
+    # Poison one image of round 2 of the second prompt: that round (and, for a dependent strategy,
+    # that prompt's later rounds) cannot finish; everything else can.
+    poisoned_round = next(r for path, r in iter_round_records(runner.prepare_run(reference).layout.run_dir)
+                          if r.prompt_index == 1 and r.search_round == 2)
+    victim = poisoned_round.candidates[-1]
+    (image,) = load_images([str(next(Store(reference).images_dir.rglob(Path(victim.img_path).name)))])
+    poison = {_pixel_sha(image)}
+
+    config = _config(tmp_path / "resumed", strategy)
+    failed, _ = _direct(config, tiny_pipe, verifier=PoisonedVerifier(poison))
+    assert [(f.prompt_index, f.search_round) for f in failed.failures] == [(1, 2)]
+    assert isinstance(failed.failures[0].error, VerifierError) and failed.unfinished_prompts == [1]
+    images_kept, grades_kept = _stored(config)
+    resumed, generator = _direct(config, tiny_pipe)
+    resumed.raise_first()
+    # Only what the failure left undone is done now: no image or grade is paid for twice.
+    assert resumed.counts.images_generated == generator.counts.images == total_images - images_kept
+    assert resumed.counts.images_graded == total_grades - grades_kept
+    assert resumed.counts.rounds_recorded == len(PROMPTS) * 3 - failed.counts.rounds_recorded
+    assert _records(config) == _records(reference)
+
+
+class SlowGrades:
+    """imagestats after a delay, logging when each prompt's grading starts and ends."""
+
+    name = "imagestats"
+    batch_size = 16
+
+    def __init__(self, delay_s: float):
+        self.inner = imagestats.ImageStatsVerifier(small_config(Path("/tmp")).verifier_args)
+        self.delay_s = delay_s
+        self.events: list[tuple[str, str, float]] = []
+        self.lock = threading.Lock()
+
+    def score(self, prompt, images):
+        with self.lock:
+            self.events.append(("grade-start", prompt, time.monotonic()))
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.events.append(("grade-end", prompt, time.monotonic()))
+        return self.inner.score(prompt, images)
+
+
+def test_a_dependent_strategy_generates_other_prompts_while_one_is_graded(tmp_path, tiny_pipe, monkeypatch):
+    from ttsf_core import jobs
+
+    verifier = SlowGrades(0.4)
+    started: list[tuple[str, int, float]] = []
+    real_generate = jobs.generate
+
+    def logged(store, generator, job):
+        started.append((job.prompt, job.search_round, time.monotonic()))
+        return real_generate(store, generator, job)
+
+    monkeypatch.setattr(jobs, "generate", logged)
+    config = _config(tmp_path, "zero-order", rounds=2)
+    outcome, _ = _direct(config, tiny_pipe, verifier=verifier)
+    outcome.raise_first()
+    first_grading_ends = min(t for kind, prompt, t in verifier.events if kind == "grade-end")
+    # While the first prompt's round 1 was being graded, the other prompts' round 1 was generated.
+    overlapping = {prompt for prompt, search_round, t in started if search_round == 1 and t < first_grading_ends}
+    assert overlapping == set(PROMPTS)
+
+
+def test_a_rejected_key_stops_the_batch_before_more_images(tmp_path, tiny_pipe):
+    class Rejecting:
+        name, batch_size = "imagestats", 16
+
+        def score(self, prompt, images):
+            raise VerifierConfigError("the API key was rejected")
+
+    outcome, generator = _direct(_config(tmp_path, rounds=3), tiny_pipe, verifier=Rejecting())
+    assert outcome.failures and isinstance(outcome.failures[0].error, VerifierConfigError)
+    # Two generation jobs may be in flight when the answer comes; none is started after it.
+    assert generator.counts.pipeline_calls <= 2 * 4
+    assert generator.counts.images < len(PROMPTS) * 14
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_every_image_regenerates_byte_identical_from_its_record(strategy, tmp_path, tiny_pipe):
+    config = _config(tmp_path, strategy, rounds=2, prompts={"prompt": PROMPTS[0], "num_prompts": None},
+                     batch_size_for_img_gen=3)
+    outcome, _ = _direct(config, tiny_pipe)
+    outcome.raise_first()
+    checked = 0
+    for path, record in iter_round_records(runner.prepare_run(config).layout.run_dir):
+        for index, candidate in enumerate(record.candidates):
+            generator = CandidateGenerator(tiny_pipe, config)
+            result = regenerate(path, index, tmp_path / "again" / f"{checked}.png", generator=generator)
+            assert result.identical, (strategy, record.search_round, index)
+            checked += 1
+    assert checked == sum(len(r.candidates) for r in outcome.records)
+
+
+def test_strategies_name_themselves_and_their_dependence(tmp_path):
+    for name, args in STRATEGIES.items():
+        strategy = build_strategy(small_config(tmp_path, search_args=args))
+        assert strategy.name == name
+        assert strategy.independent_rounds is name.startswith("random")
