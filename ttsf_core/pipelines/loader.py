@@ -39,8 +39,8 @@ def _read_component_config(model_path: str, subfolder: str, filename: str) -> di
     try:
         return json.loads(Path(hf_hub_download(model_path, filename, subfolder=subfolder or None)).read_text())
     except Exception as error:  # noqa: BLE001 - any hub failure is reported as an unreadable model
-        raise ConfigError(f"model: received {model_path!r}, which could not be read ({type(error).__name__}: "
-                          "allowed: a diffusers folder, a reachable hub id, or 'tiny-flux'") from None
+        raise ConfigError(f"model: received {model_path!r} (unreadable: {type(error).__name__}), allowed: a diffusers "
+                          "folder, a reachable hub id, or 'tiny-flux'") from None
 
 
 def resolution_multiple(model_path: str) -> int:
