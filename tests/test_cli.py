@@ -205,3 +205,85 @@ def test_report_rebuilds_from_the_records_alone(tmp_path, tiny_pipe):
 def test_report_names_a_folder_without_runs(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "OUTPUT_DIR: received" in result.output
+
+
+def _run_threads(tmp_path, *extra):
+    args = ["--prompt", PROMPT, *TINY, "--output_dir", str(tmp_path / "out"), "--executor", "threads", *extra]
+    result = _invoke(args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_run_counts_show_a_longer_run_and_another_metric_redo_nothing(tmp_path, tiny_flux_dir):
+    assert "generated 14 images and graded 14" in _run_threads(tmp_path, "--search_rounds", "3")
+    longer = _run_threads(tmp_path, "--search_rounds", "4")
+    assert "generated 16 images and graded 16" in longer and "3 rounds already recorded" in longer
+    other_metric = _run_threads(tmp_path, "--search_rounds", "4", "--choice_of_metric", "accuracy_to_prompt")
+    assert "generated 0 images and graded 0 (30 images and 30 grades were already stored" in other_metric
+    assert "Nothing to do: all 1 prompts x 4 rounds are recorded" in _run_threads(tmp_path, "--search_rounds", "4")
+    zero_order = _run_threads(tmp_path, "--search_rounds", "2", "--search_method", "zero-order")
+    assert "generated 8 images" in zero_order and "search zero-order" in zero_order  # round 1's pivot is shared
+
+
+def test_regenerate_reproduces_a_recorded_image_and_says_when_it_does_not(tmp_path, tiny_flux_dir):
+    _run_threads(tmp_path, "--search_rounds", "2", "--batch_size_for_img_gen", "3")
+    record = sorted((tmp_path / "out").rglob("round_02.json"))[0]
+    result = CliRunner().invoke(main, ["regenerate", str(record), "--index", "3", "--out", str(tmp_path / "r.png")])
+    assert result.exit_code == 0 and "byte-identical" in result.output, result.output
+    data = json.loads(record.read_text())
+    data["candidates"][data["best_index"]]["image_sha256"] = "0" * 64
+    data["candidates"][data["best_index"]]["img_path"] = data["best_img_path"]
+    tampered = record.parent / "round_02.json"
+    tampered.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["regenerate", str(tampered), "--out", str(tmp_path / "best.png")])
+    assert result.exit_code == 1 and "DIFFERENT" in result.output
+    result = CliRunner().invoke(main, ["regenerate", str(record), "--index", "99"])
+    assert result.exit_code == 2 and "--index: received 99, allowed: 0..3" in result.output
+
+
+def _write_legacy_run(output: Path, pipe) -> Path:
+    """A run folder as the layout before the store wrote it: PNGs beside bare-seed records."""
+    from conftest import small_config
+    from ttsf_core.files import prompt_dirname, write_json, write_png
+    from ttsf_core.generate import CandidateGenerator, seed_candidates
+    from ttsf_core.migrate import legacy_identity
+    from ttsf_core.config import digest
+    from ttsf_core.noise import round_seeds
+    from ttsf_core.verifiers.imagestats import ImageStatsVerifier
+
+    config = small_config(output.parent, output_dir=str(output), search_args={"search_rounds": 2})
+    run_dir = output / "tiny_flux" / "imagestats" / "overall_score" / digest(legacy_identity(config))
+    write_json(run_dir / "config.json", {"identity": legacy_identity(config), "config": config.model_dump(mode="json")})
+    generator, verifier = CandidateGenerator(pipe, config), ImageStatsVerifier(config.verifier_args)
+    for search_round in (1, 2):
+        seeds = round_seeds(0, PROMPT, search_round, 2**search_round)
+        images = generator.generate(PROMPT, seed_candidates(seeds, 2))
+        grades = verifier.score(PROMPT, images)
+        folder = run_dir / "prompts" / prompt_dirname(PROMPT)
+        candidates = []
+        for index, (seed, image, grade) in enumerate(zip(seeds, images, grades)):
+            path = folder / f"r{search_round:02d}_c{index:03d}_s{seed}.png"
+            candidates.append({"index": index, "seed": seed, "img_path": str(path), "image_sha256": write_png(path, image),
+                               "score": grade.overall_score.score, "grades": grade.model_dump()})
+        best = max(range(len(candidates)), key=lambda i: (candidates[i]["score"], -i))
+        write_json(folder / f"round_{search_round:02d}.json", {
+            "prompt": PROMPT, "prompt_index": 0, "search_round": search_round, "num_noises": len(seeds),
+            "best_noise_seed": seeds[best], "best_score": candidates[best]["score"], "choice_of_metric": "overall_score",
+            "best_img_path": candidates[best]["img_path"], "best_index": best, "config_hash": "legacy",
+            "candidates": candidates})
+    return run_dir
+
+
+def test_a_search_begun_in_the_old_layout_is_imported_not_redone(tmp_path, tiny_pipe):
+    legacy = _write_legacy_run(tmp_path / "out", tiny_pipe)
+    assert CliRunner().invoke(main, ["report", str(legacy)]).exit_code == 0  # still readable as it is
+    output = _run_threads(tmp_path, "--search_rounds", "2")
+    assert f"imported 6 images and 6 grades of this search from {legacy}" in output
+    assert "Nothing to do" in output and "(0 images generated, 0 graded)" in output
+    fresh = _run_threads(tmp_path / "fresh", "--search_rounds", "2")
+    assert "generated 6 images and graded 6" in fresh
+
+    def records(root: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in root.rglob("round_*.json") if legacy not in p.parents}
+
+    assert records(tmp_path / "out") == records(tmp_path / "fresh" / "out")  # byte for byte a fresh run's records

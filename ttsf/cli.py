@@ -197,5 +197,16 @@ def regenerate_command(record: Path, index: int | None, out: Path | None, device
     regenerate_and_print(record, index, out, device)
 
 
+@main.command("migrate")
+@click.argument("old_run_dir", type=click.Path(path_type=Path))
+def migrate_command(old_run_dir: Path) -> None:
+    """Bring a run folder written before the image store (images beside their records) into the
+    current layout: its images and grades go into the store, its records are rewritten beside them.
+    Nothing is generated or graded; running the same command afterwards resumes from there."""
+    from ttsf.cli_run import migrate_and_print
+
+    migrate_and_print(old_run_dir)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -35,6 +35,9 @@ def run_and_print(config: RunConfig, executor: str = "prefect") -> None:
     except (ConfigError, VerifierConfigError) as error:
         fail(str(error))
     pending = pending_rounds(prepared)
+    if pending:
+        remaining = _migrate_legacy_folder(prepared)
+        pending = pending if remaining is None else remaining
     if not pending:
         click.echo(f"Nothing to do: all {len(prepared.prompts)} prompts x {config.search_args.search_rounds} rounds "
                    "are recorded (0 images generated, 0 graded).")
@@ -48,6 +51,20 @@ def run_and_print(config: RunConfig, executor: str = "prefect") -> None:
 
     build_report(prepared.layout.run_dir, only_if_changed=True)
     print_summary(prepared.layout.run_dir)
+
+
+def _migrate_legacy_folder(prepared) -> int | None:
+    """A search begun before the image store: import its work first (nothing is paid for twice).
+    Returns the rounds still pending afterwards, or None when there was nothing to import."""
+    from ttsf_core.migrate import legacy_run_dir, migrate
+
+    legacy = legacy_run_dir(prepared.config)
+    if legacy is None:
+        return None
+    migrated = migrate(legacy)
+    click.echo(f"ttsf: note: imported {migrated.images} images and {migrated.grades} grades of this search from "
+               f"{legacy} (the layout before the image store; left as it was)", err=True)
+    return pending_rounds(prepared)
 
 
 def _search(prepared, executor: str, fail) -> dict:
@@ -170,3 +187,16 @@ def regenerate_and_print(record: Path, index: int, out: Path | None, device: str
     click.echo(f"{result.path}: {verdict}")
     if not result.identical:
         raise SystemExit(1)
+
+
+def migrate_and_print(old_run_dir: Path) -> None:
+    from ttsf.cli import fail
+    from ttsf_core.migrate import migrate
+
+    try:
+        migrated = migrate(old_run_dir)
+    except (ConfigError, ValueError) as error:
+        fail(str(error))
+    click.echo(f"Imported {migrated.images} images and {migrated.grades} grades into the store; "
+               f"wrote {migrated.rounds} round records (0 images generated, 0 graded).")
+    click.echo(f"Output: {migrated.run_dir}")
