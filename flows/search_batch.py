@@ -41,7 +41,7 @@ class BatchSummary(BaseModel):
     """What a batch run returns (also as a failed run's data): counts and failures, never images."""
 
     batch_index: int
-    counts: dict[str, int]
+    counts: dict[str, int | float]
     failures: list[str]
     unfinished_prompts: list[int]
 
@@ -52,8 +52,12 @@ class _FlowObserver(Observer):
         self.rounds_done = dict(already)
 
     def round_recorded(self, record: RoundRecord) -> None:
-        self.logger.info("prompt %d round %d: best %s = %.3f (noise %s)", record.prompt_index, record.search_round,
-                         record.choice_of_metric, record.best_score, record.best.noise.tag())
+        if record.best is None:
+            self.logger.warning("prompt %d round %d: none of its %d images could be graded", record.prompt_index,
+                                record.search_round, len(record.candidates))
+        else:
+            self.logger.info("prompt %d round %d: best %s = %.3f (noise %s)", record.prompt_index,
+                             record.search_round, record.choice_of_metric, record.best_score, record.best.noise.tag())
         self.rounds_done[record.prompt_index] = self.rounds_done.get(record.prompt_index, 0) + 1
         if self.progress is not None and self.rounds_done[record.prompt_index] == self.rounds_per_prompt:
             self.progress.update(sum(count == self.rounds_per_prompt for count in self.rounds_done.values()))

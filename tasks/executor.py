@@ -11,7 +11,7 @@ from prefect.futures import PrefectFuture
 
 from tasks.generate import generate_task
 from tasks.record import finish_round_task
-from tasks.verify import configured_verify_task
+from tasks.verify import verify_task
 from ttsf_core import jobs
 from ttsf_core.config import RunConfig
 
@@ -20,13 +20,12 @@ class PrefectExecutor:
     def __init__(self, config: RunConfig, rpm_limit_name: str | None = None):
         self.config = config
         self.rpm_limit_name = rpm_limit_name
-        self._verify = configured_verify_task(config)
 
     def generate(self, job: jobs.GenerateJob) -> PrefectFuture:
         return generate_task.submit(config=self.config, job=job)
 
     def grade(self, job: jobs.GradeJob) -> PrefectFuture:
-        return self._verify.submit(config=self.config, job=job, rpm_limit_name=self.rpm_limit_name)
+        return verify_task.submit(config=self.config, job=job, rpm_limit_name=self.rpm_limit_name)
 
     def finish(self, job: jobs.FinishJob) -> PrefectFuture:
         return finish_round_task.submit(config=self.config, job=job)

@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import small_config
@@ -20,10 +21,11 @@ from ttsf_core.generate import CandidateGenerator
 from ttsf_core.jobs import load_images
 from ttsf_core.records import iter_round_records
 from ttsf_core.regenerate import regenerate
+from ttsf_core.report import build_report
 from ttsf_core.search import build_strategy
 from ttsf_core.store import Store
 from ttsf_core.verifiers import imagestats
-from ttsf_core.verifiers.base import VerifierConfigError, VerifierError
+from ttsf_core.verifiers.base import RetryableVerifierError, UngradeableError, VerifierConfigError, VerifierError
 
 STRATEGIES = {
     "random": {"search_method": "random"},
@@ -103,14 +105,15 @@ def _pixel_sha(image) -> str:
 
 
 class PoisonedVerifier:
-    """imagestats, but refusing every image whose sha is in `poisoned` (an answer never valid)."""
+    """imagestats, but failing every image whose sha is in `poisoned`: with `error=VerifierError` an
+    answer never valid, with RetryableVerifierError a server that keeps failing on it."""
 
     name = "imagestats"
     batch_size = 4
 
-    def __init__(self, poisoned: set[str]):
+    def __init__(self, poisoned: set[str], error: type = RetryableVerifierError):
         self.inner = imagestats.ImageStatsVerifier(small_config(Path("/tmp")).verifier_args)
-        self.poisoned = poisoned
+        self.poisoned, self.error = poisoned, error
         self.asked: list[str] = []
 
     def score(self, prompt, images):
@@ -118,7 +121,8 @@ class PoisonedVerifier:
         self.asked += shas
         bad = [index for index, sha in enumerate(shas) if sha in self.poisoned]
         if bad:
-            raise VerifierError(f"garbled answer for image {bad[0]}", bad[0])
+            raise self.error(f"failed on image {bad[0]}", bad[0]) if issubclass(self.error, VerifierError) else \
+                self.error(f"503 for image {bad[0]}")
         return self.inner.score(prompt, images)
 
 
@@ -135,10 +139,11 @@ def test_a_run_failed_mid_round_resumes_with_nothing_finished_redone(strategy, t
     (image,) = load_images([str(next(Store(reference).images_dir.rglob(Path(victim.img_path).name)))])
     poison = {_pixel_sha(image)}
 
-    config = _config(tmp_path / "resumed", strategy)
+    config = _config(tmp_path / "resumed", strategy, verifier_retries=1)
     failed, _ = _direct(config, tiny_pipe, verifier=PoisonedVerifier(poison))
     assert [(f.prompt_index, f.search_round) for f in failed.failures] == [(1, 2)]
-    assert isinstance(failed.failures[0].error, VerifierError) and failed.unfinished_prompts == [1]
+    assert isinstance(failed.failures[0].error, RetryableVerifierError) and failed.unfinished_prompts == [1]
+    assert failed.counts.retries >= 1
     images_kept, grades_kept = _stored(config)
     resumed, generator = _direct(config, tiny_pipe)
     resumed.raise_first()
@@ -226,3 +231,43 @@ def test_strategies_name_themselves_and_their_dependence(tmp_path):
         strategy = build_strategy(small_config(tmp_path, search_args=args))
         assert strategy.name == name
         assert strategy.independent_rounds is name.startswith("random")
+
+
+@pytest.mark.parametrize("error", [VerifierError, UngradeableError])
+def test_an_image_never_graded_is_recorded_as_such_and_the_run_finishes(error, tmp_path, tiny_pipe):
+    reference = _config(tmp_path / "reference", "random", rounds=2)
+    _direct(reference, tiny_pipe)
+    record = next(r for _, r in iter_round_records(runner.prepare_run(reference).layout.run_dir)
+                  if r.prompt_index == 0 and r.search_round == 2)
+    victim = record.best  # the image that would have won
+    (image,) = load_images([str(next(Store(reference).images_dir.rglob(Path(victim.img_path).name)))])
+    verifier = PoisonedVerifier({_pixel_sha(image)}, error)
+    config = _config(tmp_path / "blocked", "random", rounds=2, verifier_invalid_retries=2)
+    outcome, _ = _direct(config, tiny_pipe, verifier=verifier)
+    assert not outcome.failures and outcome.counts.images_ungradeable == 1
+    blocked = next(r for r in outcome.records if r.prompt_index == 0 and r.search_round == 2)
+    ungradeable = [c for c in blocked.candidates if c.ungradeable]
+    assert len(ungradeable) == 1 == blocked.ungradeable and ungradeable[0].noise == victim.noise
+    assert ungradeable[0].score is None and ungradeable[0].grades is None and error.__name__ in ungradeable[0].ungradeable
+    assert blocked.best.noise != victim.noise  # excluded from selection: the next best wins
+    # A safety block is final at once; an invalid answer is asked 1 + verifier_invalid_retries times.
+    assert verifier.asked.count(_pixel_sha(image)) == (1 if error is UngradeableError else 3)
+    files = build_report(runner.prepare_run(config).layout.run_dir)
+    assert pd.read_csv(files.csv)["ungradeable"].sum() == 1
+    again, generator = _direct(config, tiny_pipe, verifier=verifier)
+    assert generator.counts.images == 0 and again.counts.images_graded == 0  # the verdict is stored too
+
+
+def test_a_round_with_no_gradeable_image_is_recorded_without_a_best(tmp_path, tiny_pipe):
+    class Refusing:
+        name, batch_size = "imagestats", 16
+
+        def score(self, prompt, images):
+            raise UngradeableError("blocked: SAFETY", 0)
+
+    config = _config(tmp_path, "zero-order", rounds=2, prompts={"prompt": PROMPTS[0], "num_prompts": None})
+    outcome, _ = _direct(config, tiny_pipe, verifier=Refusing())
+    assert not outcome.failures and [r.best_index for r in outcome.records] == [None, None]
+    assert all(r.neighbors_improvement is False for r in outcome.records)
+    frame = pd.read_csv(build_report(runner.prepare_run(config).layout.run_dir).csv)
+    assert frame["best_score"].isna().all() and list(frame["ungradeable"]) == [4, 4]

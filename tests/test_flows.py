@@ -120,28 +120,36 @@ def _image_sha(config, prompt: str, search_round: int, index: int) -> str:
 
 
 def test_a_failed_batch_resumes_without_regenerating_or_reverifying(tmp_path):
-    config = _config(tmp_path / "resumed", None)
-    with FakeGeminiServer() as probe:
-        config = _config(tmp_path / "resumed", probe)
-        bad_sha = _image_sha(config, PROMPTS[1], 2, 1)
-    with FakeGeminiServer(malformed={bad_sha: "not_json"}) as server:
-        config = _config(tmp_path / "resumed", server)
-        with pytest.raises(RuntimeError, match=r"batches \[0\] failed .*VerifierError.*no JSON object"):
+    # The first request fails with a 503 and no retry is allowed: its batch fails, the other finishes.
+    with FakeGeminiServer(failures=[(503, {})]) as server:
+        config = _config(tmp_path / "resumed", server, verifier_retries=0)
+        with pytest.raises(RuntimeError, match=r"batches \[[01]\] failed .*RetryableVerifierError.*503"):
             search_dataset(config)
-        first_run = [r.image_sha256 for r in server.requests]
+        first_run = server.requests
+    graded = {r.image_sha256 for r in first_run if r.status == 200}
+    refused = [r.image_sha256 for r in first_run if r.status == 503]
     with FakeGeminiServer() as server:
-        config = _config(tmp_path / "resumed", server)
-        resumed = search_dataset(config)
+        resumed = search_dataset(_config(tmp_path / "resumed", server))
         asked_again = [r.image_sha256 for r in server.requests]
-    resumed_dir = resumed["run_dir"]
     assert resumed["counts"]["images_generated"] == 0  # zero images regenerated
-    assert first_run.count(bad_sha) == 2  # a persistently invalid answer fails after one retry
-    others = [sha for sha in first_run if sha != bad_sha]
-    assert len(others) == len(set(others)) == 3 * (2 + 4) - 1
-    assert asked_again == [bad_sha]  # only the image that never got a grade
+    assert len(graded) == len([r for r in first_run if r.status == 200])  # nothing asked twice
+    assert asked_again == refused  # only the image that never got a grade
     with FakeGeminiServer() as server:
         clean_dir = search_dataset(_config(tmp_path / "clean", server))["run_dir"]
-    pd.testing.assert_frame_equal(_report(resumed_dir), _report(clean_dir))
+    pd.testing.assert_frame_equal(_report(resumed["run_dir"]), _report(clean_dir))
+
+
+def test_an_image_never_answered_validly_is_recorded_ungradeable_and_the_run_finishes(tmp_path):
+    with FakeGeminiServer() as probe:
+        bad_sha = _image_sha(_config(tmp_path, probe), PROMPTS[1], 2, 1)
+    with FakeGeminiServer(malformed={bad_sha: "not_json"}) as server:
+        config = _config(tmp_path, server, verifier_invalid_retries=2)
+        result = search_dataset(config)
+        asked = [r.image_sha256 for r in server.requests]
+    assert asked.count(bad_sha) == 3  # 1 + verifier_invalid_retries, then it is recorded ungradeable
+    assert result["counts"]["images_ungradeable"] == 1 and result["counts"]["retries"] == 2
+    frame = _report(result["run_dir"])
+    assert frame["ungradeable"].tolist() == [0, 0, 0, 1, 0, 0]
 
 
 def test_a_wrong_key_fails_fast_without_retries(tmp_path):

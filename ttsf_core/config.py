@@ -183,6 +183,9 @@ class RunConfig(_Frozen):
     prompts_per_batch: int = Field(8, ge=1)
     verifier_rpm: int | None = Field(None, ge=1)
     verifier_retries: int = Field(6, ge=0, le=50)
+    # Answers that do not fit the grading schema: asked again this often, then the image is recorded
+    # as ungradeable (excluded from selection) so that its round, the run and the report still finish.
+    verifier_invalid_retries: int = Field(3, ge=0, le=20)
     # First retry delay; doubles each retry, with jitter, and never shorter than a 429's Retry-After.
     verifier_retry_backoff_s: float = Field(2.0, ge=0, le=600)
     task_workers: int = Field(16, ge=1, le=256)

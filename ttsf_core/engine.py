@@ -25,8 +25,8 @@ from ttsf_core.config import RunConfig
 from ttsf_core.jobs import FinishJob, GenerateJob, GradeJob, GradeResult
 from ttsf_core.records import RoundRecord, RunLayout, read_round_record
 from ttsf_core.search import GradedCandidate, Strategy, build_strategy, round_order
-from ttsf_core.store import Store, StoredImage
-from ttsf_core.verifiers.base import Grades, VerifierConfigError
+from ttsf_core.store import Store, StoredImage, Verdict
+from ttsf_core.verifiers.base import VerifierConfigError
 
 # Two generation jobs in flight: the next is queued on the generator while the current one runs, so an
 # executor's own start-up cost (a Prefect task run's bookkeeping) overlaps the GPU's work.
@@ -58,8 +58,12 @@ class BatchCounts:
     images_found: int = 0  # already in the store: not generated again
     images_graded: int = 0  # sent to the verifier
     grades_found: int = 0  # already in the store: not asked again
+    images_ungradeable: int = 0  # the verifier refused them for good (excluded from selection)
     rounds_recorded: int = 0
     rounds_skipped: int = 0  # recorded before this run
+    rate_limited: int = 0  # verifier requests refused with a 429
+    retries: int = 0  # grading attempts beyond each chunk's first
+    retry_wait_s: float = 0.0  # time grading waited before asking again
 
     def add(self, other: "BatchCounts") -> None:
         for name in self.__dataclass_fields__:
@@ -93,7 +97,7 @@ class _Round:
     graded: list[GradedCandidate] = field(default_factory=list)
     stage: list[Candidate] = field(default_factory=list)
     images: list[StoredImage | None] = field(default_factory=list)
-    grades: list[Grades | None] = field(default_factory=list)
+    verdicts: list[Verdict | None] = field(default_factory=list)
     outstanding: int = 0
     failed: bool = False
 
@@ -180,7 +184,7 @@ class _BatchRun:
                             graded=work.graded, nfe=self._nfe(work, history))
             self._submit(self.engine.executor.finish(job), self._on_finished, work)
             return
-        work.stage, work.grades = stage, [None] * len(stage)
+        work.stage, work.verdicts = stage, [None] * len(stage)
         work.images = [self.store.find_image(work.prompt, candidate) for candidate in stage]
         missing = [c for c, image in zip(stage, work.images) if image is None]
         self.counts.images_found += len(stage) - len(missing)
@@ -227,9 +231,9 @@ class _BatchRun:
     def _request_grades(self, work: _Round) -> None:
         if self.aborted:
             return
-        work.grades = [self.store.find_grade(work.prompt, image.sha256) for image in work.images]
-        missing = [position for position, grades in enumerate(work.grades) if grades is None]
-        self.counts.grades_found += len(work.grades) - len(missing)
+        work.verdicts = [self.store.find_grade(work.prompt, image.sha256) for image in work.images]
+        missing = [position for position, verdict in enumerate(work.verdicts) if verdict is None]
+        self.counts.grades_found += len(work.verdicts) - len(missing)
         size = self.engine.grade_chunk
         chunks = [missing[start : start + size] for start in range(0, len(missing), size)]
         work.outstanding = len(chunks)
@@ -246,19 +250,27 @@ class _BatchRun:
         try:
             result: GradeResult = future.result()
         except Exception as error:  # noqa: BLE001 - recorded; the batch goes on
+            self._count_attempts(**getattr(error, "grading_stats", {}))
             self._fail(work, error)
             return
-        for position, grades in zip(positions, result.grades, strict=True):
-            work.grades[position] = grades
+        for position, verdict in zip(positions, result.verdicts, strict=True):
+            work.verdicts[position] = verdict
         self.counts.images_graded += result.asked
         self.counts.grades_found += len(positions) - result.asked
+        self._count_attempts(result.attempts, result.rate_limited, result.waited_s)
         self.engine.observer.images_graded(len(positions))
         if work.outstanding == 0 and not work.failed:
             self._stage_graded(work)
 
+    def _count_attempts(self, attempts: int = 1, rate_limited: int = 0, waited_s: float = 0.0) -> None:
+        self.counts.retries += attempts - 1
+        self.counts.rate_limited += rate_limited
+        self.counts.retry_wait_s = round(self.counts.retry_wait_s + waited_s, 3)
+
     def _stage_graded(self, work: _Round) -> None:
-        work.graded += [GradedCandidate(candidate=c, image=i, grades=g)
-                        for c, i, g in zip(work.stage, work.images, work.grades, strict=True)]
+        work.graded += [GradedCandidate(candidate=c, image=i, grades=v.grades, ungradeable=v.ungradeable)
+                        for c, i, v in zip(work.stage, work.images, work.verdicts, strict=True)]
+        self.counts.images_ungradeable += sum(v.ungradeable is not None for v in work.verdicts)
         self._advance(work)
 
     # -- select and write ----------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Generation runs on two threads that share one pipeline (its lock lets one call run at a time), so a
 job's PNG writes overlap the next job's pipeline calls; grading runs on a small pool (the verifier
-bounds its own requests); records are written on one thread. Verifier failures are retried here with
-the same policy (ttsf_core.retry) the Prefect tasks declare.
+bounds its own requests); records are written on one thread. Grade jobs retry verifier failures by
+ttsf_core.retry's policy, inside the job, as under Prefect.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from ttsf_core.config import RunConfig
 from ttsf_core.engine import GENERATIONS_IN_FLIGHT
 from ttsf_core.generate import CandidateGenerator
 from ttsf_core.records import RunLayout
-from ttsf_core.retry import backoff_delay, is_retryable
 from ttsf_core.search import Strategy, build_strategy
 from ttsf_core.store import Store
 from ttsf_core.verifiers.base import Verifier
@@ -45,7 +44,8 @@ class ThreadExecutor:
         return self._generation.submit(lambda: jobs.generate(self.store, self.generator(), job))
 
     def grade(self, job: jobs.GradeJob) -> Future:
-        return self._grading.submit(self._grade_with_retries, job)
+        return self._grading.submit(jobs.grade, self.store, self.verifier, job, jobs.RetryPolicy.of(self.config),
+                                    self._sleep)
 
     def finish(self, job: jobs.FinishJob) -> Future:
         return self._finishing.submit(jobs.finish, self.config, self.layout, self.strategy, job)
@@ -59,17 +59,6 @@ class ThreadExecutor:
     @property
     def generator_loaded(self) -> bool:
         return self._generator is not None
-
-    def _grade_with_retries(self, job: jobs.GradeJob) -> jobs.GradeResult:
-        attempt = 1
-        while True:
-            try:
-                return jobs.grade(self.store, self.verifier, job)
-            except Exception as error:
-                if not is_retryable(error, attempt) or attempt > self.config.verifier_retries:
-                    raise
-                self._sleep(backoff_delay(attempt, self.config.verifier_retry_backoff_s, error))
-                attempt += 1
 
     def close(self) -> None:
         for pool in (self._generation, self._grading, self._finishing):

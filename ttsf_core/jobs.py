@@ -8,8 +8,11 @@ so a retried or repeated job pays only for what is missing.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
@@ -18,10 +21,23 @@ from ttsf_core.candidates import Candidate
 from ttsf_core.config import RunConfig
 from ttsf_core.generate import CandidateGenerator
 from ttsf_core.records import CandidateRecord, RoundRecord, RunLayout, relative_image_path, write_round_record
-from ttsf_core.search import GradedCandidate, Strategy, select_best
-from ttsf_core.store import Recipe, Store, StoredImage
-from ttsf_core.verifiers.base import Grades, Verifier, VerifierError, most_telling
+from ttsf_core.search import GradedCandidate, Strategy
+from ttsf_core.search.base import best_graded
+from ttsf_core.retry import backoff_delay, is_retryable, server_wait
+from ttsf_core.store import Recipe, Store, StoredImage, Verdict
+from ttsf_core.verifiers.base import (
+    Grades,
+    RateLimitError,
+    RetryableVerifierError,
+    UngradeableError,
+    Verifier,
+    VerifierConfigError,
+    VerifierError,
+    most_telling,
+    with_context,
+)
 
+LOGGER = logging.getLogger("ttsf.grade")
 PNG_WRITERS = 2  # PNG encoding runs beside the next pipeline call, not after it
 
 
@@ -47,8 +63,11 @@ class GradeJob(_Job):
 
 class GradeResult(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    grades: list[Grades]
+    verdicts: list[Verdict]
     asked: int  # images sent to the verifier by this job (the rest were already stored)
+    attempts: int = 1
+    rate_limited: int = 0  # attempts refused with a 429
+    waited_s: float = 0.0  # time spent waiting between attempts
 
 
 class FinishJob(_Job):
@@ -73,58 +92,141 @@ def generate(store: Store, generator: CandidateGenerator, job: GenerateJob) -> l
     return [found[c.key()] for c in job.candidates]
 
 
-def grade(store: Store, verifier: Verifier, job: GradeJob) -> GradeResult:
-    """Every image's grades, in order; those without a stored grade asked, each stored once it arrives.
-    A verifier may offer `score_partial` (one result or error per image): then the grades that did
-    arrive are kept even when another image of the chunk failed."""
-    grades = {image.sha256: store.find_grade(job.prompt, image.sha256) for image in job.images}
-    missing = [image for image in job.images if grades[image.sha256] is None]
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a grade job asks again (ttsf_core.retry decides which failures qualify)."""
+
+    retries: int = 6  # transient failures (429, 5xx, timeouts), after the first attempt
+    backoff_s: float = 2.0  # the first wait; doubles, with jitter, never below Retry-After
+    invalid_attempts: int = 4  # answers that do not fit the schema: then the image is ungradeable
+
+    @classmethod
+    def of(cls, config: RunConfig) -> "RetryPolicy":
+        return cls(config.verifier_retries, config.verifier_retry_backoff_s, 1 + config.verifier_invalid_retries)
+
+
+def grade(store: Store, verifier: Verifier, job: GradeJob, policy: RetryPolicy = RetryPolicy(),
+          sleep: Callable[[float], None] = time.sleep, logger: logging.Logger | logging.LoggerAdapter = LOGGER,
+          pace: Callable[[int], None] | None = None) -> GradeResult:
+    """Every image's verdict, in order, asking again (by ttsf_core.retry's policy) until each has one
+    or a failure is final. Between attempts only images still without a verdict are asked. `pace`, if
+    given, is called before each attempt with the number of requests about to be sent (a shared
+    requests-per-minute budget blocks there)."""
+    attempt, refusals, waited = 1, [], 0.0
+    asked = sum(store.find_grade(job.prompt, image.sha256) is None for image in job.images)
+    while True:
+        before = len(refusals)
+        if pace is not None:
+            pace(sum(store.find_grade(job.prompt, image.sha256) is None for image in job.images))
+        try:
+            verdicts = grade_once(store, verifier, job, attempt >= policy.invalid_attempts, refusals)
+            return GradeResult(verdicts=verdicts, asked=asked, attempts=attempt, rate_limited=len(refusals),
+                               waited_s=round(waited, 3))
+        except Exception as error:
+            error.grading_stats = {"attempts": attempt, "rate_limited": len(refusals), "waited_s": round(waited, 3)}
+            if not is_retryable(error, attempt, policy.retries, policy.invalid_attempts):
+                raise
+            asked_for = max((server_wait(refusal) for refusal in refusals[before:]), default=server_wait(error))
+            delay = max(backoff_delay(attempt, policy.backoff_s, error), asked_for)
+            most = policy.invalid_attempts if type(error) is VerifierError else 1 + policy.retries
+            logger.warning("%s%s; asking again in %.1f s%s (attempt %d of at most %d)", error,
+                           _refused(refusals[before:]), delay, f" (the server asked for {asked_for:g} s)" if asked_for
+                           else "", attempt + 1, most)
+            sleep(delay)
+            waited += delay
+            attempt += 1
+
+
+def _refused(refusals: list) -> str:
+    return f" [{len(refusals)} requests of this chunk rate limited]" if len(refusals) > 1 else ""
+
+
+def grade_once(store: Store, verifier: Verifier, job: GradeJob, final_invalid: bool = False,
+               refusals: list | None = None) -> list[Verdict]:
+    """One attempt: images without a stored verdict are sent to the verifier, each verdict stored as it
+    is known. A safety block is a verdict (ungradeable) at once; an invalid answer becomes one when
+    `final_invalid` (the last attempt). A verifier may offer `score_partial` (a result or an error per
+    image): then the answers that did arrive are kept even when another image of the chunk failed.
+    Rate-limit refusals are appended to `refusals`."""
+    verdicts = {image.sha256: store.find_grade(job.prompt, image.sha256) for image in job.images}
+    missing = [image for image in job.images if verdicts[image.sha256] is None]
     if missing:
-        pictures = load_images([image.path for image in missing])
-        results = _score(verifier, job.prompt, pictures)
+        results = _score(verifier, job.prompt, load_images([image.path for image in missing]))
         failures = []
         for image, result in zip(missing, results, strict=True):
-            if isinstance(result, BaseException):
-                failures.append(result)
+            verdict = _verdict(result, final_invalid)
+            if isinstance(result, RateLimitError) and refusals is not None:
+                refusals.append(result)
+            if verdict is None:
+                failures.append(with_context(result, _describe(job, image)))
                 continue
-            store.write_grade(job.prompt, image.sha256, result)
-            grades[image.sha256] = result
+            store.write_grade(job.prompt, image.sha256, verdict)
+            verdicts[image.sha256] = verdict
         if failures:
             raise most_telling(failures)
-    return GradeResult(grades=[grades[image.sha256] for image in job.images], asked=len(missing))
+    return [verdicts[image.sha256] for image in job.images]
+
+
+def _verdict(result: Grades | BaseException, final_invalid: bool) -> Verdict | None:
+    if isinstance(result, Grades):
+        return Verdict(grades=result)
+    if isinstance(result, UngradeableError) or (final_invalid and type(result) is VerifierError):
+        return Verdict(ungradeable=f"{type(result).__name__}: {result}")
+    return None
+
+
+def _describe(job: _Job, image: StoredImage) -> str:
+    return f"prompt {job.prompt_index} round {job.search_round} image {image.key}"
 
 
 def _score(verifier: Verifier, prompt: str, images: list[Image.Image]) -> list[Grades | BaseException]:
     partial = getattr(verifier, "score_partial", None)
-    results = partial(prompt, images) if partial is not None else verifier.score(prompt, images)
+    results = partial(prompt, images) if partial is not None else _score_all(verifier, prompt, images)
     if len(results) != len(images):
         raise VerifierError(f"verifier {verifier.name!r} returned {len(results)} results for {len(images)} images")
     return list(results)
 
 
+def _score_all(verifier: Verifier, prompt: str, images: list[Image.Image]) -> list[Grades | BaseException]:
+    """A verifier without score_partial answers for all or fails for all. An invalid answer it names
+    (image_index) is that image's alone: the others are only not graded yet (asked again)."""
+    try:
+        return list(verifier.score(prompt, images))
+    except (VerifierError, RetryableVerifierError) as error:
+        index = getattr(error, "image_index", None)
+        named = isinstance(error, VerifierError) and not isinstance(error, VerifierConfigError)
+        if not named or index is None or not 0 <= index < len(images):
+            return [error] * len(images)
+        bystander = RetryableVerifierError(f"not graded: image {index} of the same verifier call failed")
+        return [error if i == index else bystander for i in range(len(images))]
+
+
 def finish(config: RunConfig, layout: RunLayout, strategy: Strategy, job: FinishJob) -> RoundRecord:
-    """Select the best final-stage candidate and write the round's record (last: it marks the round done)."""
+    """Select the best gradeable final-stage candidate and write the round's record (last: it marks
+    the round done). A round none of whose final images could be graded is recorded without a best."""
     metric = config.verifier_args.choice_of_metric
     final = [item for item in job.graded if item.candidate.stage == "final"]
-    best_final = select_best([item.grades for item in final], metric)
-    best = next(i for i, item in enumerate(job.graded) if item is final[best_final])
+    best_final = best_graded(final, metric)
+    best = None if best_final is None else next(i for i, item in enumerate(job.graded) if item is final[best_final])
     record_path = layout.record_path(job.prompt, job.search_round)
     candidates = [_candidate_record(index, item, record_path, metric) for index, item in enumerate(job.graded)]
+    chosen = candidates[best] if best is not None else None
     record = RoundRecord(
         prompt=job.prompt,
         prompt_index=job.prompt_index,
         search_round=job.search_round,
         num_noises=len({item.candidate.noise for item in job.graded}),
-        best_noise_seed=candidates[best].seed,
-        best_score=candidates[best].score,
+        best_noise_seed=chosen.seed if chosen else None,
+        best_score=chosen.score if chosen else None,
         choice_of_metric=metric,
-        best_img_path=candidates[best].img_path,
+        best_img_path=chosen.img_path if chosen else None,
         best_index=best,
         config_hash=config.identity_hash(),
         candidates=candidates,
         search_method=strategy.name,
-        best_noise=candidates[best].noise,
+        best_noise=chosen.noise if chosen else None,
         nfe=job.nfe,
+        ungradeable=sum(item.grades is None for item in job.graded),
         **strategy.round_fields(final, best_final),
     )
     write_round_record(record_path, record)
@@ -136,7 +238,7 @@ def _candidate_record(index: int, item: GradedCandidate, record_path, metric: st
     return CandidateRecord(
         index=index, seed=candidate.noise.seed, noise=candidate.noise, steps=candidate.steps,
         stage=candidate.stage, role=candidate.role, img_path=relative_image_path(record_path, item.image.path),
-        image_sha256=item.image.sha256, score=item.grades.score(metric), grades=item.grades,
+        image_sha256=item.image.sha256, score=item.score(metric), grades=item.grades, ungradeable=item.ungradeable,
         batch=recipe.batch, batch_position=recipe.batch_position,
     )
 

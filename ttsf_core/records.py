@@ -38,8 +38,9 @@ class CandidateRecord(BaseModel):
     role: Role = "sample"
     img_path: str
     image_sha256: str
-    score: float
-    grades: Grades
+    score: float | None
+    grades: Grades | None
+    ungradeable: str | None = None  # why the verifier never graded it (then score and grades are None)
     batch: tuple[NoiseSpec, ...] = ()
     batch_position: int = 0
 
@@ -60,11 +61,12 @@ class RoundRecord(BaseModel):
     prompt_index: int
     search_round: int
     num_noises: int
-    best_noise_seed: int
-    best_score: float
+    # The best_* fields are None only when no final image of the round could be graded.
+    best_noise_seed: int | None
+    best_score: float | None
     choice_of_metric: str
-    best_img_path: str
-    best_index: int
+    best_img_path: str | None
+    best_index: int | None
     config_hash: str
     candidates: list[CandidateRecord]
     search_method: str = "random"
@@ -73,9 +75,14 @@ class RoundRecord(BaseModel):
     nfe: int | None = None
     # zero-order only (tt-scale-flux's key): did a neighbour beat the pivot?
     neighbors_improvement: bool | None = None
+    ungradeable: int = 0  # candidates the verifier never graded (excluded from selection)
 
     @model_validator(mode="after")
     def _best_is_one_of_the_candidates(self) -> "RoundRecord":
+        if self.best_index is None:
+            if any(c.grades is not None for c in self.final_candidates()):
+                raise ValueError("best_index is None although a final candidate was graded")
+            return self
         if not 0 <= self.best_index < len(self.candidates):
             raise ValueError(f"best_index {self.best_index} is not among {len(self.candidates)} candidates")
         best = self.candidates[self.best_index]
@@ -88,8 +95,8 @@ class RoundRecord(BaseModel):
         return self
 
     @property
-    def best(self) -> CandidateRecord:
-        return self.candidates[self.best_index]
+    def best(self) -> CandidateRecord | None:
+        return None if self.best_index is None else self.candidates[self.best_index]
 
     def final_candidates(self) -> list[CandidateRecord]:
         return [candidate for candidate in self.candidates if candidate.stage == "final"]

@@ -39,6 +39,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     "best_index",
     "choice_of_metric",
     "best_img_path",
+    "ungradeable",
 )
 COLUMNS: tuple[str, ...] = BASE_COLUMNS + METRIC_NAMES
 THUMBNAIL_PX = 160
@@ -75,6 +76,8 @@ def report_dataframe(run_dir: str | Path) -> pd.DataFrame:
     frame = frame.sort_values(["prompt_index", "search_round"], kind="stable").reset_index(drop=True)
     by_prompt = frame.groupby("prompt_index", sort=False)
     frame["nfe_so_far"] = by_prompt["nfe"].cumsum()
+    for column in ("best_noise_seed", "best_index"):  # 63-bit seeds stay exact; a missing best is <NA>
+        frame[column] = frame[column].astype("Int64")
     frame["best_so_far"] = by_prompt["best_score"].cummax()
     return frame
 
@@ -90,14 +93,16 @@ def _row(path: Path, record: RoundRecord) -> dict:
         "images_generated": 0,  # distinct images of the prompt's search so far, filled below
         "nfe": record.nfe if record.nfe is not None else float("nan"),
         "nfe_so_far": 0,
-        "best_score": float(record.best_score),
+        "best_score": float(record.best_score) if record.best_score is not None else float("nan"),
         "best_so_far": 0.0,
+        # Nullable: a round none of whose images could be graded has no best.
         "best_noise_seed": record.best_noise_seed,
-        "best_noise": best.noise.tag(),
+        "best_noise": best.noise.tag() if best else "",
         "best_index": record.best_index,
         "choice_of_metric": record.choice_of_metric,
-        "best_img_path": str(resolve_image(path, record.best_img_path).absolute()),
-        **best.grades.scores(),
+        "best_img_path": str(resolve_image(path, record.best_img_path).absolute()) if best else "",
+        "ungradeable": record.ungradeable,
+        **(best.grades.scores() if best else dict.fromkeys(METRIC_NAMES, float("nan"))),
     }
 
 
@@ -112,7 +117,9 @@ def _distinct_images_so_far(records: list[RoundRecord]) -> list[int]:
     return counts
 
 
-def _best_candidate(path: Path, record: RoundRecord) -> CandidateRecord:
+def _best_candidate(path: Path, record: RoundRecord) -> CandidateRecord | None:
+    if record.best_index is None:
+        return None
     for candidate in record.candidates:
         if candidate.index == record.best_index:
             return candidate
@@ -195,7 +202,7 @@ def _write_best_images_zip(path: Path, frame: pd.DataFrame) -> None:
     with atomic_writer(path) as temp:
         # PNGs are already compressed; storing keeps the build fast and the bytes identical.
         with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
-            for row in frame.itertuples(index=False):
+            for row in frame[frame["best_img_path"] != ""].itertuples(index=False):
                 info = zipfile.ZipInfo(_zip_name(row), date_time=ZIP_DATE_TIME)
                 info.external_attr = 0o644 << 16
                 archive.writestr(info, Path(row.best_img_path).read_bytes())
@@ -241,8 +248,12 @@ def _metric_label(frame: pd.DataFrame) -> str:
 
 
 def collage(rounds: pd.DataFrame) -> Image.Image:
-    """One prompt's round winners side by side, each over a caption strip 'round r · score s'."""
-    images = [_load_rgb(path) for path in rounds["best_img_path"]]
+    """One prompt's round winners side by side, each over a caption strip 'round r · score s' (a round
+    without a gradeable image: a grey tile captioned 'ungradeable')."""
+    rounds = rounds.reset_index(drop=True)
+    graded = [_load_rgb(path) for path in rounds["best_img_path"] if path]
+    blank = Image.new("RGB", graded[0].size if graded else (64, 64), "#bbbbbb")
+    images = [_load_rgb(path) if path else blank for path in rounds["best_img_path"]]
     font_px = min(max(min(image.width for image in images) // 16, 9), 32)
     font = _caption_font(font_px)
     height = max(image.height for image in images)
@@ -252,7 +263,7 @@ def collage(rounds: pd.DataFrame) -> Image.Image:
     left = 0
     for image, row in zip(images, rounds.itertuples(index=False)):
         sheet.paste(image, (left, 0))
-        caption = f"round {row.search_round} · score {row.best_score:.2f}"
+        caption = f"round {row.search_round} · " + (f"score {row.best_score:.2f}" if row.best_img_path else "ungradeable")
         if draw.textlength(caption, font=font) > image.width - 6:
             caption = caption.replace(" · ", "\n")
         # Clip to the tile so a long caption never spills onto its neighbour.
@@ -327,6 +338,9 @@ def _html_prompt_row(prompt_rows: pd.DataFrame, rounds: list[int]) -> str:
         row = by_round.get(search_round)
         if row is None:  # round not finished yet for this prompt
             cells.append("<td>-</td>")
+            continue
+        if not row.best_img_path:
+            cells.append(f'<td class="meta">no image of this round could be graded ({row.ungradeable})</td>')
             continue
         cells.append(
             f'<td><img src="{_thumbnail_data_uri(row.best_img_path)}" alt="round {search_round} best"><br>'

@@ -2,7 +2,8 @@
 
 Rate limits, 5xx and timeouts retry with exponential backoff and jitter, never sooner than the
 server's Retry-After; a configuration error (a rejected key) never retries; an answer that does not
-fit the grading schema retries a bounded number of times (a model may garble an answer once).
+fit the grading schema retries a bounded number of times (a model may garble an answer now and then),
+after which the image is recorded as ungradeable rather than blocking its round.
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ import random
 
 from ttsf_core.verifiers.base import RetryableVerifierError, VerifierConfigError, VerifierError
 
-INVALID_ANSWER_ATTEMPTS = 2
 JITTER = 0.5  # each delay is scaled by a factor drawn from [1 - JITTER, 1 + JITTER]
 MAX_RETRY_AFTER_S = 600.0
 
 
-def is_retryable(error: BaseException, attempt: int) -> bool:
-    """Whether attempt number `attempt` (1-based), which failed with `error`, deserves another."""
+def is_retryable(error: BaseException, attempt: int, retries: int, invalid_attempts: int) -> bool:
+    """Whether attempt number `attempt` (1-based), which failed with `error`, deserves another:
+    transient failures up to `retries` more attempts, invalid answers up to `invalid_attempts` in all."""
     if isinstance(error, VerifierConfigError):
         return False
     if isinstance(error, VerifierError):
-        return attempt < INVALID_ANSWER_ATTEMPTS
-    return isinstance(error, RetryableVerifierError)
+        return attempt < invalid_attempts
+    return isinstance(error, RetryableVerifierError) and attempt <= retries
 
 
 def server_wait(error: BaseException) -> float:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.config import RunConfig, digest
@@ -48,11 +48,26 @@ class StoredImage(BaseModel):
     generated: bool = False
 
 
+class Verdict(BaseModel):
+    """What the verifier made of one image: its grades, or why it never will grade it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    grades: Grades | None = None
+    ungradeable: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of_the_two(self) -> "Verdict":
+        if (self.grades is None) == (self.ungradeable is None):
+            raise ValueError("a verdict holds either grades or the reason an image is ungradeable")
+        return self
+
+
 class StoredGrade(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     prompt: str
     image_sha256: str
-    grades: Grades
+    grades: Grades | None = None
+    ungradeable: str | None = None
 
 
 class Store:
@@ -90,22 +105,25 @@ class Store:
     def grade_path(self, prompt: str, image_sha256: str) -> Path:
         return self.grades_dir / prompt_dirname(prompt) / f"{image_sha256}.json"
 
-    def find_grade(self, prompt: str, image_sha256: str) -> Grades | None:
+    def find_grade(self, prompt: str, image_sha256: str) -> Verdict | None:
         path = self.grade_path(prompt, image_sha256)
         if not path.is_file():
             return None
         try:
             stored = StoredGrade.model_validate_json(path.read_text(encoding="utf-8"))
+            verdict = Verdict(grades=stored.grades, ungradeable=stored.ungradeable)
         except ValidationError as error:
             raise ValueError(f"stored grade {path} is not a valid ttsf grade: {error}") from None
         if stored.prompt != prompt or stored.image_sha256 != image_sha256:
             raise ValueError(f"stored grade {path} belongs to another prompt or image")
-        return stored.grades
+        return verdict
 
-    def write_grade(self, prompt: str, image_sha256: str, grades: Grades) -> None:
+    def write_grade(self, prompt: str, image_sha256: str, verdict: Verdict | Grades) -> None:
+        if isinstance(verdict, Grades):
+            verdict = Verdict(grades=verdict)
         self._note_identity(self.grades_dir)
-        stored = StoredGrade(prompt=prompt, image_sha256=image_sha256, grades=grades)
-        write_json(self.grade_path(prompt, image_sha256), stored.model_dump(mode="json"))
+        stored = StoredGrade(prompt=prompt, image_sha256=image_sha256, **verdict.model_dump())
+        write_json(self.grade_path(prompt, image_sha256), stored.model_dump(mode="json", exclude_none=True))
 
     def _note_identity(self, folder: Path) -> None:
         path = folder / "identity.json"

@@ -22,12 +22,16 @@ from ttsf_core.verifiers.base import Grades
 
 
 class GradedCandidate(BaseModel):
-    """A candidate with its stored image and its grades."""
+    """A candidate with its stored image and its grades (None when the verifier never grades it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     candidate: Candidate
     image: StoredImage
-    grades: Grades
+    grades: Grades | None
+    ungradeable: str | None = None
+
+    def score(self, metric: str) -> float | None:
+        return None if self.grades is None else self.grades.score(metric)
 
 
 class Strategy(ABC):
@@ -51,8 +55,9 @@ class Strategy(ABC):
         """The next stage's candidates given this round's graded ones so far, or None: round over."""
         return None if graded else self.plan_round(prompt, search_round, history)
 
-    def round_fields(self, final: Sequence[GradedCandidate], best: int) -> dict[str, Any]:
-        """Strategy-specific record fields, from the final stage and the index of its best."""
+    def round_fields(self, final: Sequence[GradedCandidate], best: int | None) -> dict[str, Any]:
+        """Strategy-specific record fields, from the final stage and the index of its best (None:
+        no final image could be graded)."""
         return {}
 
 
@@ -62,6 +67,14 @@ def select_best(grades: Sequence[Grades], metric: str) -> int:
         raise ValueError("select_best: received no graded candidates, allowed: at least one")
     scores = [grade.score(metric) for grade in grades]
     return max(range(len(scores)), key=lambda index: (scores[index], -index))
+
+
+def best_graded(items: Sequence[GradedCandidate], metric: str) -> int | None:
+    """Index of the best gradeable item by `metric` (ties: the first), or None when none is gradeable."""
+    gradeable = [index for index, item in enumerate(items) if item.grades is not None]
+    if not gradeable:
+        return None
+    return gradeable[select_best([items[index].grades for index in gradeable], metric)]
 
 
 def previous_record(history: Sequence[RoundRecord], search_round: int) -> RoundRecord | None:

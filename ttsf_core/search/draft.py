@@ -29,15 +29,18 @@ class DraftSearch(Strategy):
             return [c.at(self.search.draft_steps, "draft") for c in self.plan_round(prompt, search_round, history)]
         if any(item.candidate.stage == "final" for item in graded):
             return None
-        return [item.candidate.at(self.full_steps, "final") for item in self.kept(graded)]
+        kept = self.kept(graded)
+        return [item.candidate.at(self.full_steps, "final") for item in kept] or None
 
     def kept(self, drafts: Sequence[GradedCandidate]) -> list[GradedCandidate]:
-        """The best draft_keep drafts by the metric (ties: first drawn), pivots always, in draw order."""
+        """The best draft_keep gradeable drafts by the metric (ties: first drawn), pivots always, in
+        draw order."""
         metric = self.config.verifier_args.choice_of_metric
-        ranked = sorted(range(len(drafts)), key=lambda i: (-drafts[i].grades.score(metric), i))
+        gradeable = [i for i, item in enumerate(drafts) if item.grades is not None]
+        ranked = sorted(gradeable, key=lambda i: (-drafts[i].score(metric), i))
         keep = set(ranked[: self.search.draft_keep])
         keep |= {i for i, item in enumerate(drafts) if item.candidate.role == "pivot"}
         return [drafts[i] for i in sorted(keep)]
 
-    def round_fields(self, final: Sequence[GradedCandidate], best: int) -> dict[str, Any]:
+    def round_fields(self, final: Sequence[GradedCandidate], best: int | None) -> dict[str, Any]:
         return self.inner.round_fields(final, best)

@@ -39,8 +39,14 @@ class ZeroOrderSearch(Strategy):
         # A fresh pivot is random search's candidate 0 of this round: the two share its image.
         return NoiseSpec(seed=candidate_seed(self.config.seed, prompt, search_round, 0))
 
-    def round_fields(self, final: Sequence[GradedCandidate], best: int) -> dict[str, Any]:
+    def round_fields(self, final: Sequence[GradedCandidate], best: int | None) -> dict[str, Any]:
+        """A neighbour improved on the pivot when one scored higher, or when the pivot could not be
+        graded and a neighbour could (the best neighbour is then the better known noise)."""
+        if best is None:
+            return {"neighbors_improvement": False}
         metric = self.config.verifier_args.choice_of_metric
-        pivots = [item.grades.score(metric) for item in final if item.candidate.role == "pivot"]
-        neighbours = [item.grades.score(metric) for item in final if item.candidate.role == "neighbor"]
-        return {"neighbors_improvement": bool(pivots) and any(score > pivots[0] for score in neighbours)}
+        pivot = next((item.score(metric) for item in final if item.candidate.role == "pivot"), None)
+        neighbours = [item.score(metric) for item in final if item.candidate.role == "neighbor"]
+        scored = [score for score in neighbours if score is not None]
+        improved = bool(scored) and (pivot is None or max(scored) > pivot)
+        return {"neighbors_improvement": improved}

@@ -66,6 +66,22 @@ class VerifierConfigError(VerifierError):
     """The verifier cannot run as configured (missing key, wrong key, unknown model)."""
 
 
+class UngradeableError(VerifierError):
+    """The verifier will never grade this image (a safety block): asking again only spends quota."""
+
+
+def with_context(error: BaseException, context: str) -> BaseException:
+    """The same kind of error, its message prefixed with which image it concerns."""
+    if isinstance(error, VerifierError):
+        found = type(error)(f"{context}: {error}", error.image_index)
+    elif isinstance(error, RetryableVerifierError):
+        found = type(error)(f"{context}: {error}", error.retry_after)
+    else:
+        return error
+    found.__cause__ = error.__cause__ or error
+    return found
+
+
 class RetryableVerifierError(Exception):
     """A transient failure (5xx, timeout, connection): the same request may succeed later."""
 
@@ -80,7 +96,7 @@ class RateLimitError(RetryableVerifierError):
 
 def most_telling(failures: Sequence[BaseException]) -> BaseException:
     """Of several failures, the one the user must act on: configuration first, retryable last."""
-    for kind in (VerifierConfigError, VerifierError, RateLimitError, RetryableVerifierError):
+    for kind in (VerifierConfigError, UngradeableError, VerifierError, RateLimitError, RetryableVerifierError):
         for failure in failures:
             if isinstance(failure, kind):
                 return failure

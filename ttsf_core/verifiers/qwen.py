@@ -251,6 +251,15 @@ class QwenVerifier:
     # -- grading -----------------------------------------------------------------------------
     def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]:
         """One Grades per image, in input order; VerifierError (naming the image) on a bad answer."""
+        results = self.score_partial(prompt, images)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+    def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | VerifierError]:
+        """One Grades or VerifierError per image, in input order: a bad answer costs only its image
+        (the others' answers, already generated, are kept)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt: received {prompt!r}, allowed: a non-empty text")
         images = list(images)
@@ -262,12 +271,15 @@ class QwenVerifier:
         with self._lock:  # one model: batches from concurrent callers run one after another
             if self.model is None:
                 self._load()
-            grades: list[Grades] = []
+            results: list[Grades | VerifierError] = []
             for start in range(0, len(images), self.batch_size):
                 answers = self._generate(prompt, images[start : start + self.batch_size])
                 for offset, (text, stopped) in enumerate(answers):
-                    grades.append(self._parse(text, start + offset, stopped))
-        return grades
+                    try:
+                        results.append(self._parse(text, start + offset, stopped))
+                    except VerifierError as error:
+                        results.append(error)
+        return results
 
     def _parse(self, text: str, image_index: int, stopped: bool) -> Grades:
         try:
