@@ -10,9 +10,28 @@ JSON, send malformed answers, and check the API key. Every wait in it is bounded
         ... point the SDK at server.url ...
         server.requests  # what arrived, in arrival order
 
+It can also inject faults from a seeded `FaultSchedule`: HTTP errors (429 with Retry-After, 500,
+503, a bad key), transport faults (a hang, a drip-fed answer, a cut-off body, a TCP reset, a
+proxy's HTML page) and bad answers (not JSON, a missing aspect, a score of 11, NaN or "high", no
+candidates, a safety stop, a blocked prompt). Whether a request gets a fault depends only on the
+seed, the image's sha256 and how many times that image was asked before, never on arrival order,
+so a run under the same schedule meets the same faults however its threads interleave:
+
+    faults = FaultSchedule(seed=7, rate=0.3, kinds=("429", "503", "reset"))
+    with FakeGeminiServer(faults=faults) as server:
+        ...
+        server.fault_counts()  # {"429": 4, "503": 2, ...}; each request's `fault` is in server.requests
+
+It answers the SDK's models.get (`GET /v1/models/{model}` or `/v1beta/...`) too, recorded in
+`server.metadata_requests`.
+
 As a script (for end-to-end tests in another process), it prints its URL and serves until killed:
 
     python tests/fake_gemini.py --port 0 --latency_s 0.05
+    python tests/fake_gemini.py --port 0 --fault-rate 0.3 --fault-seed 7 --fault-kinds 429:2,503,reset
+
+and then also answers `GET /_fake/requests` with what arrived (call index, image sha256, attempt,
+fault, status) as JSON.
 """
 
 from __future__ import annotations
@@ -23,16 +42,21 @@ import binascii
 import hashlib
 import io
 import json
+import math
+import os
 import re
+import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image, ImageStat
 
@@ -43,6 +67,25 @@ from ttsf_core.verifiers.base import METRIC_NAMES, AspectGrade, Grades  # noqa: 
 
 MALFORMED_MODES = ("not_json", "out_of_range", "missing_aspect", "blocked")
 _PATH = re.compile(r"^/(v1|v1beta)/models/([^/:?]+):generateContent(?:\?.*)?$")
+_MODEL_PATH = re.compile(r"^/(v1|v1beta)/models/([^/:?]+)(?:\?.*)?$")
+_REQUESTS_PATH = "/_fake/requests"
+
+# Every fault a FaultSchedule can inject, by the layer it breaks.
+HTTP_ERROR_FAULTS = ("429", "500", "503", "401", "403", "400_key")
+TRANSPORT_FAULTS = ("hang", "drip", "cut", "reset", "html")
+ANSWER_FAULTS = (
+    "not_json_text",
+    "missing_fields",
+    "out_of_range",
+    "nan",
+    "string_score",
+    "empty_candidates",
+    "safety",
+    "blocked",
+)
+FAULT_KINDS = HTTP_ERROR_FAULTS + TRANSPORT_FAULTS + ANSWER_FAULTS
+# The default draw: what the real service and the network do now and then, and quickly.
+TRANSIENT_FAULTS = ("429", "500", "503", "cut", "reset")
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -141,6 +184,121 @@ def _bad_key_body(code: int) -> dict[str, Any]:
 
 
 @dataclass
+class FaultSchedule:
+    """Which generateContent requests get which fault: seeded, per image, independent of arrival order.
+
+    seed, rate: request number `attempt` (0-based) of the image with sha256 `sha` gets a fault with
+        probability `rate`, decided by sha256(seed, sha, attempt) alone, so one schedule injects the
+        same faults into the same run whatever the order its threads send in.
+    kinds, weights: the faults drawn from (names in FAULT_KINDS) and their relative weights
+        (None: equal). Default: TRANSIENT_FAULTS.
+    max_faults_per_image: after this many drawn faults an image is always answered, so transient
+        faults never starve it (None: no limit).
+    persistent: {image sha256: kind}: every request for that image gets this fault (a "never
+        gradeable" image); not counted against max_faults_per_image.
+    by_call: {call index (0-based, arrival order): kind}, scripted like FakeGeminiServer's
+        `failures`; wins over the draw.
+    retry_after_s: the wait a "429" asks for (Retry-After header, rounded up, and RetryInfo).
+    hang_s: how long a "hang" holds the request when the client does not give up first.
+    drip_interval_s, drip_s: a "drip" sends its body one byte every drip_interval_s for drip_s
+        seconds, then the rest at once.
+    """
+
+    seed: int = 0
+    rate: float = 0.0
+    kinds: Sequence[str] = TRANSIENT_FAULTS
+    weights: Sequence[float] | None = None
+    max_faults_per_image: int | None = 3
+    persistent: Mapping[str, str] = field(default_factory=dict)
+    by_call: Mapping[int, str] = field(default_factory=dict)
+    retry_after_s: float = 1.0
+    hang_s: float = 5.0
+    drip_interval_s: float = 0.5
+    drip_s: float = 4.0
+
+    def __post_init__(self) -> None:
+        self.kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
+        self.weights = None if self.weights is None else tuple(float(w) for w in self.weights)
+        self.persistent = dict(self.persistent)
+        self.by_call = dict(self.by_call)
+        self._check()
+
+    @classmethod
+    def parse_kinds(cls, text: str) -> tuple[tuple[str, ...], tuple[float, ...] | None]:
+        """"429:3,503,reset" -> (("429", "503", "reset"), (3.0, 1.0, 1.0)); weights None if none given."""
+        kinds, weights = [], []
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            kind, _, weight = item.partition(":")
+            try:
+                weights.append(float(weight) if weight else 1.0)
+            except ValueError:
+                raise ValueError(f"fault kinds: received weight {weight!r} in {item!r}, allowed: a number") from None
+            kinds.append(kind.strip())
+        return tuple(kinds), (tuple(weights) if any(":" in part for part in text.split(",")) else None)
+
+    def draw(self, image_sha256: str, attempt: int) -> str | None:
+        """The seeded draw for one request, before max_faults_per_image and `persistent` apply."""
+        if self.rate <= 0:
+            return None
+        if _unit(self.seed, image_sha256, attempt, "rate") >= self.rate:
+            return None
+        weights = self.weights or (1.0,) * len(self.kinds)
+        point = _unit(self.seed, image_sha256, attempt, "kind") * sum(weights)
+        for kind, weight in zip(self.kinds, weights):
+            point -= weight
+            if point < 0:
+                return kind
+        return next(kind for kind, weight in zip(reversed(self.kinds), reversed(weights)) if weight > 0)
+
+    def fault_for(self, image_sha256: str, attempt: int) -> str | None:
+        """The fault for request number `attempt` (0-based) of this image: a pure function."""
+        if image_sha256 in self.persistent:
+            return self.persistent[image_sha256]
+        if self.max_faults_per_image is not None:
+            earlier = sum(self.draw(image_sha256, k) is not None for k in range(attempt))
+            if earlier >= self.max_faults_per_image:
+                return None
+        return self.draw(image_sha256, attempt)
+
+    def plan(self, image_sha256: str, attempts: int) -> list[str | None]:
+        """The faults of this image's first `attempts` requests."""
+        return [self.fault_for(image_sha256, attempt) for attempt in range(attempts)]
+
+    def _check(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"rate: received {self.rate!r}, allowed: 0 to 1")
+        if self.rate > 0 and not self.kinds:
+            raise ValueError("kinds: received nothing, allowed: one or more of " + ", ".join(FAULT_KINDS))
+        named = list(self.kinds) + list(self.persistent.values()) + list(self.by_call.values())
+        unknown = sorted({kind for kind in named if kind not in FAULT_KINDS})
+        if unknown:
+            raise ValueError(f"fault kinds: received {', '.join(map(repr, unknown))}, allowed: {', '.join(FAULT_KINDS)}")
+        if self.weights is not None and (
+            len(self.weights) != len(self.kinds) or min(self.weights, default=0) < 0 or sum(self.weights) <= 0
+        ):
+            raise ValueError(
+                f"weights: received {self.weights!r}, allowed: one weight >= 0 per kind ({len(self.kinds)}), not all 0"
+            )
+        if self.max_faults_per_image is not None and self.max_faults_per_image < 0:
+            raise ValueError(f"max_faults_per_image: received {self.max_faults_per_image!r}, allowed: None or >= 0")
+        if not 0 <= self.retry_after_s <= 86400:
+            raise ValueError(f"retry_after_s: received {self.retry_after_s!r}, allowed: 0 to 86400")
+        for name in ("hang_s", "drip_s"):
+            if not 0 < getattr(self, name) <= _HOLD_LIMIT_S:
+                raise ValueError(f"{name}: received {getattr(self, name)!r}, allowed: > 0 and <= {_HOLD_LIMIT_S}")
+        if not 0 < self.drip_interval_s <= self.drip_s:
+            raise ValueError(f"drip_interval_s: received {self.drip_interval_s!r}, allowed: > 0 and <= drip_s")
+
+
+def _unit(seed: int, image_sha256: str, attempt: int, salt: str) -> float:
+    """A uniform number in [0, 1) from its arguments alone (the same on every platform and run)."""
+    digest = hashlib.sha256(f"{seed}\x00{image_sha256}\x00{attempt}\x00{salt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+@dataclass
 class RecordedRequest:
     """One generateContent request as the fake saw it. Times are time.monotonic()."""
 
@@ -153,9 +311,23 @@ class RecordedRequest:
     image_sha256: str | None
     prompt_text: str
     body: dict[str, Any] | None
-    status: int | None = None  # the HTTP status answered (None while held)
+    status: int | None = None  # the HTTP status answered (None while held, or when none was sent)
     answered_at: float | None = None
-    delivered: bool | None = None  # False when the client had gone (e.g. it timed out)
+    delivered: bool | None = None  # False when the client had gone (e.g. it timed out) or got no whole answer
+    attempt: int | None = None  # 0-based: how many requests for this image arrived before this one
+    fault: str | None = None  # the FaultSchedule kind injected, if any
+
+
+@dataclass
+class MetadataRequest:
+    """One models.get request (`GET /{version}/models/{model}`)."""
+
+    path: str
+    api_version: str
+    model: str
+    api_key: str | None
+    arrived_at: float
+    status: int | None = None
 
 
 @dataclass
@@ -173,6 +345,9 @@ class _Answer:
     status: int
     body: bytes
     headers: dict[str, str]
+    action: str | None = None  # "hang", "drip", "cut" or "reset": how the transport misbehaves
+    hold_s: float = 0.0  # hang: the longest hold; drip: the dripping time
+    interval_s: float = 0.0  # drip: between two bytes
 
 
 class FakeGeminiServer:
@@ -187,6 +362,10 @@ class FakeGeminiServer:
     malformed: {call_index (int, 0-based) or image sha256 (str): mode}, mode in MALFORMED_MODES.
     api_key: when set, other keys in x-goog-api-key are refused with `wrong_key_status`
         (403 PERMISSION_DENIED by default; 400 gives Gemini's API_KEY_INVALID; 401 UNAUTHENTICATED).
+    faults: a FaultSchedule; applies to requests with the right key, a known model, an inline
+        image and no scripted `failures` answer. Each request's `fault` is recorded.
+    known_models: when given, other models are answered 404 NOT_FOUND (generateContent and
+        models.get alike); names with or without "models/".
     """
 
     def __init__(
@@ -201,8 +380,16 @@ class FakeGeminiServer:
         malformed: Mapping[int | str, str] | None = None,
         api_key: str | None = None,
         wrong_key_status: int = 403,
+        faults: FaultSchedule | None = None,
+        known_models: Iterable[str] | None = None,
     ):
         self._check(latency_s, reverse_groups, group_wait_s, malformed, wrong_key_status)
+        if faults is not None and not isinstance(faults, FaultSchedule):
+            raise ValueError(f"faults: received {type(faults).__name__}, allowed: None or a FaultSchedule")
+        self.faults = faults
+        self.known_models = (
+            None if known_models is None else frozenset(name.removeprefix("models/") for name in known_models)
+        )
         self.latency_s = float(latency_s)
         self.reverse_groups = reverse_groups
         self.group_wait_s = float(group_wait_s)
@@ -213,6 +400,8 @@ class FakeGeminiServer:
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._records: list[RecordedRequest] = []
+        self._metadata: list[MetadataRequest] = []
+        self._attempts: dict[str, int] = {}  # image sha256 -> requests for it so far
         self._in_flight = 0
         self._max_in_flight = 0
         self._group: _Group | None = None
@@ -270,6 +459,17 @@ class FakeGeminiServer:
             return list(self._records)
 
     @property
+    def metadata_requests(self) -> list[MetadataRequest]:
+        """models.get requests, in arrival order (not counted in `requests` or `call_count`)."""
+        with self._lock:
+            return list(self._metadata)
+
+    def fault_counts(self) -> dict[str, int]:
+        """How many generateContent requests got each fault kind (kinds never injected are absent)."""
+        with self._lock:
+            return dict(Counter(record.fault for record in self._records if record.fault is not None))
+
+    @property
     def call_count(self) -> int:
         with self._lock:
             return len(self._records)
@@ -293,6 +493,14 @@ class FakeGeminiServer:
     # ----- one request (called on the handler's thread) -----
 
     def _handle(self, handler: "_Handler") -> None:
+        if handler.command == "GET":
+            if handler.path.split("?")[0] == _REQUESTS_PATH:
+                handler.reply(_json_answer(200, self._requests_summary()))
+                return
+            model_match = _MODEL_PATH.match(handler.path)
+            if model_match is not None:
+                self._handle_model_get(handler, model_match)
+                return
         match = _PATH.match(handler.path)
         if handler.command != "POST" or match is None:
             handler.reply(_json_answer(404, google_error_body(404, f"Unknown path {handler.path}")))
@@ -309,6 +517,40 @@ class FakeGeminiServer:
         if group is not None:
             self._wait_for_turn(group, slot)
         self._reply_and_release(handler, record, answer, group)
+
+    def _handle_model_get(self, handler: "_Handler", match: re.Match) -> None:
+        """models.get: the key is checked as for generateContent, then the model must be known."""
+        with self._lock:
+            record = MetadataRequest(
+                path=handler.path,
+                api_version=match.group(1),
+                model=match.group(2),
+                api_key=handler.headers.get("x-goog-api-key"),
+                arrived_at=time.monotonic(),
+            )
+            self._metadata.append(record)
+        if self.api_key is not None and record.api_key != self.api_key:
+            answer = _json_answer(self.wrong_key_status, _bad_key_body(self.wrong_key_status))
+        elif not self._model_known(record.model):
+            answer = _json_answer(404, _unknown_model_body(record.model, record.api_version))
+        else:
+            answer = _json_answer(200, _model_body(record.model))
+        with self._lock:  # before the client can see the answer, so that a test never races it
+            record.status = answer.status
+        handler.reply(answer)
+
+    def _model_known(self, model: str) -> bool:
+        return self.known_models is None or model in self.known_models
+
+    def _requests_summary(self) -> dict[str, Any]:
+        fields = ("call_index", "model", "image_sha256", "attempt", "fault", "status", "delivered")
+        with self._lock:
+            return {
+                "requests": [{name: getattr(record, name) for name in fields} for record in self._records],
+                "metadata_requests": [
+                    {"model": record.model, "status": record.status} for record in self._metadata
+                ],
+            }
 
     def _arrive(
         self, handler: "_Handler", match: re.Match, body: Any, image: bytes | None
@@ -330,8 +572,16 @@ class FakeGeminiServer:
             self._records.append(record)
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            if record.image_sha256 is not None:
+                record.attempt = self._attempts.get(record.image_sha256, 0)
+                self._attempts[record.image_sha256] = record.attempt + 1
             key_ok = self.api_key is None or record.api_key == self.api_key
             failure = self._failures.pop(0) if key_ok and self._failures else None
+            if failure is None and key_ok and self.faults is not None and record.image_sha256 is not None:
+                if self._model_known(record.model):
+                    record.fault = self.faults.by_call.get(record.call_index) or self.faults.fault_for(
+                        record.image_sha256, record.attempt
+                    )
             group, slot = self._join_group() if self.reverse_groups else (None, 0)
             self._lock.notify_all()
             return record, group, slot, failure
@@ -350,6 +600,10 @@ class FakeGeminiServer:
             return _json_answer(self.wrong_key_status, _bad_key_body(self.wrong_key_status))
         if image is None:
             return _json_answer(400, google_error_body(400, "The request holds no inline image."))
+        if not self._model_known(record.model):
+            return _json_answer(404, _unknown_model_body(record.model, record.api_version))
+        if record.fault is not None:
+            return _fault_answer(record.fault, self.faults, image, record.model)
         mode = self.malformed.get(record.call_index) or self.malformed.get(record.image_sha256 or "")
         return _json_answer(200, _success_body(image, mode, record.model))
 
@@ -378,8 +632,9 @@ class FakeGeminiServer:
             # request never finds this one still counted.
             self._in_flight -= 1
         delivered = handler.reply(answer)
+        status = None if answer.action in ("hang", "reset") else answer.status
         with self._lock:
-            record.status, record.answered_at, record.delivered = answer.status, time.monotonic(), delivered
+            record.status, record.answered_at, record.delivered = status, time.monotonic(), delivered
             if group is not None:
                 group.answered += 1
             self._lock.notify_all()
@@ -455,7 +710,11 @@ class _Handler(BaseHTTPRequestHandler):
             return None
 
     def reply(self, answer: _Answer) -> bool:
-        """Send the answer; False if the client had already gone."""
+        """Send the answer; False if the client had already gone or, by design, got no whole answer."""
+        if answer.action == "reset":
+            return self._reset()
+        if answer.action == "hang":
+            return self._hang(answer.hold_s)
         try:
             self.send_response(answer.status)
             headers = {"Content-Type": "application/json; charset=UTF-8", **answer.headers}
@@ -463,6 +722,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(answer.body)))
             self.end_headers()
+            if answer.action == "cut":  # half the body, then a clean close (FIN)
+                self.wfile.write(answer.body[: len(answer.body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return False
+            if answer.action == "drip":
+                return self._drip(answer.body, answer.interval_s, answer.hold_s)
             self.wfile.write(answer.body)
             self.wfile.flush()
             return True
@@ -470,12 +736,151 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return False
 
+    def _drip(self, body: bytes, interval_s: float, drip_s: float) -> bool:
+        """One byte every interval_s for drip_s seconds (never a read timeout), then the rest."""
+        stopping = self.server.fake._stopping
+        started = time.monotonic()
+        steps = min(len(body), max(1, int(drip_s / interval_s + 1e-9)))
+        for step in range(steps + 1):  # byte `step` at started + step * interval_s; the rest at drip_s
+            if stopping.wait(max(0.0, started + step * interval_s - time.monotonic())):
+                self.close_connection = True
+                break
+            self.wfile.write(body[step : step + 1] if step < steps else body[step:])
+            self.wfile.flush()
+        else:
+            return True
+        return False
+
+    def _hang(self, hold_s: float) -> bool:
+        """Answer nothing until the client goes (or hold_s passes, or the server stops), then close."""
+        stopping = self.server.fake._stopping
+        deadline = time.monotonic() + min(hold_s, _HOLD_LIMIT_S)
+        self.close_connection = True
+        while not stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                readable, _, _ = select.select([self.connection], [], [], min(remaining, 0.1))
+                if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                    break  # the client closed its end: it gave up
+            except (OSError, ValueError):
+                break
+        return False
+
+    def _reset(self) -> bool:
+        """Close with an RST (SO_LINGER 0) before any byte of an answer.
+
+        The socket is detached and closed at once: socketserver would otherwise shut its write side
+        first, and the client would see a clean FIN rather than a reset."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            os.close(self.connection.detach())
+        except OSError:
+            pass
+        return False
+
     def log_message(self, format: str, *args: Any) -> None:  # quiet: pytest shows failures anyway
         pass
 
 
 def _json_answer(status: int, body: Any) -> _Answer:
     return _Answer(status, json.dumps(body).encode(), {"Content-Type": "application/json; charset=UTF-8"})
+
+
+_PROXY_ERROR_PAGE = """<!DOCTYPE html>
+<html>
+<head><title>502 Bad Gateway</title></head>
+<body>
+<center><h1>502 Bad Gateway</h1></center>
+<hr><center>nginx</center>
+<p>The upstream server did not answer in time. Please try again later.</p>
+</body>
+</html>
+"""
+_SAFETY_RATINGS = [
+    {"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "NEGLIGIBLE"},
+    {"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "NEGLIGIBLE"},
+    {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"},
+    {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True},
+]
+
+
+def _fault_answer(kind: str, schedule: FaultSchedule, image: bytes, model: str) -> _Answer:
+    """What the fake sends for one injected fault (see FAULT_KINDS)."""
+    if kind == "429":
+        delay = schedule.retry_after_s
+        answer = _json_answer(429, google_error_body(429, retry_delay=f"{delay:g}s"))
+        answer.headers["Retry-After"] = str(math.ceil(delay))
+        return answer
+    if kind in ("500", "503"):
+        return _json_answer(int(kind), google_error_body(int(kind)))
+    if kind in ("401", "403", "400_key"):
+        code = int(kind[:3])
+        return _json_answer(code, _bad_key_body(code))
+    if kind == "html":
+        return _Answer(200, _PROXY_ERROR_PAGE.encode(), {"Content-Type": "text/html; charset=UTF-8"})
+    if kind == "hang":
+        return _Answer(0, b"", {}, action="hang", hold_s=schedule.hang_s)
+    if kind == "reset":
+        return _Answer(0, b"", {}, action="reset")
+    if kind in ("drip", "cut"):
+        answer = _json_answer(200, _success_body(image, None, model))
+        answer.action, answer.hold_s, answer.interval_s = kind, schedule.drip_s, schedule.drip_interval_s
+        return answer
+    if kind == "empty_candidates":
+        return _json_answer(200, {"candidates": []})
+    if kind == "safety":
+        candidate = {"finishReason": "SAFETY", "index": 0, "safetyRatings": _SAFETY_RATINGS}
+        return _json_answer(200, {"candidates": [candidate], "modelVersion": model})
+    if kind == "blocked":
+        feedback = {"blockReason": "SAFETY", "safetyRatings": _SAFETY_RATINGS}
+        return _json_answer(200, {"promptFeedback": feedback, "modelVersion": model})
+    grades = expected_grades(image).model_dump()
+    if kind == "not_json_text":
+        text = "The image looks lovely: I would give it an 8 out of 10 for accuracy and a 7 overall."
+    else:
+        if kind == "missing_fields":
+            del grades["emotional_or_thematic_resonance"]
+        elif kind == "out_of_range":
+            grades["overall_score"]["score"] = 11
+        elif kind == "nan":
+            grades["overall_score"]["score"] = float("nan")  # json.dumps writes the bare token NaN
+        elif kind == "string_score":
+            grades["overall_score"]["score"] = "high"
+        else:  # pragma: no cover - FaultSchedule checks the names
+            raise ValueError(f"fault kind: received {kind!r}, allowed: {', '.join(FAULT_KINDS)}")
+        text = json.dumps(grades)
+    return _json_answer(200, _text_body(text, model))
+
+
+def _text_body(text: str, model: str) -> dict[str, Any]:
+    return {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
+        "modelVersion": model,
+    }
+
+
+def _model_body(model: str) -> dict[str, Any]:
+    """A minimal Model resource, as models.get answers it."""
+    return {
+        "name": f"models/{model}",
+        "version": "001",
+        "displayName": " ".join(part.capitalize() for part in model.split("-")),
+        "description": "A fake Gemini model served by tests/fake_gemini.py.",
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 8192,
+        "supportedGenerationMethods": ["generateContent"],
+    }
+
+
+def _unknown_model_body(model: str, api_version: str) -> dict[str, Any]:
+    return google_error_body(
+        404,
+        f"models/{model} is not found for API version {api_version}, or is not supported for generateContent. "
+        "Call ListModels to see the list of available models and their supported methods.",
+    )
 
 
 def _success_body(image: bytes, mode: str | None, model: str) -> dict[str, Any]:
@@ -487,10 +892,7 @@ def _success_body(image: bytes, mode: str | None, model: str) -> dict[str, Any]:
     if mode == "missing_aspect":
         del grades["emotional_or_thematic_resonance"]
     text = "The image looks lovely, I would give it 8 out of 10." if mode == "not_json" else json.dumps(grades)
-    return {
-        "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
-        "modelVersion": model,
-    }
+    return _text_body(text, model)
 
 
 def _parts(body: Any) -> list[dict[str, Any]]:
@@ -530,10 +932,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency_s", type=float, default=0.0)
     parser.add_argument("--api_key", default=None)
+    parser.add_argument("--fault-rate", "--fault_rate", dest="fault_rate", type=float, default=0.0,
+                        help="probability that a request gets a fault (0: no faults)")
+    parser.add_argument("--fault-seed", "--fault_seed", dest="fault_seed", type=int, default=0)
+    parser.add_argument("--fault-kinds", "--fault_kinds", dest="fault_kinds", default=",".join(TRANSIENT_FAULTS),
+                        help="comma-separated kinds, each with an optional :weight, e.g. 429:3,503,reset; "
+                        f"allowed: {', '.join(FAULT_KINDS)}")
+    parser.add_argument("--fault-max-per-image", "--fault_max_per_image", dest="fault_max_per_image", type=int,
+                        default=3, help="faults per image before it is always answered (-1: no limit)")
     args = parser.parse_args(argv)
+    faults = None
+    if args.fault_rate > 0:
+        try:
+            kinds, weights = FaultSchedule.parse_kinds(args.fault_kinds)
+            faults = FaultSchedule(
+                seed=args.fault_seed,
+                rate=args.fault_rate,
+                kinds=kinds,
+                weights=weights,
+                max_faults_per_image=None if args.fault_max_per_image < 0 else args.fault_max_per_image,
+            )
+        except ValueError as error:
+            parser.error(str(error))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with FakeGeminiServer(args.host, args.port, latency_s=args.latency_s, api_key=args.api_key) as server:
+    with FakeGeminiServer(
+        args.host, args.port, latency_s=args.latency_s, api_key=args.api_key, faults=faults
+    ) as server:
         print(server.url, flush=True)
         try:
             while not stop.wait(1.0):
