@@ -12,9 +12,10 @@ import platform
 import resource
 import statistics
 import sys
+import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +124,7 @@ def timed_cpu(function, *args, **kwargs) -> tuple[float, float, object]:
 
 @dataclass
 class BusyClock:
-    """Seconds spent inside wrapped calls, and when the first began and the last ended (one thread).
+    """Seconds spent inside wrapped calls, and when the first began and the last ended.
 
     Also the calling thread's CPU seconds inside them: with one torch thread the model runs on the
     calling thread, so this is the generation cost that other processes on a shared VM (which steal
@@ -134,20 +135,80 @@ class BusyClock:
     cpu_seconds: float = 0.0
     first_start: float | None = None
     last_end: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def wrap(self, function):
+        """Sums over every thread that calls the wrapped function (thread-seconds when they overlap)."""
         def timed_call(*args, **kwargs):
             start, start_cpu = time.perf_counter(), time.thread_time()
-            if self.first_start is None:
-                self.first_start = start
+            with self._lock:
+                if self.first_start is None:
+                    self.first_start = start
             try:
                 return function(*args, **kwargs)
             finally:
-                self.cpu_seconds += time.thread_time() - start_cpu
-                self.last_end = time.perf_counter()
-                self.seconds += self.last_end - start
+                cpu, end = time.thread_time() - start_cpu, time.perf_counter()
+                with self._lock:
+                    self.cpu_seconds += cpu
+                    self.last_end = max(self.last_end, end)
+                    self.seconds += end - start
 
         return timed_call
+
+
+class _TimingLock:
+    """Stands in for CandidateGenerator._lock: acquires the real lock, then times the held section."""
+
+    def __init__(self, lock, clock: BusyClock, threads: set[int]):
+        self._lock, self._clock, self._threads = lock, clock, threads
+
+    def __enter__(self):
+        self._lock.acquire()
+        self._start, self._start_cpu = time.perf_counter(), time.thread_time()
+        self._threads.add(threading.get_ident())
+        if self._clock.first_start is None:
+            self._clock.first_start = self._start
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self._clock.cpu_seconds += time.thread_time() - self._start_cpu
+            self._clock.last_end = time.perf_counter()
+            self._clock.seconds += self._clock.last_end - self._start
+        finally:
+            self._lock.release()
+
+
+@contextmanager
+def generation_clock(generator):
+    """Yield (clock, thread ids): the time a CandidateGenerator spends generating (encode the prompt,
+    draw latents, the pipeline call), on whichever threads the executor runs it. The generator holds
+    its lock for exactly that (one pipeline call at a time), so the clock times the held sections:
+    waiting for the lock is not counted, and with one torch thread the CPU seconds are the model's."""
+    clock, threads = BusyClock(), set()
+    original = generator._lock
+    generator._lock = _TimingLock(original, clock, threads)
+    try:
+        yield clock, threads
+    finally:
+        generator._lock = original
+
+
+@contextmanager
+def png_clocks(generating_threads: set[int]):
+    """Yield (on generating threads, on other threads): BusyClocks over the store's PNG writes
+    (ttsf_core.store.write_png), split by whether a generating thread did the write."""
+    import ttsf_core.store as store
+
+    on, off = BusyClock(), BusyClock()
+
+    def wrapper(original):
+        def timed(*args, **kwargs):
+            return (on if threading.get_ident() in generating_threads else off).wrap(original)(*args, **kwargs)
+        return timed
+
+    with patched(store, "write_png", wrapper):
+        yield on, off
 
 
 def process_cpu_seconds() -> float:

@@ -49,9 +49,10 @@ def make_config(args: argparse.Namespace, model_dir: Path, batch_size: int):
 
 def ours(pipe, config, seeds: list[int]):
     """ttsf: a fresh generator (so its one prompt encoding is inside the timing), batched calls."""
-    from ttsf_core.generate import CandidateGenerator
+    from ttsf_core.generate import CandidateGenerator, seed_candidates
 
-    return CandidateGenerator(pipe, config).generate(PROMPT, seeds)
+    candidates = seed_candidates(seeds, config.pipeline_call_args.num_inference_steps)
+    return CandidateGenerator(pipe, config).generate(PROMPT, candidates)
 
 
 def encode_per_call(pipe, config, seeds: list[int]):

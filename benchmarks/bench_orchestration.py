@@ -1,33 +1,47 @@
-"""What Prefect costs: the same search through the `search_dataset` flow and through ttsf_core directly.
+"""What Prefect costs: the same search through the `search_dataset` flow and through the direct runner.
 
-Both sides search the same prompts with the same tiny FLUX pipeline (loaded once, through
-tasks.runtime.generator_for, before anything is timed; the direct side reuses that very
-CandidateGenerator, and the process-wide GeminiVerifier of tasks.runtime.verifier_for, so neither side
-loads a model or builds a client inside its timing) against the same fake Gemini, which runs in its own
-process and answers after a fixed latency.
+Both sides run the one search loop (ttsf_core.engine.SearchEngine) over the same prompts with the same
+tiny FLUX pipeline (loaded once, through tasks.runtime.generator_for, before anything is timed; the
+direct side gets that very CandidateGenerator, and the process-wide GeminiVerifier of
+tasks.runtime.verifier_for, so neither side loads a model or builds a client inside its timing) against
+the same fake Gemini, which runs in its own process and answers after a fixed latency.
 
-  prefect  flows.search_dataset.search_dataset(config): one search-batch subflow (prompts_per_batch 8),
-           a generate task per round on the flow thread, a verify task per image and a select-and-write
-           task per round on the task runner's thread pool, results persisted for resume, artifacts and
-           the report at the end.
-  direct   ttsf_core.runner.prepare_run(config) + run_search(prepared, generator): the same generation,
-           grading (overlapped, same verifier) and records, no orchestrator, no report.
+  prefect  flows.search_dataset.search_dataset(config): one search-batch subflow (prompts_per_batch 8)
+           whose PrefectExecutor submits every engine job as a task run: one generate task per round
+           stage, one verify task per chunk of the verifier's batch size, one select-and-write task
+           per round; then the report and the summary artifact.
+  direct   ttsf_core.runner.run(prepared, generator): the same engine with the ThreadExecutor (local
+           threads, no orchestrator), the same records; no report (built afterwards, timed apart, for
+           the like-for-like column).
+  prefect, no heartbeat
+           the same flow call inside prefect.settings.temporary_settings(PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+           = None): not what ttsf does, measured to show what Prefect 3.9.1's flow-run heartbeat costs
+           (each flow run ends by joining a thread that sleeps in whole seconds); `--no-heartbeat-side off`
+           skips it.
 
 A temporary Prefect server (prefect_test_harness, SQLite, in a subprocess) is started once before
-anything is timed; every run gets a fresh output folder (so nothing is cached or resumed: every image is
-generated and graded on both sides); before each run the script waits until the server has finished
-recording the previous one (it records task runs from events, seconds after a flow returns). Sides
-alternate which goes first; medians over the repetitions. Task runs = generate + verify + select;
-the count recorded by the server is checked against it.
+anything is timed; every run gets a fresh output folder (nothing in the store: every image is generated
+and graded on both sides, checked from the runs' own counts and the fake server's request counter);
+before each run the script waits until the server has finished recording the previous one (it records
+task runs from events, seconds after a flow returns). Sides alternate which goes first; medians over the
+repetitions. The task runs the server recorded are checked against generate + verify + select (+1 per
+subflow call).
 
+Where the difference goes is measured on both sides alike:
+  - generation: time inside the CandidateGenerator's lock (encode, latents, pipeline call), on whichever
+    thread holds it, and its CPU time; the generator's idle time before the first image (head), between
+    images (gaps) and after the last (tail);
+  - per job kind (generate / grade / finish): from the executor's submit to the future being done, minus
+    the job's own work (ttsf_core.jobs.generate / grade / finish timed inside): the executor's overhead a
+    job, i.e. a task run's cost for Prefect and a thread hand-off for the direct runner;
+  - report building and flow runs joining their heartbeat thread (Prefect 3.9.1: up to 1 s a flow run);
+  - this process's CPU, and the Prefect server's CPU during the run and after it until idle.
 The generation cost is varied (`--steps`): Prefect's cost per task run is fixed, so its share of the
 wall time shrinks as images get dearer. A no-op-task micro-benchmark (`--noop-tasks`) measures that
-fixed cost apart from ttsf: per flow run, per task run called on the flow thread (as generate is),
-submitted to the thread pool (as select is), and submitted with a cache key and a persisted JSON result
-(as verify is), in wall time, this process's CPU, and the server's CPU.
+fixed cost apart from ttsf: per flow run, and per task run called or submitted.
 
-    python benchmarks/bench_orchestration.py                 # ~5 min: steps 4 and 12, 3 repetitions
-    python benchmarks/bench_orchestration.py --steps 4 --repeats 2 --noop-tasks 0
+    python benchmarks/bench_orchestration.py                 # ~4.5 min: steps 4 and 12, 3 runs a side
+    python benchmarks/bench_orchestration.py --steps 4 --repeats 1 --prompts 2 --rounds 3 --noop-tasks 0
 """
 
 from __future__ import annotations
@@ -38,20 +52,24 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repo root and tests/ on sys.path)
 
-RATIO_TARGET = 1.10
+RATIO_TARGET = 1.15
+PREFECT, NO_HEARTBEAT, DIRECT = "prefect", "prefect, no heartbeat", "direct"
 PROMPTS_PER_BATCH = 8  # RunConfig default: one search-batch subflow per 8 prompts
+KINDS = ("generate", "grade", "finish")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Wall time of the same search through the Prefect flow (search_dataset) and through "
-        "ttsf_core.runner directly, with Prefect's server started beforehand and the pipeline loaded once.")
+        "ttsf_core.runner directly (ThreadExecutor), with Prefect's server started beforehand and the pipeline "
+        "loaded once.")
     parser.add_argument("--latency-s", type=float, default=0.2, help="fake Gemini answer latency in seconds")
     parser.add_argument("--steps", default="4,12",
                         help="denoising steps per image, a comma list: one comparison level each (the "
@@ -64,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _common.add_tiny_model_args(parser, steps=False)
     parser.add_argument("--noop-tasks", type=int, default=150,
                         help="task runs per variant in the no-op-task micro-benchmark (0 skips it)")
+    parser.add_argument("--no-heartbeat-side", choices=("on", "off"), default="on",
+                        help="also run the flow with Prefect's flow-run heartbeat off (not ttsf's setting)")
     parser.add_argument("--flux-s-per-image", type=float, default=4.5,
                         help="assumed FLUX.1-dev seconds an image for the projection line (an estimate: "
                         "2232 TFLOP a 1024px 30-step image at ~500 TFLOP/s; benchmarks/gpu_flux.py measures it)")
@@ -73,91 +93,168 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @dataclass
+class JobTimes:
+    """Per job kind: jobs submitted, seconds from submit to done (summed), seconds of the job's own work."""
+
+    count: dict = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    latency_s: dict = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
+    work_s: dict = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, table: str, kind: str, seconds: float) -> None:
+        with self.lock:
+            getattr(self, table)[kind] += seconds
+
+    def overhead_ms(self, kind: str) -> float:
+        """Mean executor overhead a job: submit-to-done minus the job's own work."""
+        return 1000 * (self.latency_s[kind] - self.work_s[kind]) / max(self.count[kind], 1)
+
+
+@contextmanager
+def job_timing(executor_class):
+    """Time every job's submit-to-done on `executor_class` (its generate/grade/finish methods), and the
+    work inside ttsf_core.jobs' functions, which both executors call (the Prefect tasks look them up as
+    `jobs.<name>` when they run)."""
+    from ttsf_core import jobs
+
+    times = JobTimes()
+
+    def submit_wrapper(kind):
+        def wrapper(original):
+            def submit(self, job):
+                start = time.perf_counter()
+                future = original(self, job)
+                with times.lock:
+                    times.count[kind] += 1
+                future.add_done_callback(lambda _: times.add("latency_s", kind, time.perf_counter() - start))
+                return future
+            return submit
+        return wrapper
+
+    def work_wrapper(kind):
+        def wrapper(original):
+            def work(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    times.add("work_s", kind, time.perf_counter() - start)
+            return work
+        return wrapper
+
+    with ExitStack() as stack:
+        for kind in KINDS:
+            stack.enter_context(_common.patched(executor_class, kind, submit_wrapper(kind)))
+            stack.enter_context(_common.patched(jobs, kind, work_wrapper(kind)))
+        yield times
+
+
+@dataclass
 class Side:
     side: str
     steps: int
     wall_s: float
-    generating_s: float  # flow thread inside CandidateGenerator.generate
+    generating_s: float  # inside the generator's lock: encode, latents, pipeline call
     generating_cpu_s: float
     head_s: float  # start -> first generation
-    between_s: float  # flow-thread time between the first and last generation, outside them
+    gaps_s: float  # generator idle between the first generation's start and the last's end
     tail_s: float  # last generation -> return
     report_s: float  # report_dataframe + build_report (inside the flow; after the timing for direct)
     heartbeat_s: float  # flow runs waiting for their heartbeat thread at their end (Prefect only)
-    png_flow_s: float  # writing candidate PNGs on the flow (generator) thread
-    png_other_s: float  # thread-seconds writing them on other threads
+    png_other_s: float  # thread-seconds writing PNGs beside generation
     process_cpu_s: float
     server_cpu_s: float  # during the run
     server_after_s: float  # after it returned, until the server was idle again
     verifier_calls: int
     images_generated: int
-    images_verified: int
+    images_graded: int
     task_runs: int  # recorded by the server
+    jobs: JobTimes
     picks: dict = field(default_factory=dict)
 
 
 def run_side(side: str, config, generator, server, prefect, steps: int) -> Side:
     from tasks import runtime
-    from ttsf_core import rounds, runner
+    from tasks.executor import PrefectExecutor
+    from ttsf_core import runner
+    from ttsf_core.executors import ThreadExecutor
+    from ttsf_core.records import iter_round_records
     from ttsf_core.report import build_report, report_dataframe
 
     flow_module = importlib.import_module("flows.search_dataset")
     assert runtime.generator_for(config) is generator, "the flow would load another pipeline"
     generator._encodings.clear()  # each side encodes its prompts once, as a fresh worker would
-    clock, report, png_flow, png_other = (_common.BusyClock() for _ in range(4))
-    flow_thread = threading.get_ident()  # a sync flow, and a task called in it, run on the calling thread
-
-    def png_wrap(original):
-        def timed(*args, **kwargs):
-            return (png_flow if threading.get_ident() == flow_thread else png_other).wrap(original)(*args, **kwargs)
-        return timed
-
-    generator.generate = clock.wrap(generator.generate)  # an instance attribute: what both sides call
-    before = (server.call_count(), generator.counts.images, runtime.images_verified(), prefect.task_run_count())
-    try:
-        with _common.patched(flow_module, "build_report", report.wrap), \
-                _common.patched(flow_module, "report_dataframe", report.wrap), _common.heartbeat_joins() as joins, \
-                _common.patched(rounds, "write_png", png_wrap):
-            cpu, server_cpu, start = _common.process_cpu_seconds(), prefect.cpu_seconds(), time.perf_counter()
-            if side == "prefect":
-                run_dir = Path(flow_module.search_dataset(config))
-            else:
-                prepared = runner.prepare_run(config)
-                prepared.verifier.close()
-                prepared.verifier = runtime.verifier_for(config.verifier_args)  # warm client, as the flow's
-                runner.run_search(prepared, generator)
-                run_dir = prepared.layout.run_dir
-            end = time.perf_counter()
-            cpu, server_cpu = _common.process_cpu_seconds() - cpu, prefect.cpu_seconds() - server_cpu
-    finally:
-        del generator.generate
-    if side == "direct":  # the flow builds the report; time the same work for the like-for-like ratio
-        report.wrap(build_report)(run_dir)
+    report = _common.BusyClock()
+    before = (server.call_count(), prefect.task_run_count())
+    with _common.patched(flow_module, "build_report", report.wrap), \
+            _common.patched(flow_module, "report_dataframe", report.wrap), _common.heartbeat_joins() as joins, \
+            _common.generation_clock(generator) as (clock, threads), _common.png_clocks(threads) as (_, png_other), \
+            job_timing(ThreadExecutor if side == DIRECT else PrefectExecutor) as job_times, heartbeat(side):
+        cpu, server_cpu, start = _common.process_cpu_seconds(), prefect.cpu_seconds(), time.perf_counter()
+        if side != DIRECT:
+            result = flow_module.search_dataset(config)
+            run_dir, counts = Path(result["run_dir"]), result["counts"]
+        else:
+            prepared = runner.prepare_run(config)
+            prepared.verifier = runtime.verifier_for(config.verifier_args)  # warm client, as the flow's
+            _, outcome = runner.run(prepared, generator)
+            outcome.raise_first()
+            run_dir, counts = prepared.layout.run_dir, vars(outcome.counts)
+        end = time.perf_counter()
+        cpu, server_cpu = _common.process_cpu_seconds() - cpu, prefect.cpu_seconds() - server_cpu
+    if side == DIRECT:  # the flow builds the report; time the same work for the like-for-like ratio
+        report.wrap(build_report)(run_dir, only_if_changed=True)
         report.wrap(report_dataframe)(run_dir)
     server_after = prefect.wait_idle()
-    frame = report_dataframe(run_dir)
-    picks = {(int(row.prompt_index), int(row.search_round)): int(row.best_noise_seed) for row in frame.itertuples()}
+    picks = {(r.prompt_index, r.search_round): r.best_noise_seed for _, r in iter_round_records(run_dir)}
     return Side(
         side=side, steps=steps, wall_s=end - start, generating_s=clock.seconds, generating_cpu_s=clock.cpu_seconds,
-        head_s=clock.first_start - start, between_s=clock.last_end - clock.first_start - clock.seconds,
-        tail_s=end - clock.last_end, report_s=report.seconds, heartbeat_s=sum(joins),
-        png_flow_s=png_flow.seconds, png_other_s=png_other.seconds, process_cpu_s=cpu, server_cpu_s=server_cpu,
-        server_after_s=server_after, verifier_calls=server.call_count() - before[0],
-        images_generated=generator.counts.images - before[1], images_verified=runtime.images_verified() - before[2],
-        task_runs=prefect.task_run_count() - before[3], picks=picks,
+        head_s=clock.first_start - start, gaps_s=clock.last_end - clock.first_start - clock.seconds,
+        tail_s=end - clock.last_end, report_s=report.seconds, heartbeat_s=sum(joins), png_other_s=png_other.seconds,
+        process_cpu_s=cpu, server_cpu_s=server_cpu, server_after_s=server_after,
+        verifier_calls=server.call_count() - before[0], images_generated=counts["images_generated"],
+        images_graded=counts["images_graded"], task_runs=prefect.task_run_count() - before[1], jobs=job_times,
+        picks=picks,
     )
+
+
+@contextmanager
+def heartbeat(side: str):
+    """Prefect's flow-run heartbeat off for the "no heartbeat" side, as is for the others."""
+    if side != NO_HEARTBEAT:
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+def expected_jobs(config) -> dict[str, int]:
+    """The engine's jobs for a fresh random search: per round one generate job, the pool in chunks of the
+    verifier's batch size (gemini: max_concurrency), one finish job."""
+    from ttsf_core.verifiers.base import DEFAULT_BATCH_SIZE
+
+    search = config.search_args
+    chunk = config.verifier_args.max_concurrency if config.verifier_args.name == "gemini" else DEFAULT_BATCH_SIZE
+    prompts = config.prompts.num_prompts
+    return {
+        "generate": prompts * search.search_rounds,
+        "grade": prompts * sum(-(-search.pool_size(r) // chunk) for r in range(1, search.search_rounds + 1)),
+        "finish": prompts * search.search_rounds,
+    }
 
 
 def warm_up(config_for, generator, server, prefect, steps: int, folder: Path) -> None:
     """Batch shapes 2 and 4 of this generation cost, the verifier's client, and the first flow run's
-    one-off costs (task registration, first result store), paid on both paths before any timing."""
+    one-off costs (task registration), paid on both paths before any timing."""
     small = {"search_args": {"search_rounds": 2}, "prompts": {"num_prompts": 1}}
-    for side in ("direct", "prefect"):
+    for side in (DIRECT, PREFECT):
         run_side(side, config_for(folder / f"warm-{side}", **small), generator, server, prefect, steps)
 
 
-def noop_micro(prefect, count: int, folder: Path) -> list[list[object]]:
-    """Per flow run and per task run costs with tasks that do nothing."""
+def noop_micro(prefect, count: int) -> list[list[object]]:
+    """Per flow run and per task run costs with tasks that do nothing (no cache, as ttsf's tasks)."""
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
     from prefect.task_runners import ThreadPoolTaskRunner
@@ -166,13 +263,8 @@ def noop_micro(prefect, count: int, folder: Path) -> list[list[object]]:
     def noop(index: int) -> int:
         return index
 
-    @task(cache_key_fn=lambda _context, parameters: f"noop-{parameters['salt']}-{parameters['index']}",
-          persist_result=True, result_serializer="json")
-    def noop_persisted(index: int, salt: str) -> dict:
-        return {"index": index}
-
-    @flow(task_runner=ThreadPoolTaskRunner(max_workers=16), result_storage=folder / "noop-results")
-    def noop_flow(count: int, mode: str, salt: str = "") -> float:
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=16))
+    def noop_flow(count: int, mode: str) -> float:
         """Seconds the task runs took, timed inside the flow (a flow run's own start and end excluded)."""
         start = time.perf_counter()
         if mode == "call":
@@ -181,16 +273,13 @@ def noop_micro(prefect, count: int, folder: Path) -> list[list[object]]:
         elif mode == "submit":
             for future in [noop.submit(index) for index in range(count)]:
                 future.result()
-        elif mode == "submit, cache key + persisted JSON":
-            for future in [noop_persisted.submit(index, salt) for index in range(count)]:
-                future.result()
         return time.perf_counter() - start
 
     def measure(count: int, mode: str) -> tuple[float, float, float, float, float]:
         prefect.wait_idle()
         cpu, server_cpu, start = _common.process_cpu_seconds(), prefect.cpu_seconds(), time.perf_counter()
         with _common.heartbeat_joins() as joins:
-            inside = noop_flow(count, mode, salt=f"{time.time_ns()}")
+            inside = noop_flow(count, mode)
         wall, cpu = time.perf_counter() - start, _common.process_cpu_seconds() - cpu
         return wall, inside, sum(joins), cpu, prefect.cpu_seconds() - server_cpu + prefect.wait_idle()
 
@@ -201,7 +290,14 @@ def noop_micro(prefect, count: int, folder: Path) -> list[list[object]]:
     rows = [["empty flow run (fixed cost of each flow run)", f"{1000 * _common.median([run[0] for run in empty]):.0f}",
              f"{1000 * _common.median([run[2] for run in empty]):.0f}", f"{1000 * empty_cpu:.0f}",
              f"{1000 * empty_server:.0f}"]]
-    for mode in ("call", "submit", "submit, cache key + persisted JSON"):
+    with heartbeat(NO_HEARTBEAT):
+        quiet = [measure(0, "none") for _ in range(3)]
+    rows.append(["empty flow run, heartbeat off (temporary_settings; not ttsf's setting)",
+                 f"{1000 * _common.median([run[0] for run in quiet]):.0f}",
+                 f"{1000 * _common.median([run[2] for run in quiet]):.0f}",
+                 f"{1000 * _common.median([run[3] for run in quiet]):.0f}",
+                 f"{1000 * _common.median([run[4] for run in quiet]):.0f}"])
+    for mode in ("call", "submit"):
         _, inside, _, cpu, server_cpu = measure(count, mode)
         rows.append([f"one task run, {mode}", f"{1000 * inside / count:.1f}", "",
                      f"{1000 * (cpu - empty_cpu) / count:.1f}", f"{1000 * (server_cpu - empty_server) / count:.1f}"])
@@ -214,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(folder)
         model_dir, prompts_file = _common.prepare_workdir(workdir, args)
         server = _common.ProcessServer(args.latency_s)
-        results: list[tuple[Side, Side]] = []
+        results: list[dict[str, Side]] = []
+        sides = [PREFECT, DIRECT] + ([NO_HEARTBEAT] if args.no_heartbeat_side == "on" else [])
         micro: list[list[object]] = []
         try:
             with _common.PrefectServer() as prefect:
@@ -230,107 +327,127 @@ def main(argv: list[str] | None = None) -> int:
                     generator = runtime.generator_for(config_for(workdir / "unused"))  # loads the pipeline once
                     warm_up(config_for, generator, server, prefect, steps, workdir / f"steps-{steps}")
                     for repeat in range(args.repeats):
-                        order = ["prefect", "direct"] if (repeat + level) % 2 == 0 else ["direct", "prefect"]
-                        pair = {side: run_side(side, config_for(workdir / f"steps-{steps}" / f"{repeat}-{side}"),
-                                               generator, server, prefect, steps) for side in order}
-                        results.append((pair["prefect"], pair["direct"]))
+                        shift = (repeat + level) % len(sides)  # rotate which side goes first
+                        order = sides[shift:] + sides[:shift]
+                        results.append({side: run_side(side, config_for(workdir / f"steps-{steps}" / f"{repeat}-{index}"),
+                                                       generator, server, prefect, steps)
+                                        for index, side in enumerate(order)})
+                expected = expected_jobs(config_for(workdir / "unused"))
+                pipelines = runtime.pipelines_loaded()
                 if args.noop_tasks:
-                    micro = noop_micro(prefect, args.noop_tasks, workdir)
+                    micro = noop_micro(prefect, args.noop_tasks)
                 startup_s = prefect.startup_s
         finally:
             server.stop()
 
-    print_report(args, results, micro, startup_s)
+    print_report(args, results, micro, startup_s, expected, pipelines)
     return 0
 
 
-def print_report(args, results: list[tuple[Side, Side]], micro: list[list[object]], startup_s: float) -> None:
+def print_report(args, results: list[dict[str, Side]], micro: list[list[object]], startup_s: float,
+                 expected: dict[str, int], pipelines: int) -> None:
     med = _common.median
-    images = results[0][1].images_generated
-    task_runs = args.prompts * args.rounds * 2 + images  # generate + select per round, verify per image
+    images = sum(2 * 2 ** (r - 1) for r in range(1, args.rounds + 1)) * args.prompts
+    task_runs = sum(expected.values())
     subflows = -(-args.prompts // PROMPTS_PER_BATCH)  # Prefect records a task run for each subflow call too
+    flows = [side for side in (PREFECT, NO_HEARTBEAT) if side in results[0]]
     print(_common.machine_line(args.threads))
     print(f"search: {args.prompts} prompts x {args.rounds} rounds = {images} images; tiny FLUX width "
           f"x{args.width_multiplier}, {args.num_layers}+{args.num_layers} blocks, {args.resolution}px, "
           f"max_sequence_length {args.max_sequence_length}; fake Gemini in a process, latency {args.latency_s:g} s, "
-          f"max_concurrency 8; task runs = {args.prompts * args.rounds} generate + {images} verify + "
-          f"{args.prompts * args.rounds} select = {task_runs}")
+          f"max_concurrency 8 (= the verify chunk); task runs = {expected['generate']} generate + {expected['grade']} "
+          f"verify + {expected['finish']} select = {task_runs} (+{subflows} for the subflow call)")
     print(f"Prefect: temporary server (prefect_test_harness, SQLite) started once before any timing, in "
-          f"{startup_s:.1f} s (not in any number below)")
+          f"{startup_s:.1f} s (not in any number below); pipelines loaded in this process: {pipelines} per step count")
 
-    header = ["steps", "side", "wall s", "generating s", "generating CPU s", "head s", "flow thread between "
-              "generations s", "PNG writes: flow thread s / other threads thread-s", "tail s", "report s", "this process CPU s", "server CPU during s",
-              "server CPU after s", "verifier calls", "images generated", "images verified",
-              "task runs recorded (+1 a subflow)",
-              "same picks"]
+    header = ["steps", "side", "wall s", "generating s", "generating CPU s", "generator idle: head / gaps / tail s",
+              "report s", "heartbeat joins s", "PNG writes beside generation thread-s", "this process CPU s",
+              "server CPU during / after s", "verifier calls", "images generated / graded",
+              "task runs recorded", "same picks as direct"]
     rows, problems = [], []
-    for prefect, direct in results:
-        same = sum(prefect.picks.get(key) == seed for key, seed in direct.picks.items())
-        if same != len(direct.picks) or len(prefect.picks) != len(direct.picks):
-            problems.append(f"steps {prefect.steps}: {same}/{len(direct.picks)} rounds picked the same seed")
-        for run in (prefect, direct):
-            expected_tasks = task_runs + subflows if run.side == "prefect" else 0
-            if (run.verifier_calls, run.images_generated, run.images_verified, run.task_runs) != (
-                    images, images, images if run.side == "prefect" else 0, expected_tasks):
+    for result in results:
+        direct = result[DIRECT]
+        for run in result.values():
+            same = sum(run.picks.get(key) == seed for key, seed in direct.picks.items())
+            if same != len(direct.picks) or len(run.picks) != len(direct.picks) or \
+                    len(direct.picks) != args.prompts * args.rounds:
+                problems.append(f"steps {run.steps} {run.side}: {same}/{len(direct.picks)} rounds picked the same seed")
+            expected_tasks = 0 if run.side == DIRECT else task_runs + subflows
+            jobs_seen = {kind: run.jobs.count[kind] for kind in KINDS}
+            if (run.verifier_calls, run.images_generated, run.images_graded, run.task_runs) != (
+                    images, images, images, expected_tasks) or jobs_seen != expected:
                 problems.append(f"steps {run.steps} {run.side}: calls {run.verifier_calls}, generated "
-                                f"{run.images_generated}, verified {run.images_verified}, task runs {run.task_runs}")
+                                f"{run.images_generated}, graded {run.images_graded}, task runs {run.task_runs} "
+                                f"(expected {expected_tasks}), jobs {jobs_seen} (expected {expected})")
             rows.append([run.steps, run.side, f"{run.wall_s:.2f}", f"{run.generating_s:.2f}",
-                         f"{run.generating_cpu_s:.2f}", f"{run.head_s:.2f}", f"{run.between_s:.2f}",
-                         f"{run.png_flow_s:.2f} / {run.png_other_s:.2f}",
-                         f"{run.tail_s:.2f}", f"{run.report_s:.2f}", f"{run.process_cpu_s:.2f}",
-                         f"{run.server_cpu_s:.2f}", f"{run.server_after_s:.2f}", run.verifier_calls,
-                         run.images_generated, run.images_verified, run.task_runs,
+                         f"{run.generating_cpu_s:.2f}", f"{run.head_s:.2f} / {run.gaps_s:.2f} / {run.tail_s:.2f}",
+                         f"{run.report_s:.2f}", f"{run.heartbeat_s:.2f}", f"{run.png_other_s:.2f}",
+                         f"{run.process_cpu_s:.2f}", f"{run.server_cpu_s:.2f} / {run.server_after_s:.2f}",
+                         run.verifier_calls, f"{run.images_generated} / {run.images_graded}", run.task_runs,
                          f"{same}/{len(direct.picks)}"])
     print(_common.markdown_table(header, rows))
-    print("(images verified counts tasks.runtime's verify-task counter: the direct runner does not use it)")
 
     print()
-    summary, breakdown, levels = [], [], {}
-    for prefect, direct in results:
-        levels.setdefault(prefect.steps, []).append((prefect, direct))
-    for steps, pairs in levels.items():
-        ratio = med([p.wall_s / d.wall_s for p, d in pairs])
-        same_work = med([p.wall_s / (d.wall_s + d.report_s) for p, d in pairs])
-        overhead = med([p.wall_s - d.wall_s for p, d in pairs])
-        summary.append([
-            steps, f"{1000 * med([d.generating_cpu_s for _, d in pairs]) / images:.0f}",
-            f"{med([d.wall_s for _, d in pairs]):.2f}", f"{med([p.wall_s for p, _ in pairs]):.2f}",
-            f"{ratio:.2f}x", f"{same_work:.2f}x", f"{overhead:.2f}", f"{1000 * overhead / task_runs:.1f}",
-            "met" if ratio <= RATIO_TARGET else "MISSED",
-        ])
-        diff = lambda name: med([getattr(p, name) - getattr(d, name) for p, d in pairs])  # noqa: E731
-        contention = med([(p.generating_s - p.generating_cpu_s) - (d.generating_s - d.generating_cpu_s)
-                          for p, d in pairs])
-        breakdown.append([
-            steps, f"{overhead:.2f}", f"{diff('head_s'):.2f}", f"{contention:.2f}", f"{diff('generating_cpu_s'):.2f}",
-            f"{diff('between_s'):.2f}", f"{diff('png_flow_s'):.2f}", f"{diff('tail_s'):.2f}", f"{med([p.report_s for p, _ in pairs]):.2f}",
-            f"{med([p.heartbeat_s for p, _ in pairs]):.2f}",
-            f"{1000 * diff('process_cpu_s') / task_runs:.1f}",
-            f"{1000 * med([p.server_cpu_s + p.server_after_s for p, _ in pairs]) / task_runs:.1f}",
-            f"{med([p.server_cpu_s / p.wall_s for p, _ in pairs]):.2f}",
-        ])
+    summary, breakdown, per_job, levels = [], [], [], {}
+    for result in results:
+        levels.setdefault(result[DIRECT].steps, []).append(result)
+    for steps, level in levels.items():
+        for flow_side in flows:
+            pairs = [(result[flow_side], result[DIRECT]) for result in level]
+            ratio = med([p.wall_s / d.wall_s for p, d in pairs])
+            same_work = med([p.wall_s / (d.wall_s + d.report_s) for p, d in pairs])
+            overhead = med([p.wall_s - d.wall_s for p, d in pairs])
+            summary.append([
+                steps, flow_side, f"{1000 * med([d.generating_cpu_s for _, d in pairs]) / images:.0f}",
+                f"{med([d.wall_s for _, d in pairs]):.2f}", f"{med([p.wall_s for p, _ in pairs]):.2f}",
+                f"{ratio:.2f}x", f"{same_work:.2f}x", f"{overhead:.2f}", f"{1000 * overhead / task_runs:.1f}",
+                ("met" if ratio <= RATIO_TARGET else "MISSED") if flow_side == PREFECT else "(not ttsf's setting)",
+            ])
+            diff = lambda name: med([getattr(p, name) - getattr(d, name) for p, d in pairs])  # noqa: E731
+            contention = med([(p.generating_s - p.generating_cpu_s) - (d.generating_s - d.generating_cpu_s)
+                              for p, d in pairs])
+            breakdown.append([
+                steps, flow_side, f"{overhead:.2f}", f"{diff('head_s'):.2f}", f"{contention:.2f}",
+                f"{diff('generating_cpu_s'):.2f}", f"{diff('gaps_s'):.2f}", f"{diff('tail_s'):.2f}",
+                f"{med([p.report_s for p, _ in pairs]):.2f}", f"{med([p.heartbeat_s for p, _ in pairs]):.2f}",
+                f"{1000 * diff('process_cpu_s') / task_runs:.1f}",
+                f"{1000 * med([p.server_cpu_s + p.server_after_s for p, _ in pairs]) / task_runs:.1f}",
+                f"{med([p.server_cpu_s / p.wall_s for p, _ in pairs]):.2f}",
+            ])
+        for kind in KINDS:
+            per_job.append([steps, kind, expected[kind],
+                            f"{med([r[PREFECT].jobs.overhead_ms(kind) for r in level]):.1f}",
+                            f"{med([r[DIRECT].jobs.overhead_ms(kind) for r in level]):.1f}",
+                            f"{med([1000 * r[PREFECT].jobs.work_s[kind] / expected[kind] for r in level]):.1f}",
+                            f"{med([1000 * r[DIRECT].jobs.work_s[kind] / expected[kind] for r in level]):.1f}"])
     print(_common.markdown_table(
-        ["steps", "direct generation CPU ms / image", "direct wall s", "Prefect wall s", "ratio Prefect/direct",
-         "ratio Prefect/(direct + same report)", "Prefect - direct s", "overhead ms / task run",
+        ["steps", "flow side", "direct generation CPU ms / image", "direct wall s", "flow wall s", "ratio flow/direct",
+         "ratio flow/(direct + same report)", "flow - direct s", "difference ms / task run",
          f"target <= {RATIO_TARGET:.2f}x"], summary))
-    print("\nwhere the difference went (medians of Prefect - direct per pair; head + generation slowed + generation CPU "
-          "+ between generations + tail = the wall difference, up to taking medians separately):")
+    print("\nwhere the difference went (medians of flow - direct per run; head + generation slowed + generation CPU "
+          "+ gaps + tail = the wall difference, up to taking medians separately):")
     print(_common.markdown_table(
-        ["steps", "Prefect - direct s", "head s", "generation slowed by contention s", "generation CPU s",
-         "flow thread between generations s", "of which: PNG writes on the flow thread s", "tail s",
-         "of the tail: report s",
-         "of the tail: flow runs joining their heartbeat thread s", "this process: extra CPU ms / task run",
-         "server CPU ms / task run (during + after)", "server cores busy during the run"], breakdown))
+        ["steps", "flow side", "flow - direct s", "generator idle before the first image s",
+         "generation slowed by contention s", "generation CPU s", "generator idle between images s",
+         "after the last image s", "of that: report s", "of that: flow runs joining their heartbeat thread s",
+         "this process: extra CPU ms / task run", "server CPU ms / task run (during + after)",
+         "server cores busy during the run"], breakdown))
+    print("\nper job: the executor's overhead (submit to done, minus the job's own work inside ttsf_core.jobs: a task "
+          "run's bookkeeping, or waiting for a free thread; a generate job's work includes waiting for the generator's "
+          "lock, two being in flight), medians of means:")
+    print(_common.markdown_table(
+        ["steps", "job", "jobs a search", "Prefect overhead ms / job", "direct overhead ms / job",
+         "Prefect work ms / job", "direct work ms / job"], per_job))
 
     if micro:
-        print(f"\nno-op tasks ({args.noop_tasks} task runs per variant, thread pool of 16; the task rows' CPU "
-              "columns have the empty flow run's subtracted):")
+        print(f"\nno-op tasks ({args.noop_tasks} task runs per variant, no cache, thread pool of 16; the task rows' "
+              "CPU columns have the empty flow run's subtracted):")
         print(_common.markdown_table(["what", "wall ms (task rows: timed inside the flow)",
                                       "of which joining the heartbeat thread ms", "this process CPU ms",
                                       "server CPU ms (during + after)"], micro))
 
     heaviest = max(levels)
-    overhead = med([p.wall_s - d.wall_s for p, d in levels[heaviest]])
+    overhead = med([r[PREFECT].wall_s - r[DIRECT].wall_s for r in levels[heaviest]])
     flux_direct = images * args.flux_s_per_image
     print(f"\nprojection: at {args.flux_s_per_image:g} s an image (FLUX.1-dev estimate), the {images} images take "
           f"{flux_direct:.0f} s; with the {overhead:.1f} s difference measured at {heaviest} steps (fixed cost, "
@@ -339,8 +456,8 @@ def print_report(args, results: list[tuple[Side, Side]], micro: list[list[object
     if problems:
         print("\nPROBLEMS:\n" + "\n".join(problems))
         raise AssertionError(f"{len(problems)} runs did not do the expected work or picked differently")
-    print(f"\nevery run generated and graded all {images} images; Prefect recorded {task_runs} task runs a search "
-          f"(+{subflows} for the subflow call); both sides picked the same seed in every round")
+    print(f"\nevery run generated and graded all {images} images; every flow run recorded {task_runs} task runs a "
+          f"search (+{subflows} for the subflow call); every side picked the same seed in every round")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """A whole search (prompts x rounds) against a local fake Gemini: ttsf vs tt-scale-flux's loop.
 
-Both sides use the same tiny FLUX (built offline), the same candidate seeds (ttsf_core.rounds.plan)
-and the same latents (ttsf_core.noise.draw_latents), and talk to the same FakeGeminiServer over
+Both sides use the same tiny FLUX (built offline), the same candidate seeds (random search's
+`plan_round`, ttsf_core.search) and the same latents (ttsf_core.noise.draw_latents), and talk to the same FakeGeminiServer over
 real HTTP with the real google-genai client; the server answers after a fixed latency.
 
   baseline  what tt-scale-flux's main()/sample() do, written here: for each round, for each
@@ -9,17 +9,18 @@ real HTTP with the real google-genai client; the server answers after a fixed la
             with the prompt TEXT (so the text encoders run again every time), save it, then grade
             the images with one request each on a pool of 4 threads and wait for all of them
             before going on. Grades are kept in input order, so both sides must pick the same seeds.
-  ttsf      ttsf_core.runner.run_search with GeminiVerifier at the default batch size: the
-            prompt is encoded once, candidates are generated in batches, and grading of earlier
-            rounds overlaps generation of later ones.
+  ttsf      ttsf_core.runner.run (the search engine with the thread executor) with GeminiVerifier at
+            the default batch size: the prompt is encoded once, candidates are generated in batches,
+            and grading of earlier rounds overlaps generation of later ones.
 
 The script asserts that every (prompt, round) selects the same seed on both sides. "generating"
-is the time the generator thread spends inside generation calls (latents + pipeline); the rest
-of the wall time is generator idle time (waiting on the verifier, bookkeeping, and writing PNGs
-where that happens on the generator thread: always for the baseline; for ttsf's direct runner no
-longer since commit 35a5609, which writes them on the grading threads, reported apart).
+is the time spent inside generation (prompt encoding, latents, pipeline call): for the baseline on
+its one thread, for ttsf inside the CandidateGenerator's lock, on whichever of the executor's
+generation threads holds it; the rest of the wall time is generator idle time (waiting on the
+verifier, bookkeeping, and writing PNGs where that happens on a generating thread: always for the
+baseline; ttsf writes them on separate PNG threads beside the next pipeline call, reported apart).
 
-    python benchmarks/bench_search.py                        # latencies 0.2 and 0.4 s; ~3 min
+    python benchmarks/bench_search.py                        # latencies 0.2 and 0.4 s; ~2 min
     python benchmarks/bench_search.py --latency-s 0          # generation alone (no verifier wait)
     python benchmarks/bench_search.py --latency-s 0.2
 """
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -74,13 +74,15 @@ class SideResult:
     wall_s: float
     generating_s: float
     generating_cpu_s: float
-    png_s: float  # writing candidate PNGs on the generator thread
-    tail_s: float  # from the generator thread's last work (image or PNG) to the end of the search
+    png_s: float  # writing candidate PNGs on a generating thread
+    tail_s: float  # from the last generation (or PNG write on a generating thread) to the end of the search
     verifier_calls: int
     pipeline_calls: int
     prompt_encodings: int
     picks: dict[tuple[int, int], int] = field(default_factory=dict)
     png_off_s: float = 0.0  # thread-seconds writing PNGs on other threads (overlapping generation)
+    png_off_cpu_s: float = 0.0  # their CPU seconds
+    process_cpu_s: float = 0.0  # this process, all threads, during the search
 
     @property
     def idle_fraction(self) -> float:
@@ -89,8 +91,14 @@ class SideResult:
 
 # ----- the baseline: tt-scale-flux's loop -----
 
+def plan_seeds(config, prompt: str, search_round: int) -> list[int]:
+    """The round's seeds as ttsf's random search draws them (the baseline searches the same noises)."""
+    from ttsf_core.search import build_strategy
+
+    return [candidate.noise.seed for candidate in build_strategy(config).plan_round(prompt, search_round, [])]
+
+
 def run_baseline(pipe, config, prompts: list[str], output_dir: Path, server) -> SideResult:
-    from ttsf_core import rounds
     from ttsf_core.noise import draw_latents
     from ttsf_core.search import select_best
     from ttsf_core.verifiers.gemini import GeminiVerifier
@@ -104,10 +112,10 @@ def run_baseline(pipe, config, prompts: list[str], output_dir: Path, server) -> 
     calls_before = server.call_count()
     output_dir.mkdir(parents=True, exist_ok=True)
     with GeminiVerifier(config.verifier_args) as verifier:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _common.process_cpu_seconds()
         for search_round in range(1, config.search_args.search_rounds + 1):  # rounds outer, as in its main()
             for prompt_index, prompt in enumerate(prompts):
-                seeds = rounds.plan(config, prompt, search_round)
+                seeds = plan_seeds(config, prompt, search_round)
                 latents = draw(pipe, seeds, args.height, args.width)
                 images = []
                 for index, seed in enumerate(seeds):
@@ -116,13 +124,13 @@ def run_baseline(pipe, config, prompts: list[str], output_dir: Path, server) -> 
                     images.append(image)
                 grades = grade_like_tt_scale_flux(verifier, prompt, images)
                 picks[(prompt_index, search_round)] = seeds[select_best(grades, metric)]
-        end = time.perf_counter()
-    images_made = sum(len(rounds.plan(config, prompt, r)) for prompt in prompts
+        end, cpu = time.perf_counter(), _common.process_cpu_seconds() - cpu
+    images_made = sum(len(plan_seeds(config, prompt, r)) for prompt in prompts
                       for r in range(1, config.search_args.search_rounds + 1))
     # One pipeline call per image, and every call encodes the prompt text again.
     tail = end - max(clock.last_end, save.last_end)
     return SideResult(end - start, clock.seconds, clock.cpu_seconds, save.seconds, tail,
-                      server.call_count() - calls_before, images_made, images_made, picks)
+                      server.call_count() - calls_before, images_made, images_made, picks, process_cpu_s=cpu)
 
 
 def grade_like_tt_scale_flux(verifier, prompt: str, images: list) -> list:
@@ -134,46 +142,38 @@ def grade_like_tt_scale_flux(verifier, prompt: str, images: list) -> list:
 # ----- ttsf -----
 
 def run_ours(pipe, config, server) -> SideResult:
-    from ttsf_core import rounds
+    from ttsf_core import runner
     from ttsf_core.generate import CandidateGenerator
-    from ttsf_core.runner import prepare_run, run_search
 
-    prepared = prepare_run(config)
+    prepared = runner.prepare_run(config)
     generator = CandidateGenerator(pipe, config)
-    clock, png, png_off = BusyClock(), BusyClock(), BusyClock()
-    generator.generate = clock.wrap(generator.generate)  # instance attribute: what run_search calls
-    original_write_png = rounds.write_png  # rounds.write_candidates: on which thread is the runner's choice
-    generator_thread = threading.get_ident()
-
-    def timed_write_png(*args, **kwargs):
-        return (png if threading.get_ident() == generator_thread else png_off).wrap(original_write_png)(*args, **kwargs)
-
-    rounds.write_png = timed_write_png
     calls_before = server.call_count()
     try:
-        start = time.perf_counter()
-        records = run_search(prepared, generator)
-        end = time.perf_counter()
+        with _common.generation_clock(generator) as (clock, threads), _common.png_clocks(threads) as (png, png_off):
+            start, cpu = time.perf_counter(), _common.process_cpu_seconds()
+            _, outcome = runner.run(prepared, generator)
+            end, cpu = time.perf_counter(), _common.process_cpu_seconds() - cpu
     finally:
-        rounds.write_png = original_write_png
         prepared.verifier.close()
-    picks = {(record.prompt_index, record.search_round): record.best_noise_seed for record in records}
+    outcome.raise_first()
+    assert outcome.counts.images_generated == sum(len(r.candidates) for r in outcome.records), "not a fresh run"
+    picks = {(record.prompt_index, record.search_round): record.best_noise_seed for record in outcome.records}
     counts = generator.counts
     tail = end - max(clock.last_end, png.last_end)
     return SideResult(end - start, clock.seconds, clock.cpu_seconds, png.seconds, tail,
                       server.call_count() - calls_before, counts.pipeline_calls, counts.prompt_encodings, picks,
-                      png_off.seconds)
+                      png_off.seconds, png_off.cpu_seconds, cpu)
 
 
 def warm_up(pipe, config, prompt: str) -> None:
     """First calls pay one-off costs (allocator, oneDNN kernel choice) per batch shape: pay them
     for every shape both sides will use before anything is timed."""
-    from ttsf_core import rounds
-    from ttsf_core.generate import CandidateGenerator
+    from ttsf_core.generate import CandidateGenerator, seed_candidates
 
     generator = CandidateGenerator(pipe, config)
     for search_round in (1, 2):  # pools of 2 and 4: every ttsf batch shape at batch size 4
-        generator.generate(prompt, rounds.plan(config, prompt, search_round))
+        generator.generate(prompt, seed_candidates(plan_seeds(config, prompt, search_round),
+                                                   config.pipeline_call_args.num_inference_steps))
     args = config.pipeline_call_args
     pipe(prompt=[prompt], height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
          max_sequence_length=args.max_sequence_length, output_type="pil")
@@ -208,7 +208,8 @@ def mismatches(result: dict) -> list[str]:
 def print_runs(results: list[dict]) -> list[str]:
     """One row per side per comparison; returns the selection mismatches found."""
     header = ["latency s", "run", "side", "wall s", "generating s", "generating CPU s", "generator idle",
-              "idle: PNG writes s", "idle: after last image+PNG s", "PNG writes on other threads (thread-s)",
+              "idle: PNG writes s", "idle: after last image+PNG s", "PNG writes on other threads: thread-s / CPU s",
+              "this process CPU s: all / besides generation",
               "verifier calls", "pipeline calls", "prompt encodings", "same picks"]
     rows, problems = [], []
     for result in results:
@@ -219,7 +220,8 @@ def print_runs(results: list[dict]) -> list[str]:
             side = result[name]
             rows.append([f"{result['latency']:g}", result["run"], name, f"{side.wall_s:.2f}",
                          f"{side.generating_s:.2f}", f"{side.generating_cpu_s:.2f}", f"{100 * side.idle_fraction:.1f}%",
-                         f"{side.png_s:.2f}", f"{side.tail_s:.2f}", f"{side.png_off_s:.2f}", side.verifier_calls,
+                         f"{side.png_s:.2f}", f"{side.tail_s:.2f}", f"{side.png_off_s:.2f} / {side.png_off_cpu_s:.2f}",
+                         f"{side.process_cpu_s:.2f} / {side.process_cpu_s - side.generating_cpu_s:.2f}", side.verifier_calls,
                          side.pipeline_calls,
                          side.prompt_encodings, same])
     print(_common.markdown_table(header, rows))
@@ -266,13 +268,15 @@ def print_diagnosis(results: list[dict]) -> None:
         tail = med(r["ttsf"].tail_s for r in runs)
         other = med(r["ttsf"].wall_s - r["ttsf"].generating_s - r["ttsf"].png_s - r["ttsf"].tail_s for r in runs)
         slowed = med(r["ttsf"].generating_s - r["ttsf"].generating_cpu_s for r in runs)
+        besides = med(r["ttsf"].process_cpu_s - r["ttsf"].generating_cpu_s for r in runs)
         # The baseline's wall time with its own generation at CPU speed too, so contention does not inflate it.
         bound = med((r["baseline"].wall_s - r["baseline"].generating_s + r["baseline"].generating_cpu_s)
                     / r["ttsf"].generating_cpu_s for r in runs)
         print(f"- latency {latency:g} s: {png:.2f} s writing PNGs on the generator thread ({png_off:.2f} thread-s more on "
-              f"the grading threads, overlapped), {tail:.2f} s waiting for the last round's grades after the last image, "
+              f"ttsf's PNG threads, overlapped), {tail:.2f} s waiting for the last round's grades after the last image, "
               f"{other:.2f} s other idle, and generation itself {slowed:.2f} s slower than its CPU time (this process's "
-              f"verifier and PNG-writing threads and other processes holding the GIL/CPU); with none of these: {bound:.2f}x")
+              f"verifier, PNG-writing and engine threads, {besides:.2f} CPU-s besides generation, and other processes "
+              f"holding the GIL/CPU); with none of these: {bound:.2f}x")
 
 
 def print_contention(results: list[dict]) -> None:
