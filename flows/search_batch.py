@@ -20,7 +20,7 @@ from ttsf_core.config import RunConfig
 from ttsf_core.engine import BatchCounts, Observer, SearchEngine
 from ttsf_core.prompts import read_prompt_list
 from ttsf_core.records import RoundRecord
-from ttsf_core.verifiers.base import verifier_batch_size
+from ttsf_core.verifiers.base import VerifierConfigError, verifier_batch_size
 
 TABLE_COLUMNS = ("prompt_index", "search_round", "num_noises", "best_noise_seed", "best_score", "best_img_path")
 
@@ -44,6 +44,7 @@ class BatchSummary(BaseModel):
     counts: dict[str, int | float]
     failures: list[str]
     unfinished_prompts: list[int]
+    fatal: bool = False  # the verifier refused its configuration (a rejected key): stop every batch
 
 
 class _FlowObserver(Observer):
@@ -83,7 +84,8 @@ def search_batch(
     _table(batch_index, [record.model_dump(mode="json") for record in outcome.records])
     summary = BatchSummary(batch_index=batch_index, counts=vars(outcome.counts),
                            failures=[_describe(f.error) for f in outcome.failures],
-                           unfinished_prompts=outcome.unfinished_prompts)
+                           unfinished_prompts=outcome.unfinished_prompts,
+                           fatal=any(isinstance(f.error, VerifierConfigError) for f in outcome.failures))
     if outcome.failures:
         for failure in outcome.failures:
             logger.error("prompt %d round %d failed: %s", failure.prompt_index, failure.search_round,

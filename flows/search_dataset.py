@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.search_batch import BatchSummary, ProgressRef, counts_of, search_batch
-from flows.storage import result_storage_for
+from flows.storage import check_result_storage, result_storage_for
 from tasks.rate_limit import ensure_rpm_limit
 from ttsf_core.config import RunConfig
 from ttsf_core.engine import BatchCounts
-from ttsf_core.prompts import read_prompt_list, save_prompt_list
+from ttsf_core.locks import RunLock
+from ttsf_core.prompts import save_prompt_list
 from ttsf_core.report import build_report, report_dataframe, summary_markdown
 from ttsf_core.runner import prepare_run
+
+
+class SearchFailed(RuntimeError):
+    """Some batches failed; finished rounds are kept. `fatal`: the verifier refused its configuration."""
+
+    def __init__(self, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.fatal = fatal
 
 
 def _run_name() -> str:
@@ -32,12 +39,20 @@ def _finished(layout, prompts: list[str], search_rounds: int) -> bool:
 
 
 @flow(name="search-dataset", flow_run_name=_run_name)
-def search_dataset(config: RunConfig, prompt_list: str | None = None) -> dict:
+def search_dataset(config: RunConfig) -> dict:
     """Returns the run folder and what this run did. Re-running the same config resumes: nothing
-    finished is redone. `prompt_list`: the prompts already loaded and saved (ttsf run passes it, so
-    a dataset is read once); without it the flow loads them from `config.prompts`."""
+    finished is redone. One search at a time per run folder (a second one is refused)."""
     logger = get_run_logger()
-    prepared = prepare_run(config, prompts=read_prompt_list(prompt_list) if prompt_list else None)
+    prepared = prepare_run(config)
+    for warning in prepared.warnings:
+        logger.warning(warning)
+    check_result_storage(config)
+    with RunLock(prepared.layout.run_dir):
+        return _search(prepared, logger)
+
+
+def _search(prepared, logger) -> dict:
+    config = prepared.config
     run_dir = prepared.layout.run_dir.resolve()
     prompt_list = str(save_prompt_list(prepared.layout.run_dir, prepared.prompts))
     rpm_name = ensure_rpm_limit(config)
@@ -49,7 +64,7 @@ def search_dataset(config: RunConfig, prompt_list: str | None = None) -> dict:
         result_storage=result_storage_for(config),
     )
     logger.info("%d prompts in %d batches -> %s", total, -(-total // size), run_dir)
-    counts, failed, causes = BatchCounts(), [], []
+    counts, failed, causes, fatal = BatchCounts(), [], [], False
     for batch_index, start in enumerate(range(0, total, size)):
         stop = min(start + size, total)
         progress = ProgressRef(artifact_id=progress_id, total_prompts=total, done_before=start)
@@ -65,9 +80,14 @@ def search_dataset(config: RunConfig, prompt_list: str | None = None) -> dict:
             failed.append(batch_index)
             causes.append(state.message)
             logger.error("batch %d failed: %s (re-run the same config to resume it)", batch_index, state.message)
+            if summary is not None and summary.fatal:
+                fatal = True  # the verifier refuses this configuration: every other batch would too
+                break
     if failed:
-        raise RuntimeError(f"batches {failed} failed ({causes[0]}); finished rounds are kept: "
-                           "re-run the same config to resume")
+        what = "the verifier refused its configuration; no further batch was started" if fatal else \
+            f"batches {failed} failed"
+        raise SearchFailed(f"{what} ({causes[0]}); finished rounds, images and grades are kept: "
+                           "re-run the same config to resume", fatal=fatal)
     if build_report(run_dir, only_if_changed=True) is not None:
         create_markdown_artifact(markdown=summary_markdown(report_dataframe(run_dir), run_dir),
                                  key=f"ttsf-summary-{config.identity_hash()}",
@@ -81,7 +101,3 @@ def _summary(state) -> BatchSummary | None:
     except Exception:  # noqa: BLE001 - a crashed batch has no result; its state says why
         return None
     return data if isinstance(data, BatchSummary) else None
-
-
-def run_dir_of(result: dict) -> Path:
-    return Path(result["run_dir"])

@@ -39,7 +39,8 @@ def case(flags, *expected, files=None, env=None):
     """One bad input: flags ({tmp} is the test's folder), files written there first, and a fragment of
     each error line expected, in order (one line per problem)."""
     files = files or {}
-    shown = " ".join([*(flags[len(OK):] if flags[:len(OK)] == OK else flags), *files.values()])
+    texts = [text.decode("latin-1") if isinstance(text, bytes) else text for text in files.values()]
+    shown = " ".join([*(flags[len(OK):] if flags[:len(OK)] == OK else flags), *texts])[:120]
     return pytest.param(flags, files, env or NO_KEY, expected, id=shown.replace("\n", "; "))
 
 
@@ -139,13 +140,46 @@ BAD_INPUTS = [
     config("c.yaml", "seed: [1\n", "allowed: a valid YAML file"),
     config("c.json", "{not json", "allowed: a valid JSON file"),
     config("c.toml", "seed = \n", "allowed: a valid TOML file"),
+    # devices, types a YAML file gets wrong, bounds, prompts, datasets, storage, environment
+    case([*OK, "--device", "nonsense"], "--device (device): received 'nonsense', allowed: auto, cpu, cuda, cuda:N or mps"),
+    case([*OK, "--device", "cuda"], "--device (device): received 'cuda' (no CUDA device is visible here), allowed: auto, cpu"),
+    case([*OK, "--device", "cuda:3"], "--device (device): received 'cuda:3' (no CUDA device is visible here)"),
+    config("c.yaml", "verifier_args:\n  device: gpu\n", "verifier_args.device: received 'gpu', allowed: auto, cpu, cuda"),
+    config("c.yaml", "search_args:\n  search_rounds: true\n",
+           "--search_rounds (search_args.search_rounds): received True, allowed: an integer"),
+    config("c.yaml", "seed: false\n", "--seed (seed): received False, allowed: an integer"),
+    config("c.yaml", "pipeline_call_args:\n  guidance_scale: yes\n", "received True, allowed: a number"),
+    case([*OK, "--search_rounds", "13"], "--search_rounds (search_args.search_rounds): received 13 (round 13 would draw "
+         "8192 noises), allowed: rounds whose largest pool is at most 4096 noises"),
+    case([*OK, "--initial_pool_size", "5000"], "received '5000', allowed: an integer >= 1 and <= 1024"),
+    case([*OK, "--height", "9000"], "--height (pipeline_call_args.height): received '9000', allowed: an integer > 0 and <= 8192"),
+    case([*OK, "--num_inference_steps", "5000"], "allowed: an integer >= 1 and <= 1000"),
+    case([*OK, "--num_prompts", "3"], "--num_prompts (prompts.num_prompts): received 3 together with a prompt, allowed:"),
+    case(["--verifier_to_use", "imagestats", "--prompt", "x" * 20001],
+         "(20001 characters), allowed: a text of at most 20000 characters"),
+    case(["--verifier_to_use", "imagestats", "--prompt", "\x00\x00 \x1b"],
+         "--prompt (prompts.prompt): received '\\x00\\x00 \\x1b', allowed: a non-empty text"),
+    case(["--verifier_to_use", "imagestats", "--dataset", "{tmp}/nul.txt"],
+         "--dataset (prompts.dataset): received '{tmp}/nul.txt' (it holds no non-empty prompts)",
+         files={"nul.txt": b"\x00\x00\x00\n\x00\n"}),
+    case(["--verifier_to_use", "imagestats", "--dataset", "{tmp}/long.txt"],
+         "--dataset (prompts.dataset): received '{tmp}/long.txt' (prompt 1 has 20001 characters), allowed: prompts of "
+         "at most 20000 characters", files={"long.txt": "a cat\n" + "y" * 20001 + "\n"}),
+    case(["--verifier_to_use", "imagestats", "--dataset", "{tmp}/p.parquet"], "--dataset (prompts.dataset): received",
+         files={"p.parquet": b"PAR1 not really"}),
+    config("c.json", b'{"seed": 1, "prompts": {"prompt": "caf\xe9"}}', "allowed: a valid JSON file"),
+    case([*OK, "--result_storage", "{tmp}/a-file/results"],
+         "--result_storage (result_storage): received '{tmp}/a-file/results' (Not a directory), allowed: a folder this "
+         "user can write", files={"a-file": ""}),
+    case(["--prompt", PROMPT], "GEMINI_BASE_URL: received 'ftp://example', allowed: an http:// or https:// URL",
+         env={"GEMINI_API_KEY": "k", "GEMINI_BASE_URL": "ftp://example"}),
 ]
 
 
 @pytest.mark.parametrize("flags,files,env,expected", BAD_INPUTS)
 def test_every_bad_input_is_one_line_in_one_format(flags, files, env, expected, no_model_loads, tmp_path):
     for name, text in files.items():
-        (tmp_path / name).write_text(text)
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
     args = ["--model", "tiny-flux", "--output_dir", str(tmp_path / "out"), *(f.format(tmp=tmp_path) for f in flags)]
     result = _invoke(args, env=env)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
@@ -166,14 +200,20 @@ def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_
     assert run_dir in str(records[0]) and len(records) == 3
     assert len(list((tmp_path / "out").rglob("store/images/*/*/*.png"))) == 2 + 4 + 8
     assert "Report:" in first.stdout
-    before = {p: p.read_bytes() for p in Path(run_dir).rglob("*") if p.is_file()}
+    def outputs():  # records, report, config: not the lock or the run's log files
+        return {p: p.read_bytes() for p in Path(run_dir).rglob("*") if p.is_file() and p.name != ".lock"
+                and "logs" not in p.relative_to(run_dir).parts}
+
+    before = outputs()
+    # The terminal gets the progress bar and ttsf's lines, nothing of Prefect's or the libraries' logs.
+    assert "Log: " in first.stdout
+    assert all(line.startswith("search:") for line in first.stderr.split("\n") if line.strip()), first.stderr
     for path in (tmp_path / "out").rglob("*"):
         if path.suffix in (".png", ".json") and path.name != "config.json":
             path.unlink()
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
-    after = {p: p.read_bytes() for p in Path(run_dir).rglob("*") if p.is_file()}
-    assert after == before
+    assert outputs() == before
     assert json.loads(records[0].read_text())["search_round"] == 1
 
 

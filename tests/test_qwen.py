@@ -285,7 +285,6 @@ def test_defaults_and_overrides_resolve_without_loading():
         ({"options": {"batch_size": 0}}, "batch_size"),
         ({"options": {"torch_dtype": "int8"}}, "torch_dtype"),
         ({"options": {"processor": "videos"}}, "processor"),
-        ({"device": "tpu:7"}, "device"),
         ({"model_name": "/no/such/qwen/folder"}, "model_name"),
     ],
 )

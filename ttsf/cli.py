@@ -146,7 +146,7 @@ def run_options(function):
     return function
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """ttsf: inference-time scaling for text-to-image diffusion by searching over initial noises."""
 

@@ -18,10 +18,13 @@ from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.verifiers.base import RetryableVerifierError, VerifierConfigError, VerifierError
 
 # A fresh embedded server runs its migrations first (10-15 s here); Prefect's default may give up.
+# Flow and task logs go to the API (and so the UI) at INFO; the terminal shows the progress bar and
+# ttsf's own lines only: tracebacks go to the run's log file and the UI.
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_LEVEL": "INFO",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
 }
 RESUME_HINT = "finished rounds, images and grades are kept: run the same command again to resume"
 
@@ -29,11 +32,36 @@ RESUME_HINT = "finished rounds, images and grades are kept: run the same command
 def run_and_print(config: RunConfig, executor: str = "prefect") -> None:
     from ttsf.cli import fail
     from ttsf_core import runner
+    from ttsf_core.locks import RunLock
 
     try:
         prepared = runner.prepare_run(config)  # fail on bad input before Prefect or a model starts
+        if executor == "prefect":
+            _check_prefect_inputs(config)
+        lock = RunLock(prepared.layout.run_dir)
+        lock.acquire()
     except (ConfigError, VerifierConfigError) as error:
         fail(str(error))
+    for warning in prepared.warnings:
+        click.echo(f"ttsf: warning: {warning}", err=True)
+    try:
+        _run_locked(prepared, executor, fail)
+    finally:
+        lock.release()
+
+
+def _check_prefect_inputs(config: RunConfig) -> None:
+    """What only the Prefect path uses: where it persists batch summaries (a block slug is looked up
+    on the Prefect server, so Prefect's settings are applied first)."""
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    from flows.storage import check_result_storage
+
+    check_result_storage(config)
+
+
+def _run_locked(prepared, executor: str, fail) -> None:
+    config = prepared.config
     pending = pending_rounds(prepared)
     if pending:
         remaining = _migrate_legacy_folder(prepared)
@@ -42,15 +70,44 @@ def run_and_print(config: RunConfig, executor: str = "prefect") -> None:
         click.echo(f"Nothing to do: all {len(prepared.prompts)} prompts x {config.search_args.search_rounds} rounds "
                    "are recorded (0 images generated, 0 graded).")
     else:
+        log_path = start_log_file(prepared.layout.run_dir)
+        click.echo(f"Log: {log_path}")
         with RecordProgress(prepared, pending):
-            counts = _search(prepared, executor, fail)
+            counts = _search(prepared, executor, fail, log_path)
         click.echo(f"This run generated {counts['images_generated']} images and graded {counts['images_graded']} "
                    f"({counts['images_found']} images and {counts['grades_found']} grades were already stored; "
-                   f"{counts['rounds_skipped']} rounds already recorded).")
+                   f"{counts['rounds_skipped']} rounds already recorded)."
+                   + _grading_trouble(counts))
     from ttsf_core.report import build_report
 
     build_report(prepared.layout.run_dir, only_if_changed=True)
     print_summary(prepared.layout.run_dir)
+
+
+def _grading_trouble(counts: dict) -> str:
+    parts = []
+    if counts.get("images_ungradeable"):
+        parts.append(f"{counts['images_ungradeable']} images the verifier never graded (excluded from selection)")
+    if counts.get("rate_limited") or counts.get("retries"):
+        parts.append(f"{counts.get('rate_limited', 0)} requests rate limited, {counts.get('retries', 0)} retries, "
+                     f"{counts.get('retry_wait_s', 0):.0f} s waited")
+    return (" " + "; ".join(parts) + ".") if parts else ""
+
+
+def start_log_file(run_dir: Path) -> Path:
+    """Every log record of this process, tracebacks included, to RUN_DIR/logs/<time>-<pid>.log."""
+    import logging
+    import time
+
+    path = Path(run_dir) / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.WARNING, logging.INFO))
+    logging.getLogger("ttsf").setLevel(logging.INFO)
+    return path.absolute()
 
 
 def _migrate_legacy_folder(prepared) -> int | None:
@@ -67,30 +124,45 @@ def _migrate_legacy_folder(prepared) -> int | None:
     return pending_rounds(prepared)
 
 
-def _search(prepared, executor: str, fail) -> dict:
+def _search(prepared, executor: str, fail, log_path: Path) -> dict:
+    import logging
+
+    try:
+        return _search_with(prepared, executor)
+    except ConfigError as error:
+        fail(str(error))
+    except Exception as error:  # noqa: BLE001 - one line here, the traceback in the log file
+        logging.getLogger("ttsf").exception("the search failed")
+        fail(f"{_one_line(error)}; {RESUME_HINT} (details: {log_path})", code=1)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _search_with(prepared, executor: str) -> dict:
     from ttsf_core import runner
 
     if executor == "threads":
         _, outcome = runner.run(prepared)
         if outcome.failures:
-            error = outcome.failures[0].error
-            fail(f"{type(error).__name__}: {error}; {RESUME_HINT}", code=1)
+            first = outcome.failures[0]
+            raise RuntimeError(f"{len(outcome.failures)} rounds failed; first: prompt {first.prompt_index} round "
+                               f"{first.search_round}: {_one_line(first.error)}")
         return vars(outcome.counts)
-    for name, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(name, value)
     from flows.search_dataset import search_dataset
     from tasks import runtime
-    from ttsf_core.prompts import save_prompt_list
+    from ttsf_core.prompts import prompt_list_source, save_prompt_list
 
     # Load the pipeline while Prefect's embedded server starts (both take seconds); the flow's
     # first generation waits for it. A failed load is raised again, with its message, by the flow.
     threading.Thread(target=_preload, args=(runtime, prepared.config), daemon=True).start()
+    # The flow gets the prompts by reference (a saved list), never the texts: the dataset is read
+    # once, and no prompt is too large for Prefect's parameters.
     prompt_list = save_prompt_list(prepared.layout.run_dir, prepared.prompts)
-    try:
-        result = search_dataset(prepared.config, prompt_list=str(prompt_list))
-    except (VerifierError, RetryableVerifierError, RuntimeError) as error:
-        fail(f"{type(error).__name__}: {error}; {RESUME_HINT}", code=1)
-    return result["counts"]
+    config = prepared.config.model_copy(update={"prompts": prompt_list_source(prompt_list)})
+    return search_dataset(config)["counts"]
 
 
 def pending_rounds(prepared) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from pathlib import Path
 from types import UnionType
@@ -37,14 +38,37 @@ _DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float3
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info) -> Any:
+        # pydantic reads true as 1: YAML's `search_rounds: true` would run one round.
+        if isinstance(value, bool) and bool not in _leaf_types(cls.model_fields[info.field_name].annotation):
+            raise ValueError("allowed: " + _kind(cls.model_fields[info.field_name].annotation))
+        return value
+
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICES_ALLOWED = "auto, cpu, cuda, cuda:N or mps"
+
+
+def _leaf_types(annotation: Any) -> set:
+    args = get_args(annotation)
+    return set().union(*(_leaf_types(arg) for arg in args)) if args else {annotation}
+
+
+def _device(value: Any) -> Any:
+    if isinstance(value, str) and not DEVICE_PATTERN.match(value.strip().lower()):
+        raise ValueError(f"allowed: {DEVICES_ALLOWED}")
+    return value.strip().lower() if isinstance(value, str) else value
+
 
 class PipelineCallArgs(_Frozen):
     """Arguments of the diffusers pipeline call (tt-scale-flux's `pipeline_call_args`)."""
 
-    height: int = Field(1024, gt=0)
-    width: int = Field(1024, gt=0)
-    guidance_scale: float = Field(3.5, ge=0)
-    num_inference_steps: int = Field(50, ge=1)
+    height: int = Field(1024, gt=0, le=8192)
+    width: int = Field(1024, gt=0, le=8192)
+    guidance_scale: float = Field(3.5, ge=0, le=100)
+    num_inference_steps: int = Field(50, ge=1, le=1000)
     max_sequence_length: int = Field(512, ge=1, le=512)
 
 
@@ -55,11 +79,17 @@ class VerifierArgs(_Frozen):
     # None: the verifier's own default model (gemini-2.0-flash for gemini, Qwen2.5-VL-7B for qwen).
     model_name: str | None = None
     choice_of_metric: str = "overall_score"
-    max_new_tokens: int = Field(800, ge=1)
+    max_new_tokens: int = Field(800, ge=1, le=32768)
     max_concurrency: int = Field(8, ge=1, le=256)
-    request_timeout_s: float = Field(120.0, gt=0)
+    # The whole request, first byte to last: a server that drips its answer cannot hold a worker longer.
+    request_timeout_s: float = Field(120.0, gt=0, le=3600)
     device: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _known_device(cls, value: Any) -> Any:
+        return _device(value)
 
     def grading_identity(self) -> dict[str, Any]:
         """What decides a grade: not concurrency, timeouts or where the API is reached."""
@@ -83,6 +113,7 @@ class VerifierArgs(_Frozen):
 
 
 SEARCH_METHODS = ("random", "zero-order")
+MAX_POOL = 4096  # noises in one round: beyond this a typo, not a search (16 rounds of 2 would be 65536)
 _SEARCH_METHOD_ALIASES = {"zero_order": "zero-order", "zeroorder": "zero-order", "zo": "zero-order"}
 
 
@@ -117,11 +148,29 @@ class SearchArgs(_Frozen):
             identity |= {"draft_steps": self.draft_steps, "draft_keep": self.draft_keep}
         return identity
 
+    @model_validator(mode="after")
+    def _pools_are_bounded(self) -> "SearchArgs":
+        largest = self.pool_size(self.search_rounds)
+        if largest > MAX_POOL:
+            raise ValueError(f"search_rounds: received {self.search_rounds} (round {self.search_rounds} would draw "
+                             f"{largest} noises), allowed: rounds whose largest pool is at most {MAX_POOL} noises "
+                             f"(initial_pool_size * 2**(search_rounds - 1))")
+        return self
+
     def pool_size(self, search_round: int) -> int:
         """Noises a round draws (its final-stage candidates before any draft cut)."""
         if self.search_method == "zero-order":
             return 1 + self.num_neighbors
         return self.initial_pool_size * 2 ** (search_round - 1)
+
+
+MAX_PROMPT_CHARS = 20_000  # a T5 encoder reads 512 tokens (~2-3k characters); beyond this is not a prompt
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_prompt(text: str) -> str:
+    """A prompt as searched: control characters (NUL, escape codes) removed, blanks trimmed."""
+    return _CONTROL.sub("", text).strip()
 
 
 class PromptSource(_Frozen):
@@ -133,11 +182,24 @@ class PromptSource(_Frozen):
     prompt_column: str = "prompt"
     num_prompts: int | Literal["all"] | None = 2
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_prompt_has_no_count(cls, data: Any) -> Any:
+        # One prompt is not a dataset: its count is None unless given (and then refused below).
+        if isinstance(data, dict) and data.get("prompt") is not None and "num_prompts" not in data:
+            return {**data, "num_prompts": None}
+        return data
+
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("allowed: a non-empty text")
+        if value is None:
+            return value
+        value = clean_prompt(value)
+        if not value:
+            raise ValueError("allowed: a non-empty text (blanks and control characters do not count)")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(f"allowed: a text of at most {MAX_PROMPT_CHARS} characters")
         return value
 
     @field_validator("num_prompts", mode="before")
@@ -159,6 +221,9 @@ class PromptSource(_Frozen):
 
     @model_validator(mode="after")
     def _one_source(self) -> "PromptSource":
+        if self.prompt is not None and self.num_prompts is not None:
+            raise ValueError(f"num_prompts: received {self.num_prompts!r} together with a prompt, allowed: no count "
+                             "with --prompt (or None); a count selects dataset prompts")
         if self.prompt is None and self.num_prompts is None:
             raise ValueError("num_prompts: received None, allowed: a positive integer or 'all' (None only together "
                              "with --prompt)")
@@ -171,6 +236,11 @@ class RunConfig(_Frozen):
     pretrained_model_name_or_path: str = DEFAULT_MODEL
     torch_dtype: str = "bf16"
     device: str = "auto"
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _known_device(cls, value: Any) -> Any:
+        return _device(value)
     use_low_gpu_vram: bool = False
     batch_size_for_img_gen: int = Field(4, ge=1, le=256)
     seed: int = Field(0, ge=0, lt=2**63)
@@ -276,7 +346,16 @@ def _problem(item: dict[str, Any]) -> tuple[str, str]:
         field = ".".join(filter(None, (field, sub)))
         return field, f"{field}: {rest}"
     allowed = own.removeprefix("allowed: ") or _allowed(info, item.get("ctx"))
-    return field, f"{field or 'config'}: received {item['input']!r}, allowed: {allowed}"
+    return field, f"{field or 'config'}: received {shown(item['input'])}, allowed: {allowed}"
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A received value as an error line shows it: its repr, cut short when long (a 1 MB prompt)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
+    return f"{text[:limit]}... ({size})"
 
 
 def _locate(loc: tuple) -> tuple[str, FieldInfo | None, type[BaseModel]]:

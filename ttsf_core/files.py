@@ -11,7 +11,9 @@ import io
 import json
 import os
 import re
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -23,6 +25,13 @@ from PIL import Image
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+TEMP_SUFFIX = ".tmp"
+# Temp files are named by their writer (host and pid), so a later run can tell a killed write's
+# leftovers from a write still going on in another process or on another machine.
+_HOST = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname())[:40] or "host"
+_WRITER = f"w_{_HOST}_{os.getpid()}"
+_WRITER_PATTERN = re.compile(r"\.w_([A-Za-z0-9-]+)_(\d+)\.[^.]*\.tmp$")
+FOREIGN_TEMP_MAX_AGE_S = 3600.0  # another machine's temp file this old is a leftover too
 
 
 def text_hash(text: str) -> str:
@@ -45,7 +54,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """A binary file that appears at `path` only once fully written: a temp file in the same folder,
     synced, then renamed. Readers never see a partial file; a failure leaves no trace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_WRITER}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(handle, "wb") as temp:
             yield temp
@@ -92,3 +101,38 @@ def write_json(path: Path, payload: dict) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
+
+
+def sweep_temp_files(folder: Path) -> int:
+    """Remove leftovers of killed writes under `folder`: temp files of this host whose writer process
+    is gone, and other hosts' (or unnamed) temp files older than FOREIGN_TEMP_MAX_AGE_S. Returns the
+    count removed. Writes in progress are never touched."""
+    removed = 0
+    if not Path(folder).is_dir():
+        return 0
+    now = time.time()
+    for path in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+        match = _WRITER_PATTERN.search(path.name)
+        if match and match.group(1) == _HOST:
+            stale = not _alive(int(match.group(2)))
+        else:
+            try:
+                stale = now - path.stat().st_mtime > FOREIGN_TEMP_MAX_AGE_S
+            except FileNotFoundError:
+                continue
+        if stale:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True

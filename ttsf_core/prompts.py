@@ -6,21 +6,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from ttsf_core.config import ConfigError, PromptSource
+from ttsf_core.config import MAX_PROMPT_CHARS, ConfigError, PromptSource, clean_prompt
 
 LOCAL_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
 
 
 def load_prompts(source: PromptSource) -> list[str]:
-    """The prompts to search, in dataset order, blank lines dropped, duplicates kept once."""
+    """The prompts to search, in dataset order: control characters removed, blank ones dropped,
+    duplicates kept once."""
     if source.prompt is not None:
-        return [source.prompt.strip()]
+        return [source.prompt]
     limit = None if source.num_prompts == "all" else source.num_prompts
     if _looks_local(source.dataset):
         texts = _read_local(source, limit)
     else:
         texts = _read_hub(source, limit)
-    prompts = list(dict.fromkeys(text.strip() for text in texts if isinstance(text, str) and text.strip()))
+    cleaned = (clean_prompt(text) for text in texts if isinstance(text, str))
+    prompts = list(dict.fromkeys(text for text in cleaned if text))
+    too_long = next((text for text in prompts if len(text) > MAX_PROMPT_CHARS), None)
+    if too_long is not None:
+        raise ConfigError(f"prompts.dataset: received {source.dataset!r} (prompt {prompts.index(too_long)} has "
+                          f"{len(too_long)} characters), allowed: prompts of at most {MAX_PROMPT_CHARS} characters")
     if not prompts:
         raise ConfigError(f"prompts.dataset: received {source.dataset!r} (it holds no non-empty prompts), "
                           "allowed: a dataset with at least one non-empty prompt")
@@ -44,7 +50,8 @@ def _read_local(source: PromptSource, limit: int | None) -> list:
             return path.read_text(encoding="utf-8").splitlines()
         frame = {
             ".csv": lambda: pd.read_csv(path),
-            ".jsonl": lambda: pd.read_json(path, lines=True),
+            # dtype/convert_dates off: a prompt "1984" or "2024-01-01" stays the text it is.
+            ".jsonl": lambda: pd.read_json(path, lines=True, dtype=False, convert_dates=False),
             ".parquet": lambda: _read_parquet_column(path, source),
         }[suffix]()
     except (OSError, UnicodeDecodeError, ValueError, KeyError) as error:
@@ -97,27 +104,41 @@ def _first_line(error: BaseException) -> str:
     return next((line.strip() for line in str(error).splitlines() if line.strip()), "no detail")
 
 
+def prompt_warnings(source: PromptSource, prompts: list[str]) -> list[str]:
+    """What the user asked for that the prompts cannot give (not an error: the run goes on)."""
+    if isinstance(source.num_prompts, int) and source.num_prompts > len(prompts):
+        return [f"--num_prompts (prompts.num_prompts): asked for {source.num_prompts}, the dataset "
+                f"{source.dataset!r} holds {len(prompts)} usable prompts: searching those {len(prompts)}"]
+    return []
+
+
 PROMPT_LISTS_DIRNAME = "prompt-lists"
 
 
 def save_prompt_list(run_dir: Path, prompts: list[str]) -> Path:
-    """Write the run's prompts once, named by their hash, so flows pass a path instead of the texts
-    (Prefect refuses large parameters; a dataset is read once per run, not once per batch)."""
-    from ttsf_core.config import digest
-    from ttsf_core.files import write_json
-
-    path = Path(run_dir) / PROMPT_LISTS_DIRNAME / f"{digest(prompts, 16)}.json"
-    if not path.is_file():
-        write_json(path, {"prompts": prompts})
-    return path
-
-
-def read_prompt_list(path: str | Path) -> list[str]:
+    """Write the run's prompts once, named by their hash, as a JSONL dataset: flows are then given its
+    path, never the texts (Prefect refuses large parameters; a dataset is read once per run)."""
     import json
 
     from ttsf_core.config import digest
+    from ttsf_core.files import atomic_write_bytes
 
-    prompts = json.loads(Path(path).read_text(encoding="utf-8"))["prompts"]
-    if not Path(path).stem == digest(prompts, 16):
+    path = Path(run_dir) / PROMPT_LISTS_DIRNAME / f"{digest(prompts, 16)}.jsonl"
+    if not path.is_file():
+        lines = "".join(json.dumps({"prompt": prompt}, ensure_ascii=False) + "\n" for prompt in prompts)
+        atomic_write_bytes(path, lines.encode("utf-8"))
+    return path
+
+
+def prompt_list_source(path: Path) -> PromptSource:
+    """A saved prompt list as a prompt source: every prompt, in order."""
+    return PromptSource(dataset=str(path), prompt_column="prompt", num_prompts="all")
+
+
+def read_prompt_list(path: str | Path) -> list[str]:
+    from ttsf_core.config import digest
+
+    prompts = load_prompts(prompt_list_source(Path(path)))
+    if Path(path).stem != digest(prompts, 16):
         raise ValueError(f"prompt list {path} does not match its name: it was changed after it was written")
     return prompts

@@ -7,19 +7,20 @@ pipeline only if some round still needs an image, then searches every prompt as 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.engine import BatchOutcome, Observer, SearchEngine
 from ttsf_core.executors import ThreadExecutor
-from ttsf_core.files import write_json
+from ttsf_core.files import sweep_temp_files, write_json
 from ttsf_core.generate import CandidateGenerator
-from ttsf_core.pipelines import check_resolution, load_pipeline
-from ttsf_core.prompts import load_prompts
+from ttsf_core.pipelines import check_devices, check_resolution, load_pipeline, prompt_length_warnings
+from ttsf_core.prompts import load_prompts, prompt_warnings
 from ttsf_core.records import RunLayout
 from ttsf_core.search import Strategy, build_strategy
-from ttsf_core.verifiers.base import Verifier, verifier_batch_size
+from ttsf_core.store import Store
+from ttsf_core.verifiers.base import RetryableVerifierError, Verifier, verifier_batch_size
 from ttsf_core.verifiers.registry import build_verifier
 
 
@@ -30,6 +31,7 @@ class PreparedRun:
     prompts: list[str]
     verifier: Verifier
     strategy: Strategy
+    warnings: list[str] = field(default_factory=list)  # worth saying, not worth stopping for
 
     def indexed_prompts(self) -> list[tuple[int, str]]:
         return list(enumerate(self.prompts))
@@ -39,13 +41,34 @@ def prepare_run(config: RunConfig, prompts: list[str] | None = None) -> Prepared
     """Every check that can fail on bad input, before any model is loaded; writes config.json.
     `prompts`: already loaded (the dataset is then not read again)."""
     verifier = build_verifier(config.verifier_args)
+    access_warnings = check_verifier_access(verifier)
     check_resolution(config)
-    prompts = prompts if prompts is not None else load_prompts(config.prompts)
+    check_devices(config)
+    loaded = prompts is None
+    prompts = load_prompts(config.prompts) if loaded else prompts
+    warnings = access_warnings + (prompt_warnings(config.prompts, prompts) if loaded else []) + \
+        prompt_length_warnings(config, prompts)
     layout = RunLayout(config)
     ensure_writable(layout.run_dir, config.output_dir)
+    store = Store(config)
+    for folder in (layout.run_dir, store.images_dir, store.grades_dir):
+        sweep_temp_files(folder)  # leftovers of writes a kill interrupted
     write_config(layout, config)
     return PreparedRun(config=config, layout=layout, prompts=prompts, verifier=verifier,
-                       strategy=build_strategy(config))
+                       strategy=build_strategy(config), warnings=warnings)
+
+
+def check_verifier_access(verifier: Verifier) -> list[str]:
+    """A verifier that can check its credentials cheaply (`check_access`) does so now: a rejected key
+    stops the run before any model loads; an unreachable service is only a warning (grading retries)."""
+    check = getattr(verifier, "check_access", None)
+    if check is None:
+        return []
+    try:
+        check()
+    except RetryableVerifierError as error:
+        return [f"the verifier could not be checked now ({error}); grading will retry"]
+    return []
 
 
 def write_config(layout: RunLayout, config: RunConfig) -> None:

@@ -1,5 +1,11 @@
 """Loading diffusers text-to-image pipelines (real ones from the hub, or the offline tiny FLUX)."""
 
-from ttsf_core.pipelines.loader import load_pipeline, resolve_model_path, check_resolution
+from ttsf_core.pipelines.loader import (
+    check_devices,
+    check_resolution,
+    load_pipeline,
+    prompt_length_warnings,
+    resolve_model_path,
+)
 
-__all__ = ["load_pipeline", "resolve_model_path", "check_resolution"]
+__all__ = ["check_devices", "check_resolution", "load_pipeline", "prompt_length_warnings", "resolve_model_path"]

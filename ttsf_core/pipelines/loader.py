@@ -54,6 +54,63 @@ def resolution_multiple(model_path: str) -> int:
     return scale * 2 if packs else scale
 
 
+def check_devices(config: RunConfig) -> None:
+    """Each device a config names must exist here (before anything is loaded onto it)."""
+    for field, device in (("device", config.device), ("verifier_args.device", config.verifier_args.device)):
+        if device is None or device in ("auto", "cpu"):
+            continue
+        problem = _device_problem(device)
+        if problem:
+            raise ConfigError(f"{field}: received {device!r} ({problem}), allowed: auto, cpu{_visible_devices()}")
+
+
+def _device_problem(device: str) -> str | None:
+    if device == "mps":
+        available = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+        return None if available else "no Apple GPU is visible here"
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible here"
+    index = int(device.partition(":")[2] or 0)
+    count = torch.cuda.device_count()
+    return None if index < count else f"only {count} CUDA device(s) are visible"
+
+
+def _visible_devices() -> str:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return "".join(f", cuda:{index}" for index in range(count))
+
+
+def prompt_length_warnings(config: RunConfig, prompts: list[str]) -> list[str]:
+    """Prompts the T5 encoder will cut at max_sequence_length tokens (the verifier grades the full
+    text). Only prompts long enough to possibly exceed it are tokenized; the tokenizer, not the
+    model, is loaded, and not at all when no prompt is that long or it cannot be read offline."""
+    limit = config.pipeline_call_args.max_sequence_length
+    suspects = [(index, prompt) for index, prompt in enumerate(prompts) if len(prompt) >= limit - 1]
+    if not suspects:
+        return []
+    tokenizer = _long_text_tokenizer(resolve_model_path(config.pretrained_model_name_or_path))
+    if tokenizer is None:
+        return []
+    warnings = []
+    for index, prompt in suspects:
+        tokens = len(tokenizer(prompt).input_ids)
+        if tokens > limit:
+            warnings.append(f"prompt {index} is {tokens} tokens long, max_sequence_length is {limit}: the text "
+                            f"encoder reads its first {limit} tokens while the verifier grades the whole prompt")
+    return warnings
+
+
+def _long_text_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
+    for subfolder in ("tokenizer_2", "tokenizer"):
+        try:
+            return AutoTokenizer.from_pretrained(model_path, subfolder=subfolder)
+        except (OSError, ValueError):  # not in this model, or not cached offline
+            continue
+    return None
+
+
 def check_resolution(config: RunConfig) -> None:
     path = resolve_model_path(config.pretrained_model_name_or_path)
     multiple = resolution_multiple(path)

@@ -25,8 +25,8 @@ class AspectGrade(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     explanation: str
-    # Strict: a "high" or true is a broken answer, not a 1.0.
-    score: float = Field(ge=SCORE_MIN, le=SCORE_MAX, strict=True)
+    # Strict: a "high" or true is a broken answer, not a 1.0; NaN is no score at all.
+    score: float = Field(ge=SCORE_MIN, le=SCORE_MAX, strict=True, allow_inf_nan=False)
 
 
 class Grades(BaseModel):

@@ -1,19 +1,25 @@
 """Gemini as a verifier: one structured-output request per image, through the google-genai SDK.
 
-Requests run in parallel on a bounded thread pool, and results are collected by input position,
-so every score stays with its image however the answers come back. Every failure becomes one of
-the typed errors of `base` (the caller decides about retries); an image never gets a None.
+Requests run on the SDK's async client, on one event loop per verifier: at most max_concurrency at
+once (shared by every thread that calls it), each with a deadline on the whole request
+(request_timeout_s: an answer dripping a byte at a time cannot hold a worker), and results are
+collected by input position, so every score stays with its image however the answers come back.
+Every failure becomes one of the typed errors of `base` (the caller decides about retries): 429 ->
+RateLimitError with Retry-After; 5xx, timeouts, resets, cut bodies, non-JSON bodies ->
+RetryableVerifierError; a rejected key or unknown model -> VerifierConfigError; a safety block ->
+UngradeableError; an answer that does not fit the schema -> VerifierError. An image never gets a None.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import io
+import json
 import math
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from google import genai
@@ -26,6 +32,7 @@ from ttsf_core.verifiers.base import (
     Grades,
     RateLimitError,
     RetryableVerifierError,
+    UngradeableError,
     VerifierConfigError,
     VerifierError,
     most_telling,
@@ -81,7 +88,8 @@ class GeminiVerifier:
                 "the environment (https://aistudio.google.com/apikey), or another --verifier_to_use"
             )
         # The SDK's own retry stays off (its default): retries belong to the caller, which honours
-        # Retry-After; the SDK's retry would not.
+        # Retry-After; the SDK's retry would not. Its timeout is per read: the deadline on a whole
+        # request is ours (request_timeout_s, enforced in `_ask`).
         http_options = types.HttpOptions(
             base_url=_base_url(options),
             api_version=options.get("api_version"),
@@ -95,7 +103,8 @@ class GeminiVerifier:
             max_output_tokens=args.max_new_tokens,
             temperature=0,
         )
-        self._pool: ThreadPoolExecutor | None = None
+        self._loop: _EventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
 
     @property
@@ -113,47 +122,69 @@ class GeminiVerifier:
 
     def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | BaseException]:
         """One Grades or typed error per image, in input order: the answers that did arrive are kept
-        (a retry then asks only for the rest). A rejected key cancels the requests not yet sent."""
+        (a retry then asks only for the rest). A rejected key stops the requests not yet sent."""
         images = list(images)
         if not images:
             return []
-        pool = self._executor()
-        futures = [pool.submit(self.score_one, prompt, image, index) for index, image in enumerate(images)]
-        for future in futures:
-            if isinstance(future.exception(), VerifierConfigError):
-                for queued in futures:
-                    queued.cancel()
-                break
-        return [_outcome(future) for future in futures]
+        return self._event_loop().run(self._ask_all(prompt, images))
 
     def score_one(self, prompt: str, image: Image.Image, index: int = 0) -> Grades:
         """Grade one image (`index` only names it in errors)."""
+        result = self._event_loop().run(self._ask(prompt, image, index, asyncio.Event()))
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def check_access(self) -> None:
+        """Ask for the model's metadata (no generation, no image): a rejected key or an unknown model
+        raises VerifierConfigError now, before any image is made; an unreachable service raises
+        RetryableVerifierError (grading will retry it)."""
+        probe = types.HttpOptions(base_url=self._http_options.base_url, api_version=self._http_options.api_version,
+                                  timeout=CHECK_TIMEOUT_MS)
+        try:
+            with genai.Client(api_key=self._api_key, http_options=probe) as client:
+                client.models.get(model=self.model_name)
+        except genai_errors.APIError as error:
+            raise map_api_error(error, None, self.model_name) from error
+        except _TRANSIENT_ERRORS as error:
+            raise RetryableVerifierError(f"Gemini could not be reached: {type(error).__name__}: {error}") from error
+
+    async def _ask_all(self, prompt: str, images: list[Image.Image]) -> list[Grades | BaseException]:
+        refused = asyncio.Event()  # set by a rejected key: requests not yet sent are not sent
+        return list(await asyncio.gather(*(self._ask(prompt, image, index, refused)
+                                           for index, image in enumerate(images))))
+
+    async def _ask(self, prompt: str, image: Image.Image, index: int, refused: asyncio.Event) -> Grades | BaseException:
+        """One request, at most max_concurrency at once, each bounded by request_timeout_s from its
+        first byte to its last; every failure is returned as one of the typed errors of `base`."""
         contents = [
             types.Part.from_text(text=f"{GRADING_INSTRUCTIONS}\n<prompt>{prompt}</prompt>"),
             types.Part.from_bytes(data=png_bytes(image), mime_type="image/png"),
         ]
-        try:
-            response = self._genai_client().models.generate_content(
-                model=self.model_name, contents=contents, config=self._config
-            )
-        except genai_errors.APIError as error:
-            raise map_api_error(error, index, self.model_name) from error
-        except _TRANSIENT_ERRORS as error:
-            message = f"Gemini request for image {index} failed: {type(error).__name__}: {error}"
-            raise RetryableVerifierError(message) from error
-        except genai_errors.UnknownApiResponseError as error:
-            # A 200 whose body is not JSON comes from a proxy or a cut-off answer, not from the model.
-            raise RetryableVerifierError(f"Gemini answer for image {index} was not JSON: {error}") from error
-        return parse_grades(_answer_text(response, index), index)
+        async with self._semaphore():
+            if refused.is_set():
+                return RetryableVerifierError(f"Gemini request for image {index} not sent: the API key was refused")
+            try:
+                request = self._genai_client().aio.models.generate_content(
+                    model=self.model_name, contents=contents, config=self._config)
+                response = await asyncio.wait_for(request, timeout=self.args.request_timeout_s)
+                return parse_grades(_answer_text(response, index), index)
+            except Exception as error:  # noqa: BLE001 - classified below, never lost
+                found = classify(error, index, self.model_name, self.args.request_timeout_s)
+                if isinstance(found, VerifierConfigError):
+                    refused.set()
+                return found
 
     def close(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
+            loop, self._loop = self._loop, None
             client, self._client = self._client, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        if loop is not None and client is not None:
+            loop.run(client.aio.aclose())
         if client is not None:
             client.close()
+        if loop is not None:
+            loop.close()
 
     def __enter__(self) -> "GeminiVerifier":
         return self
@@ -161,14 +192,19 @@ class GeminiVerifier:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    # The pool and the client are made on first use: construction stays cheap (the client builds
-    # SSL contexts, ~0.1 s) and a verifier that is only validated never starts threads.
+    # The loop and the client are made on first use: construction stays cheap (the client builds
+    # SSL contexts, ~0.1 s) and a verifier that is only validated never starts a thread.
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _event_loop(self) -> "_EventLoop":
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.args.max_concurrency, thread_name_prefix="gemini-verifier")
-            return self._pool
+            if self._loop is None:
+                self._loop = _EventLoop()
+            return self._loop
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        if self._slots is None:  # made on the loop's thread, where it is used
+            self._slots = asyncio.Semaphore(self.args.max_concurrency)
+        return self._slots
 
     def _genai_client(self) -> genai.Client:
         with self._lock:
@@ -177,10 +213,43 @@ class GeminiVerifier:
             return self._client
 
 
-def _outcome(future) -> Grades | BaseException:
-    if future.cancelled():
-        return RetryableVerifierError("not sent: another request of the batch was refused for its key")
-    return future.exception() or future.result()
+CHECK_TIMEOUT_MS = 15_000
+
+
+class _EventLoop:
+    """An asyncio loop on its own daemon thread: every request of one verifier runs there, so one
+    semaphore bounds them all, and a deadline can cancel a request (closing its connection)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="gemini-verifier", daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+
+def classify(error: BaseException, index: int | None, model: str, deadline_s: float) -> BaseException:
+    """Any failure of one request as one of the typed errors of `base`: the caller decides on retries."""
+    where = f"Gemini request for image {index}" if index is not None else "Gemini request"
+    if isinstance(error, (VerifierError, RetryableVerifierError)):
+        return error
+    if isinstance(error, genai_errors.APIError):
+        return map_api_error(error, index, model)
+    if isinstance(error, asyncio.TimeoutError):
+        return RetryableVerifierError(f"{where} had no complete answer within request_timeout_s={deadline_s:g} s")
+    if isinstance(error, _TRANSIENT_ERRORS):
+        return RetryableVerifierError(f"{where} failed in transit: {type(error).__name__}: {error}")
+    if isinstance(error, (json.JSONDecodeError, genai_errors.UnknownApiResponseError)):
+        # A 200 whose body is not JSON comes from a proxy or a cut-off answer, not from the model.
+        return RetryableVerifierError(f"{where}: the answer was not JSON ({type(error).__name__}: {error})")
+    return RetryableVerifierError(f"{where} failed: {type(error).__name__}: {error}") \
+        if isinstance(error, OSError) else error
 
 
 def gemini_response_schema() -> dict[str, Any]:
@@ -210,12 +279,14 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def _answer_text(response: types.GenerateContentResponse, index: int) -> str:
-    """The answer's text; a blocked or empty answer becomes a VerifierError saying why."""
+    """The answer's text. A safety block (of the prompt or of the answer) is final for this image:
+    UngradeableError; any other empty answer is a VerifierError (asked again, a bounded number of times)."""
     text = response.text
     if text:
         return text
     reason = _finish_reason(response)
-    raise VerifierError(f"Gemini gave no text for image {index} ({reason})", index)
+    kind = UngradeableError if "SAFETY" in reason.upper() or "BLOCK" in reason.upper() else VerifierError
+    raise kind(f"Gemini gave no text for image {index} ({reason})", index)
 
 
 def _finish_reason(response: types.GenerateContentResponse) -> str:
@@ -228,17 +299,20 @@ def _finish_reason(response: types.GenerateContentResponse) -> str:
     return "no candidates"
 
 
-def map_api_error(error: genai_errors.APIError, index: int, model: str) -> Exception:
+def map_api_error(error: genai_errors.APIError, index: int | None, model: str) -> Exception:
     """An SDK HTTP error as one of our typed errors (see the module docstring of `base`)."""
     code = error.code
     detail = f"{code} {error.status or ''}: {error.message or error.details}".strip()
-    where = f"Gemini request for image {index}"
+    where = f"Gemini request for image {index}" if index is not None else "Gemini request"
     if code == 429:
         return RateLimitError(f"{where} was rate limited ({detail})", retry_after=retry_after_seconds(error))
     if code in (401, 403) or _is_bad_key(error):
-        return VerifierConfigError(f"Gemini rejected the API key in {API_KEY_ENV} ({detail})", index)
+        return VerifierConfigError(f"{API_KEY_ENV} (verifier_args.name=gemini): received a key Gemini rejects "
+                                   f"({detail}), allowed: a valid Gemini API key (https://aistudio.google.com/apikey)",
+                                   index)
     if code == 404:
-        return VerifierConfigError(f"Gemini does not know model {model!r} ({detail})", index)
+        return VerifierConfigError(f"--verifier_model (verifier_args.model_name): received {model!r} (Gemini does "
+                                   f"not know it: {detail}), allowed: a Gemini model such as gemini-2.0-flash", index)
     if code == 408 or isinstance(error, genai_errors.ServerError):
         return RetryableVerifierError(f"{where} failed on the server side ({detail})", retry_after_seconds(error))
     return VerifierError(f"{where} was refused ({detail})", index)
@@ -294,14 +368,21 @@ def _error_details(error: genai_errors.APIError) -> list[dict[str, Any]]:
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
-    """Timeouts, dropped connections and protocol hiccups of httpx and httpx2 (the SDK uses either)."""
+    """Timeouts, dropped or reset connections, cut bodies and proxy failures of every HTTP stack the
+    SDK may use: httpx, httpx2 (taken over httpx when installed) and aiohttp (its async path)."""
     found: list[type[BaseException]] = []
     for module_name in ("httpx", "httpx2"):
         try:
             module = __import__(module_name)
         except ImportError:
             continue
-        found += [module.TimeoutException, module.NetworkError, module.RemoteProtocolError]
+        found += [module.TimeoutException, module.NetworkError, module.ProtocolError, module.ProxyError]
+    try:
+        import aiohttp
+    except ImportError:
+        pass
+    else:
+        found += [aiohttp.ClientError]
     return tuple(found)
 
 
