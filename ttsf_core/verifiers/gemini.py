@@ -106,6 +106,8 @@ class GeminiVerifier:
         self._loop: _EventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
+        # Once Gemini refuses the key or the model, no later request of this verifier is sent.
+        self._refusal: VerifierConfigError | None = None
 
     @property
     def batch_size(self) -> int:
@@ -130,7 +132,7 @@ class GeminiVerifier:
 
     def score_one(self, prompt: str, image: Image.Image, index: int = 0) -> Grades:
         """Grade one image (`index` only names it in errors)."""
-        result = self._event_loop().run(self._ask(prompt, image, index, asyncio.Event()))
+        result = self._event_loop().run(self._ask(prompt, image, index))
         if isinstance(result, BaseException):
             raise result
         return result
@@ -150,11 +152,9 @@ class GeminiVerifier:
             raise RetryableVerifierError(f"Gemini could not be reached: {type(error).__name__}: {error}") from error
 
     async def _ask_all(self, prompt: str, images: list[Image.Image]) -> list[Grades | BaseException]:
-        refused = asyncio.Event()  # set by a rejected key: requests not yet sent are not sent
-        return list(await asyncio.gather(*(self._ask(prompt, image, index, refused)
-                                           for index, image in enumerate(images))))
+        return list(await asyncio.gather(*(self._ask(prompt, image, index) for index, image in enumerate(images))))
 
-    async def _ask(self, prompt: str, image: Image.Image, index: int, refused: asyncio.Event) -> Grades | BaseException:
+    async def _ask(self, prompt: str, image: Image.Image, index: int) -> Grades | BaseException:
         """One request, at most max_concurrency at once, each bounded by request_timeout_s from its
         first byte to its last; every failure is returned as one of the typed errors of `base`."""
         contents = [
@@ -162,8 +162,8 @@ class GeminiVerifier:
             types.Part.from_bytes(data=png_bytes(image), mime_type="image/png"),
         ]
         async with self._semaphore():
-            if refused.is_set():
-                return RetryableVerifierError(f"Gemini request for image {index} not sent: the API key was refused")
+            if self._refusal is not None:
+                return VerifierConfigError(f"{self._refusal} (request for image {index} not sent)", index)
             try:
                 request = self._genai_client().aio.models.generate_content(
                     model=self.model_name, contents=contents, config=self._config)
@@ -172,7 +172,7 @@ class GeminiVerifier:
             except Exception as error:  # noqa: BLE001 - classified below, never lost
                 found = classify(error, index, self.model_name, self.args.request_timeout_s)
                 if isinstance(found, VerifierConfigError):
-                    refused.set()
+                    self._refusal = found
                 return found
 
     def close(self) -> None:
