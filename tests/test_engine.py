@@ -271,3 +271,26 @@ def test_a_round_with_no_gradeable_image_is_recorded_without_a_best(tmp_path, ti
     assert all(r.neighbors_improvement is False for r in outcome.records)
     frame = pd.read_csv(build_report(runner.prepare_run(config).layout.run_dir).csv)
     assert frame["best_score"].isna().all() and list(frame["ungradeable"]) == [4, 4]
+
+
+def test_independent_rounds_are_generated_largest_first_across_the_batch(tmp_path, tiny_pipe, monkeypatch):
+    """So that only the smallest pools are left to grade after the generator's last image."""
+    from ttsf_core import jobs
+
+    started: list[tuple[int, int]] = []
+    real_generate = jobs.generate
+
+    def logged(store, generator, job):
+        started.append((job.prompt_index, job.search_round))
+        return real_generate(store, generator, job)
+
+    monkeypatch.setattr(jobs, "generate", logged)
+    _direct(_config(tmp_path, "random", rounds=3), tiny_pipe)
+    assert started == [(p, r) for r in (3, 2, 1) for p in range(len(PROMPTS))]
+
+
+def test_a_draft_round_that_keeps_every_noise_skips_its_drafts(tmp_path, tiny_pipe):
+    outcome, _ = _direct(_config(tmp_path, "random+draft", rounds=2), tiny_pipe)  # pools 2 and 4, keep 2
+    first, second = (r for r in outcome.records if r.prompt_index == 0)
+    assert {c.stage for c in first.candidates} == {"final"} and first.nfe == 2 * 2
+    assert {c.stage for c in second.candidates} == {"draft", "final"} and second.nfe == 4 * 1 + 2 * 2

@@ -10,7 +10,7 @@ from ttsf_core.config import build_config, read_config_file
 from ttsf_core.generate import CandidateGenerator
 from ttsf_core.noise import candidate_seed
 from ttsf_core.records import iter_round_records, resolve_image
-from ttsf_core.search import build_strategy, round_order, select_best
+from ttsf_core.search import build_strategy, select_best
 from ttsf_core.store import Store
 from ttsf_core.verifiers.base import METRIC_NAMES, grades_from_scores
 
@@ -121,13 +121,7 @@ def test_file_names_are_safe_whatever_the_prompt_says(tmp_path, tiny_pipe):
     for path in output.rglob("*"):
         assert path.resolve().is_relative_to(output)
         assert len(path.name) < 120 and all(ch.isalnum() or ch in "._-" for ch in path.name)
-    assert outcome.records[0].prompt == nasty
-
-
-def test_independent_rounds_go_largest_first_dependent_ones_in_order(tmp_path):
-    assert round_order(build_strategy(small_config(tmp_path)), 4) == [4, 3, 2, 1]
-    zero_order = build_strategy(small_config(tmp_path, search_args={"search_method": "zero-order"}))
-    assert round_order(zero_order, 4) == [1, 2, 3, 4]
+    assert outcome.records[0].prompt == nasty.replace("\x00", "")  # control characters are never searched
 
 
 @pytest.mark.parametrize("name", list(STRATEGY_ARGS))
@@ -175,10 +169,10 @@ def test_zero_order_round_one_pivot_is_random_searchs_first_noise(tmp_path, tiny
 
 def test_drafts_keep_the_best_and_regenerate_them_at_full_steps(tmp_path, tiny_pipe):
     _, outcome, _ = _run(tmp_path, tiny_pipe, search_args=STRATEGY_ARGS["random+draft"])
-    for record in outcome.records:
+    for record in outcome.records[1:]:  # round 1 draws 2 noises and keeps 2: no drafts (see test_engine)
         drafts = [c for c in record.candidates if c.stage == "draft"]
         finals = record.final_candidates()
-        assert len(drafts) == record.num_noises and len(finals) == min(2, len(drafts))
+        assert len(drafts) == record.num_noises and len(finals) == 2
         ranked = sorted(drafts, key=lambda c: (-c.score, c.index))
         assert {c.noise for c in finals} == {c.noise for c in ranked[:2]}
         assert all(f.image_sha256 != d.image_sha256 for f in finals for d in drafts)

@@ -8,13 +8,15 @@ on the CPU, shaped from the loaded model), so every image can be regenerated fro
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttsf_core.config import digest
 from ttsf_core.noise import draw_latents, sphere_neighbour
+
+if TYPE_CHECKING:
+    import torch
 
 Stage = Literal["draft", "final"]
 Role = Literal["sample", "pivot", "neighbor"]
@@ -42,7 +44,7 @@ class NoiseSpec(BaseModel):
             return f"s{self.seed}"
         return f"s{self.seed}-w{digest([step.model_dump() for step in self.walk], 10)}"
 
-    def draw(self, pipe, height: int, width: int) -> torch.Tensor:
+    def draw(self, pipe, height: int, width: int) -> "torch.Tensor":
         """Float32 CPU latents of shape (1, ...), as the pipeline's prepare_latents shapes them."""
         latents = draw_latents(pipe, [self.seed], height, width)
         for step in self.walk:
@@ -67,5 +69,7 @@ class Candidate(BaseModel):
         return self.model_copy(update={"steps": steps, "stage": stage})
 
 
-def draw_batch(pipe, candidates: list[Candidate], height: int, width: int) -> torch.Tensor:
+def draw_batch(pipe, candidates: list[Candidate], height: int, width: int) -> "torch.Tensor":
+    import torch
+
     return torch.cat([candidate.noise.draw(pipe, height, width) for candidate in candidates], dim=0)

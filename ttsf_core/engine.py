@@ -24,7 +24,7 @@ from ttsf_core.candidates import Candidate
 from ttsf_core.config import RunConfig
 from ttsf_core.jobs import FinishJob, GenerateJob, GradeJob, GradeResult
 from ttsf_core.records import RoundRecord, RunLayout, read_round_record
-from ttsf_core.search import GradedCandidate, Strategy, build_strategy, round_order
+from ttsf_core.search import GradedCandidate, Strategy, build_strategy
 from ttsf_core.store import Store, StoredImage, Verdict
 from ttsf_core.verifiers.base import VerifierConfigError
 
@@ -138,7 +138,7 @@ class _BatchRun:
 
     def run(self) -> BatchOutcome:
         # 1. Skip recorded rounds.
-        rounds = round_order(self.strategy, self.engine.config.search_args.search_rounds)
+        rounds = list(range(1, self.engine.config.search_args.search_rounds + 1))
         for index, prompt in self.prompts.items():
             for search_round in rounds:
                 record = read_round_record(self.engine.layout.record_path(prompt, search_round))
@@ -148,12 +148,17 @@ class _BatchRun:
                     self.history[index].append(record)
                     self.records.append(record)
                     self.counts.rounds_skipped += 1
-        # 2. Plan.
-        for index in list(self.todo):
-            while self.todo[index]:
-                self._start_round(index, self.todo[index].popleft())
-                if not self.strategy.independent_rounds:
-                    break
+        # 2. Plan. Independent rounds all now, largest first across the batch, so that only the
+        #    smallest pools are graded after the last image; dependent ones each prompt's next round.
+        if self.strategy.independent_rounds:
+            pending = [(index, r) for index, todo in self.todo.items() for r in todo]
+            pool = self.engine.config.search_args.pool_size
+            for index, search_round in sorted(pending, key=lambda item: (-pool(item[1]), -item[1])):
+                self._start_round(index, search_round)
+            self.todo.clear()
+        else:
+            for index, todo in self.todo.items():
+                self._start_round(index, todo.popleft())
         # 3-5. Generate, grade, select and write, as results arrive.
         self._pump()
         while self.in_flight:

@@ -12,15 +12,18 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from ttsf_core import jobs
 from ttsf_core.config import RunConfig
 from ttsf_core.engine import GENERATIONS_IN_FLIGHT
-from ttsf_core.generate import CandidateGenerator
 from ttsf_core.records import RunLayout
 from ttsf_core.search import Strategy, build_strategy
 from ttsf_core.store import Store
 from ttsf_core.verifiers.base import Verifier
+
+if TYPE_CHECKING:
+    from ttsf_core.generate import CandidateGenerator
 
 GRADE_WORKERS = 4
 
@@ -28,7 +31,7 @@ GRADE_WORKERS = 4
 class ThreadExecutor:
     """Runs jobs on local threads. `load_generator` is called once, on the first generation job."""
 
-    def __init__(self, config: RunConfig, verifier: Verifier, load_generator: Callable[[], CandidateGenerator],
+    def __init__(self, config: RunConfig, verifier: Verifier, load_generator: Callable[[], "CandidateGenerator"],
                  strategy: Strategy | None = None, sleep: Callable[[float], None] = time.sleep):
         self.config, self.verifier = config, verifier
         self.store, self.layout = Store(config), RunLayout(config)
@@ -50,7 +53,7 @@ class ThreadExecutor:
     def finish(self, job: jobs.FinishJob) -> Future:
         return self._finishing.submit(jobs.finish, self.config, self.layout, self.strategy, job)
 
-    def generator(self) -> CandidateGenerator:
+    def generator(self) -> "CandidateGenerator":
         with self._load_lock:
             if self._generator is None:
                 self._generator = self._load_generator()

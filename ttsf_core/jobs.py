@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from ttsf_core.candidates import Candidate
 from ttsf_core.config import RunConfig
-from ttsf_core.generate import CandidateGenerator
 from ttsf_core.records import CandidateRecord, RoundRecord, RunLayout, relative_image_path, write_round_record
 from ttsf_core.search import GradedCandidate, Strategy
 from ttsf_core.search.base import best_graded
@@ -36,6 +36,9 @@ from ttsf_core.verifiers.base import (
     most_telling,
     with_context,
 )
+
+if TYPE_CHECKING:
+    from ttsf_core.generate import CandidateGenerator
 
 LOGGER = logging.getLogger("ttsf.grade")
 PNG_WRITERS = 2  # PNG encoding runs beside the next pipeline call, not after it
@@ -75,7 +78,7 @@ class FinishJob(_Job):
     nfe: int
 
 
-def generate(store: Store, generator: CandidateGenerator, job: GenerateJob) -> list[StoredImage]:
+def generate(store: Store, generator: "CandidateGenerator", job: GenerateJob) -> list[StoredImage]:
     """Every candidate's stored image, in order; missing ones generated, each batch written as it finishes."""
     found = {c.key(): store.find_image(job.prompt, c) for c in job.candidates}
     missing = [c for c in job.candidates if found[c.key()] is None]

@@ -9,8 +9,10 @@ then cast to the model's dtype: CPU float32 draws are identical everywhere.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where noise is drawn: reading records never loads it
+    import torch
 
 SEED_BITS = 63
 
@@ -41,8 +43,10 @@ def _packs_latents(pipe) -> bool:
     return hasattr(pipe, "_pack_latents")
 
 
-def draw_latents(pipe, seeds: list[int], height: int, width: int) -> torch.Tensor:
+def draw_latents(pipe, seeds: list[int], height: int, width: int) -> "torch.Tensor":
     """Float32 CPU latents for `seeds`, shaped as the pipeline's own prepare_latents shapes them."""
+    import torch
+
     channels = latent_channels(pipe)
     drawn = []
     for seed in seeds:
@@ -52,11 +56,13 @@ def draw_latents(pipe, seeds: list[int], height: int, width: int) -> torch.Tenso
     return torch.cat(drawn, dim=0)
 
 
-def sphere_neighbour(pivot: torch.Tensor, seed: int, cosine: float) -> torch.Tensor:
+def sphere_neighbour(pivot: "torch.Tensor", seed: int, cosine: float) -> "torch.Tensor":
     """A point on the sphere of the pivot's norm at cosine similarity `cosine` to it (Ma et al.'s
     zero-order neighbour, as tt-scale-flux draws it, but seeded): the pivot direction u, a random
     direction w orthogonal to it (a seeded float64 Gaussian with its u-component removed), and
     |pivot| * (cosine * u + sqrt(1 - cosine^2) * w). Computed in float64, returned in float32."""
+    import torch
+
     flat = pivot.reshape(-1).to(torch.float64)
     norm = torch.linalg.vector_norm(flat)
     unit = flat / norm.clamp_min(1e-12)

@@ -9,19 +9,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.engine import BatchOutcome, Observer, SearchEngine
 from ttsf_core.executors import ThreadExecutor
 from ttsf_core.files import sweep_temp_files, write_json
-from ttsf_core.generate import CandidateGenerator
-from ttsf_core.pipelines import check_devices, check_resolution, load_pipeline, prompt_length_warnings
+from ttsf_core.pipelines import check_devices, check_resolution, prompt_length_warnings
 from ttsf_core.prompts import load_prompts, prompt_warnings
 from ttsf_core.records import RunLayout
 from ttsf_core.search import Strategy, build_strategy
 from ttsf_core.store import Store
 from ttsf_core.verifiers.base import RetryableVerifierError, Verifier, verifier_batch_size
 from ttsf_core.verifiers.registry import build_verifier
+
+
+if TYPE_CHECKING:
+    from ttsf_core.generate import CandidateGenerator
 
 
 @dataclass
@@ -96,14 +100,17 @@ def ensure_writable(run_dir: Path, output_dir: Path) -> None:
         ) from None
 
 
-def run(config: RunConfig | PreparedRun, generator: CandidateGenerator | None = None,
+def run(config: RunConfig | PreparedRun, generator: "CandidateGenerator | None" = None,
         observer: Observer | None = None) -> tuple[PreparedRun, BatchOutcome]:
     """Search every prompt; finished rounds are read back, stored images and grades reused.
     `generator`: an already loaded one (tests, benchmarks); otherwise loaded on first need."""
     prepared = config if isinstance(config, PreparedRun) else prepare_run(config)
     config = prepared.config
 
-    def load_generator() -> CandidateGenerator:
+    def load_generator() -> "CandidateGenerator":
+        from ttsf_core.generate import CandidateGenerator  # torch and diffusers: only when generating
+        from ttsf_core.pipelines import load_pipeline
+
         return generator or CandidateGenerator(load_pipeline(config), config)
 
     with ThreadExecutor(config, prepared.verifier, load_generator, prepared.strategy) as executor:

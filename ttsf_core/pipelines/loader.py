@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.pipelines.tiny import TINY_FLUX_NAME, ensure_tiny_flux
 
-TORCH_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# torch is imported inside the functions that need it: checking a config (or finding a run already
+# finished) never pays for importing it.
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def resolve_model_path(name: str) -> str:
@@ -21,6 +26,8 @@ def resolve_model_path(name: str) -> str:
 def pick_device(device: str) -> str:
     if device != "auto":
         return device
+    import torch
+
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -65,6 +72,8 @@ def check_devices(config: RunConfig) -> None:
 
 
 def _device_problem(device: str) -> str | None:
+    import torch
+
     if device == "mps":
         available = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
         return None if available else "no Apple GPU is visible here"
@@ -76,6 +85,8 @@ def _device_problem(device: str) -> str | None:
 
 
 def _visible_devices() -> str:
+    import torch
+
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return "".join(f", cuda:{index}" for index in range(count))
 
@@ -130,7 +141,7 @@ def load_pipeline(config: RunConfig):
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     path = resolve_model_path(config.pretrained_model_name_or_path)
-    pipe = DiffusionPipeline.from_pretrained(path, dtype=TORCH_DTYPE[config.torch_dtype])
+    pipe = DiffusionPipeline.from_pretrained(path, dtype=torch_dtype(config.torch_dtype))
     device = pick_device(config.device)
     if config.use_low_gpu_vram and device != "cpu":
         pipe.enable_model_cpu_offload(device=device)

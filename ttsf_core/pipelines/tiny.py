@@ -14,8 +14,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from ttsf_core.config import TINY_FLUX as TINY_FLUX_NAME
 _BUILD_SEED = 0
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -45,6 +43,8 @@ def ensure_tiny_flux(path: str | Path | None = None, width_multiplier: int = 1, 
 
 def build_tiny_flux(width_multiplier: int = 1, num_layers: int = 1):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    import torch
 
     torch.manual_seed(_BUILD_SEED)
     heads = 2 * width_multiplier
@@ -97,6 +97,8 @@ def _tiny_clip():
 
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    import torch
+
     torch.manual_seed(_BUILD_SEED)
     config = CLIPTextConfig(
         bos_token_id=0,
@@ -130,6 +132,8 @@ def _tiny_t5():
 
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    import torch
 
     torch.manual_seed(_BUILD_SEED)
     config = T5Config(vocab_size=1103, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=5,

@@ -17,12 +17,4 @@ def build_strategy(config: RunConfig) -> Strategy:
     return DraftSearch(strategy) if config.search_args.draft_steps is not None else strategy
 
 
-def round_order(strategy: Strategy, search_rounds: int) -> list[int]:
-    """Rounds in the order to start them. Independent rounds go largest first, so that while the
-    biggest pools are graded the generator is still busy, and only the smallest pool is graded after
-    the last image (the tail where the generator would otherwise sit idle)."""
-    order = list(range(1, search_rounds + 1))
-    return order[::-1] if strategy.independent_rounds else order
-
-
-__all__ = ["STRATEGIES", "GradedCandidate", "Strategy", "build_strategy", "round_order", "select_best"]
+__all__ = ["STRATEGIES", "GradedCandidate", "Strategy", "build_strategy", "select_best"]

@@ -1,7 +1,8 @@
 """Cheap drafts over any strategy: every candidate first at `draft_steps`, graded; only the best
 `draft_keep` (and a zero-order pivot, so improvement is judged at full steps) are generated again at
 full steps and graded; the round's best is chosen among the full-step images. A draft and a final
-image of one noise differ in steps, so they never share a file or a stored grade."""
+image of one noise differ in steps, so they never share a file or a stored grade. A round that would
+keep every noise it draws (pool <= draft_keep) skips the drafts."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ class DraftSearch(Strategy):
     def next_stage(self, prompt: str, search_round: int, history: Sequence[RoundRecord],
                    graded: Sequence[GradedCandidate]) -> list[Candidate] | None:
         if not graded:
-            return [c.at(self.search.draft_steps, "draft") for c in self.plan_round(prompt, search_round, history)]
+            planned = self.plan_round(prompt, search_round, history)
+            if len(planned) <= self.search.draft_keep:
+                return planned  # every noise would be kept: drafting them would only add cost
+            return [c.at(self.search.draft_steps, "draft") for c in planned]
         if any(item.candidate.stage == "final" for item in graded):
             return None
         kept = self.kept(graded)
