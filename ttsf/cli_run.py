@@ -73,7 +73,9 @@ def _run_locked(prepared, executor: str, fail) -> None:
         log_path = start_log_file(prepared.layout.run_dir)
         click.echo(f"Log: {log_path}")
         with RecordProgress(prepared, pending):
-            counts = _search(prepared, executor, fail, log_path)
+            counts, error = _search(prepared, executor)
+        if error is not None:  # after the progress bar is closed: the error gets its own line
+            _fail_search(error, fail, log_path)
         click.echo(f"This run generated {counts['images_generated']} images and graded {counts['images_graded']} "
                    f"({counts['images_found']} images and {counts['grades_found']} grades were already stored; "
                    f"{counts['rounds_skipped']} rounds already recorded)."
@@ -124,16 +126,20 @@ def _migrate_legacy_folder(prepared) -> int | None:
     return pending_rounds(prepared)
 
 
-def _search(prepared, executor: str, fail, log_path: Path) -> dict:
+def _search(prepared, executor: str) -> tuple[dict | None, Exception | None]:
+    try:
+        return _search_with(prepared, executor), None
+    except Exception as error:  # noqa: BLE001 - reported by _fail_search, in one line
+        return None, error
+
+
+def _fail_search(error: Exception, fail, log_path: Path) -> None:
     import logging
 
-    try:
-        return _search_with(prepared, executor)
-    except ConfigError as error:
+    if isinstance(error, ConfigError):
         fail(str(error))
-    except Exception as error:  # noqa: BLE001 - one line here, the traceback in the log file
-        logging.getLogger("ttsf").exception("the search failed")
-        fail(f"{_one_line(error)}; {RESUME_HINT} (details: {log_path})", code=1)
+    logging.getLogger("ttsf").error("the search failed", exc_info=error)  # the traceback: log file only
+    fail(f"{_one_line(error)}; {RESUME_HINT} (details: {log_path})", code=1)
 
 
 def _one_line(error: BaseException) -> str:
