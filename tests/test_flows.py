@@ -152,12 +152,12 @@ def test_an_image_never_answered_validly_is_recorded_ungradeable_and_the_run_fin
     assert frame["ungradeable"].tolist() == [0, 0, 0, 1, 0, 0]
 
 
-def test_a_wrong_key_fails_fast_without_retries(tmp_path):
+def test_a_wrong_key_fails_before_any_image_or_request(tmp_path):
     with FakeGeminiServer(api_key="the-right-key") as server:
-        with pytest.raises(Exception, match="(?i)key"):
+        with pytest.raises(Exception, match="GEMINI_API_KEY .*received a key Gemini rejects"):
             search_dataset(_config(tmp_path, server, search_args={"search_rounds": 1}))
-        shas = [r.image_sha256 for r in server.requests]
-    assert shas and len(shas) == len(set(shas))  # each image asked once: no retry on a bad key
+        assert server.call_count == 0 and len(server.metadata_requests) == 1  # only the key check
+    assert not list((tmp_path / "output").rglob("*.png"))
 
 
 def test_verifier_rpm_is_a_shared_global_concurrency_limit(tmp_path):

@@ -164,7 +164,10 @@ def test_zero_order_walks_from_the_best_neighbour_or_starts_afresh(tmp_path, tin
 def test_zero_order_round_one_pivot_is_random_searchs_first_noise(tmp_path, tiny_pipe):
     _run(tmp_path, tiny_pipe, search_args={"search_rounds": 1})
     _, outcome, generator = _run(tmp_path, tiny_pipe, search_args=STRATEGY_ARGS["zero-order"] | {"search_rounds": 1})
-    assert outcome.counts.images_found == 1 and generator.counts.images == 3  # shared image, 3 neighbours made
+    # The shared pivot is found (its image and grade are reused, not replaced); its slot in the pipeline
+    # call is computed again so that the neighbours' call is the one a run without it would make.
+    assert outcome.counts.images_found == 1 and outcome.counts.images_generated == 3
+    assert outcome.counts.grades_found == 1 and generator.counts.images == 4
 
 
 def test_drafts_keep_the_best_and_regenerate_them_at_full_steps(tmp_path, tiny_pipe):

@@ -191,20 +191,27 @@ class _BatchRun:
             return
         work.stage, work.verdicts = stage, [None] * len(stage)
         work.images = [self.store.find_image(work.prompt, candidate) for candidate in stage]
-        missing = [c for c, image in zip(stage, work.images) if image is None]
-        self.counts.images_found += len(stage) - len(missing)
-        if not missing:
+        self.counts.images_found += sum(image is not None for image in work.images)
+        if all(image is not None for image in work.images):
             self._request_grades(work)
             return
+        # The generation plan: the stage less what earlier rounds of this prompt already made (a
+        # carried zero-order pivot). It is the same whatever the store holds, so every pipeline call,
+        # and so every image, is the same in a resumed run as in a clean one.
+        earlier = self._earlier_keys(work, history)
+        planned = [c for c, image in zip(stage, work.images) if c.key() not in earlier or image is None]
         job = GenerateJob(prompt_index=work.prompt_index, prompt=work.prompt, search_round=work.search_round,
-                          candidates=missing)
+                          candidates=planned)
         # A later stage finishes a round already begun: it goes ahead of rounds not yet started.
         (self.generation_queue.appendleft if work.graded else self.generation_queue.append)((work, job))
 
-    def _nfe(self, work: _Round, history: list[RoundRecord]) -> int:
+    def _earlier_keys(self, work: _Round, history: list[RoundRecord]) -> set[str]:
         default_steps = self.engine.config.pipeline_call_args.num_inference_steps
-        earlier = {c.candidate(default_steps).key() for r in history if r.search_round < work.search_round
-                   for c in r.candidates}
+        return {c.candidate(default_steps).key() for r in history if r.search_round < work.search_round
+                for c in r.candidates}
+
+    def _nfe(self, work: _Round, history: list[RoundRecord]) -> int:
+        earlier = self._earlier_keys(work, history)
         fresh = {item.candidate.key(): item.candidate.steps for item in work.graded}
         return sum(steps for key, steps in fresh.items() if key not in earlier)
 
@@ -225,9 +232,10 @@ class _BatchRun:
             return
         generated = sum(image.generated for image in made)
         self.counts.images_generated += generated
-        self.counts.images_found += len(made) - generated  # written meanwhile by another worker
-        fresh = iter(made)
-        work.images = [image if image is not None else next(fresh) for image in work.images]
+        made_by_key = {image.key: image for image in made}
+        was_missing = sum(image is None for image in work.images)
+        self.counts.images_found += was_missing - generated  # written meanwhile by another worker
+        work.images = [image or made_by_key[c.key()] for c, image in zip(work.stage, work.images)]
         self.engine.observer.images_generated(generated)
         self._request_grades(work)
 

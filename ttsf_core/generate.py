@@ -89,9 +89,10 @@ class CandidateGenerator:
         """Pipeline calls of at most batch_size candidates sharing their steps, yielded as each finishes
         (so the caller can write them before the next call: a kill loses one batch at most)."""
         for batch in plan_batches(candidates, self.batch_size):
-            yield batch, self._generate_batch(prompt, batch)
+            yield batch, self.generate_batch(prompt, batch)
 
-    def _generate_batch(self, prompt: str, batch: list[Candidate]) -> list[Image.Image]:
+    def generate_batch(self, prompt: str, batch: list[Candidate]) -> list[Image.Image]:
+        """One pipeline call for `batch` (at most batch_size candidates, one step count)."""
         with self._lock:
             kwargs = self._call_kwargs(self.encode(prompt), batch)
             output = self.pipe(**kwargs)

@@ -79,16 +79,24 @@ class FinishJob(_Job):
 
 
 def generate(store: Store, generator: "CandidateGenerator", job: GenerateJob) -> list[StoredImage]:
-    """Every candidate's stored image, in order; missing ones generated, each batch written as it finishes."""
+    """Every candidate's stored image, in order. The candidates are cut into pipeline calls the same
+    way every time (batched float math depends on a call's batch), and a call runs again whole when
+    any of its images is missing, so an image resumed after a kill is the image a clean run makes;
+    only missing images are written, each call's as soon as it finishes."""
+    from ttsf_core.generate import plan_batches
+
     found = {c.key(): store.find_image(job.prompt, c) for c in job.candidates}
-    missing = [c for c in job.candidates if found[c.key()] is None]
     with ThreadPoolExecutor(PNG_WRITERS, thread_name_prefix="ttsf-png") as writers:
         writes = []
-        for batch, images in generator.batches(job.prompt, missing):
+        for batch in plan_batches(job.candidates, generator.batch_size):
+            if all(found[c.key()] is not None for c in batch):
+                continue
+            images = generator.generate_batch(job.prompt, batch)
             noises = tuple(c.noise for c in batch)
             for position, (candidate, image) in enumerate(zip(batch, images, strict=True)):
-                recipe = Recipe(noise=candidate.noise, steps=candidate.steps, batch=noises, batch_position=position)
-                writes.append(writers.submit(store.write_image, job.prompt, candidate, image, recipe))
+                if found[candidate.key()] is None:
+                    recipe = Recipe(noise=candidate.noise, steps=candidate.steps, batch=noises, batch_position=position)
+                    writes.append(writers.submit(store.write_image, job.prompt, candidate, image, recipe))
         for write in writes:
             stored = write.result()
             found[stored.key] = stored
