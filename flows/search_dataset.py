@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.search_batch import BatchSummary, ProgressRef, counts_of, search_batch
+from flows.monitor import RunMonitor, artifact_key, md_text
+from flows.runs import align_subflow_key, crash_orphaned_children
+from flows.search_batch import BatchSummary, counts_of, search_batch
 from flows.storage import check_result_storage, result_storage_for
-from tasks.rate_limit import ensure_rpm_limit
+from tasks.rate_limit import ensure_rpm_limit, rpm_description
 from ttsf_core.config import RunConfig
-from ttsf_core.engine import BatchCounts
+from ttsf_core.files import safe_slug
 from ttsf_core.locks import RunLock
-from ttsf_core.prompts import save_prompt_list
+from ttsf_core.prompts import PROMPT_LISTS_DIRNAME, save_prompt_list
 from ttsf_core.report import build_report, report_dataframe, summary_markdown
 from ttsf_core.runner import prepare_run
 
@@ -25,17 +30,30 @@ class SearchFailed(RuntimeError):
         self.fatal = fatal
 
 
+def run_name(config: RunConfig, when: datetime | None = None) -> str:
+    """<what is searched>-<how many>-<when>-<search hash>, e.g. `open-image-preferences-v1-binarized-100p-
+    20261128-0200-c1776aa8`: runs of one search share the hash, runs of one schedule the dataset."""
+    source = config.prompts
+    if source.prompt is not None:
+        what, count = safe_slug(source.prompt, 30), "1p"
+    else:
+        dataset = source.dataset.rstrip("/")
+        if PROMPT_LISTS_DIRNAME in dataset:  # ttsf run passes its prompts as a saved list
+            what = "prompts"
+        else:
+            what = safe_slug(dataset.rsplit("/", 1)[-1].rsplit(".", 1)[0], 40)
+        count = f"{source.num_prompts}p" if source.num_prompts != "all" else "all"
+    stamp = (when or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M")
+    return f"{what}-{count}-{stamp}-{config.identity_hash()[:8]}".replace("_", "-").lower()
+
+
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
     config = flow_run.parameters.get("config")
     if isinstance(config, dict):  # parameters may arrive as plain JSON from a deployment run
         config = RunConfig.model_validate(config)
-    return f"search-{config.identity_hash()}" if config else "search"
-
-
-def _finished(layout, prompts: list[str], search_rounds: int) -> bool:
-    return all(layout.record_path(prompt, r).is_file() for prompt in prompts for r in range(1, search_rounds + 1))
+    return run_name(config, flow_run.scheduled_start_time) if config else "search"
 
 
 @flow(name="search-dataset", flow_run_name=_run_name)
@@ -47,6 +65,7 @@ def search_dataset(config: RunConfig) -> dict:
     for warning in prepared.warnings:
         logger.warning(warning)
     check_result_storage(config)
+    crash_orphaned_children(logger)  # a retry after a crash: nothing of the lost attempt stays Running
     with RunLock(prepared.layout.run_dir):
         return _search(prepared, logger)
 
@@ -57,42 +76,58 @@ def _search(prepared, logger) -> dict:
     prompt_list = str(save_prompt_list(prepared.layout.run_dir, prepared.prompts))
     rpm_name = ensure_rpm_limit(config)
     total, size = len(prepared.prompts), config.prompts_per_batch
-    progress_id = create_progress_artifact(progress=0.0, key=f"ttsf-progress-{config.identity_hash()}",
-                                           description=f"Prompts finished of {total}")
+    monitor = RunMonitor(config, FlowRunContext.get().flow_run.name, prepared.prompts, rpm_description(config))
     batch_flow = search_batch.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=config.task_workers),
         result_storage=result_storage_for(config),
     )
     logger.info("%d prompts in %d batches -> %s", total, -(-total // size), run_dir)
-    counts, failed, causes, fatal = BatchCounts(), [], [], False
+    failed, fatal = [], False
     for batch_index, start in enumerate(range(0, total, size)):
         stop = min(start + size, total)
-        progress = ProgressRef(artifact_id=progress_id, total_prompts=total, done_before=start)
-        if _finished(prepared.layout, prepared.prompts[start:stop], config.search_args.search_rounds):
+        if all(index in monitor.finished for index in range(start, stop)):
             # A finished batch costs no subflow run (each costs ~1 s of Prefect bookkeeping).
-            progress.update(stop - start)
-            counts.rounds_skipped += (stop - start) * config.search_args.search_rounds
+            monitor.batch_done(batch_index, start, stop, skipped=True)
             continue
-        state = batch_flow(config, batch_index, prompt_list, start, stop, rpm_name, progress, return_state=True)
+        align_subflow_key(search_batch, batch_index)  # batch-N is batch N's run again on a retry
+        state = batch_flow(config, batch_index, prompt_list, start, stop, rpm_name, monitor.view(),
+                           return_state=True)
         summary = _summary(state)
-        counts.add(counts_of(summary))
-        if not state.is_completed():
-            failed.append(batch_index)
-            causes.append(state.message)
-            logger.error("batch %d failed: %s (re-run the same config to resume it)", batch_index, state.message)
+        error = None if state.is_completed() else state.message
+        monitor.batch_done(batch_index, start, stop, counts_of(summary), error)
+        if error:
+            failed.append((batch_index, error))
+            logger.error("batch %d failed: %s (re-run the same config to resume it)", batch_index, error)
             if summary is not None and summary.fatal:
                 fatal = True  # the verifier refuses this configuration: every other batch would too
                 break
+    _publish_summary(config, run_dir, monitor, failed, fatal)
     if failed:
         what = "the verifier refused its configuration; no further batch was started" if fatal else \
-            f"batches {failed} failed"
-        raise SearchFailed(f"{what} ({causes[0]}); finished rounds, images and grades are kept: "
+            f"batches {[index for index, _ in failed]} failed"
+        raise SearchFailed(f"{what} ({failed[0][1]}); finished rounds, images and grades are kept: "
                            "re-run the same config to resume", fatal=fatal)
-    if build_report(run_dir, only_if_changed=True) is not None:
-        create_markdown_artifact(markdown=summary_markdown(report_dataframe(run_dir), run_dir),
-                                 key=f"ttsf-summary-{config.identity_hash()}",
-                                 description="Best score per round and where the files are")
-    return {"run_dir": str(run_dir), "counts": vars(counts)}
+    return {"run_dir": str(run_dir), "counts": vars(monitor.counts)}
+
+
+def _publish_summary(config: RunConfig, run_dir, monitor: RunMonitor, failed: list, fatal: bool) -> None:
+    """The run's summary, failed or not: what finished, what failed and why, how to resume."""
+    lines = [f"### {md_text(monitor.run_name)}",
+             f"{len(monitor.finished)} of {len(monitor.prompts)} prompts finished.", ""]
+    if failed:
+        lines += ["**Failed batches** (finished rounds, images and grades are kept; run the same config again "
+                  "— a new deployment run, `prefect flow-run retry`, or `ttsf run` — to resume):", ""]
+        lines += [f"- batch {index}: {md_text(error)}" for index, error in failed]
+        if fatal:
+            lines.append("- the verifier refused its configuration, so no further batch was started")
+        lines.append("")
+    try:
+        build_report(run_dir, only_if_changed=True)
+        lines.append(summary_markdown(report_dataframe(run_dir), run_dir))
+    except ValueError:  # no round recorded yet
+        lines.append("No round has been recorded yet.")
+    create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(config, "summary"),
+                             description=f"Best score per round, failures, where the files are · {monitor.run_name}")
 
 
 def _summary(state) -> BatchSummary | None:

@@ -36,3 +36,14 @@ def ensure_rpm_limit(config: RunConfig) -> str | None:
                 GlobalConcurrencyLimitCreate(name=name, limit=slots, slot_decay_per_second=decay, active=True)
             )
     return name
+
+
+def rpm_description(config: RunConfig) -> str:
+    """The verifier budget in the terms the user set it."""
+    name = rpm_limit_name(config)
+    if name is None:
+        return f"no requests-per-minute cap on {config.verifier_args.name} (set --verifier_rpm to share one)"
+    rpm = config.verifier_rpm
+    return (f"{rpm} {config.verifier_args.name} requests a minute, shared by every batch and worker (Prefect "
+            f"global concurrency limit `{name}`: bursts of up to {max(1, rpm // 10)}, refilled at "
+            f"{rpm / 60:.2f} a second)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 
@@ -68,13 +69,20 @@ def test_two_batches_write_records_artifacts_and_report(tmp_path):
     for name in ("report.parquet", "report.html", "scaling_curve.png", "best_images.zip"):
         assert (RunLayout(config).run_dir / "report" / name).is_file()
     assert server.call_count == 3 * (2 + 4)
-    for batch in (0, 1):
-        table = _read_artifact(f"ttsf-batch-{batch}-best")
-        assert table is not None and table.type == "table"
-    progress = _read_artifact(f"ttsf-progress-{config.identity_hash()}")
+    key = f"ttsf-{config.identity_hash()}"
+    batches = _read_artifact(f"{key}-batches")
+    rows = json.loads(batches.data)
+    assert batches.type == "table" and [row["batch"] for row in rows] == [0, 1]  # one table for the run
+    assert [row["prompts finished"] for row in rows] == ["2 of 2", "1 of 1"]
+    progress = _read_artifact(f"{key}-progress")
     assert progress.type == "progress" and float(progress.data) == pytest.approx(100.0)
-    summary = _read_artifact(f"ttsf-summary-{config.identity_hash()}")
+    assert progress.description.startswith("3 of 3 prompts finished")
+    status = _read_artifact(f"{key}-status")
+    assert "**Prompts finished: 3 of 3**" in status.data and "| 18 | 18 |" in status.data
+    summary = _read_artifact(f"{key}-summary")
     assert summary.type == "markdown" and str(RunLayout(config).run_dir.resolve()) in summary.data
+    best = _read_artifact(f"{key}-best")
+    assert best.data.count("data:image/jpeg;base64,") == 3 * 2  # every prompt's two rounds, as pictures
 
 
 def _batch_runs() -> int:

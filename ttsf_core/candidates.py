@@ -8,9 +8,9 @@ on the CPU, shaped from the loaded model), so every image can be regenerated fro
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from ttsf_core.config import digest
 from ttsf_core.noise import draw_latents, sphere_neighbour
@@ -18,13 +18,16 @@ from ttsf_core.noise import draw_latents, sphere_neighbour
 if TYPE_CHECKING:
     import torch
 
+# Seeds are 63-bit: JSON readers in JavaScript (the Prefect UI among them) round numbers above 2**53,
+# so in JSON a seed is written as a string of digits (and read back from one, or from a number).
+Seed = Annotated[int, Field(ge=0, lt=2**63), PlainSerializer(str, return_type=str, when_used="json")]
 Stage = Literal["draft", "final"]
 Role = Literal["sample", "pivot", "neighbor"]
 
 
 class WalkStep(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    seed: int = Field(ge=0, lt=2**63)
+    seed: Seed
     cosine: float = Field(gt=0, lt=1)
 
 
@@ -32,7 +35,7 @@ class NoiseSpec(BaseModel):
     """Draws one initial noise: `seed`, then each sphere step of `walk` in order."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    seed: int = Field(ge=0, lt=2**63)
+    seed: Seed
     walk: tuple[WalkStep, ...] = ()
 
     def neighbour(self, seed: int, cosine: float) -> "NoiseSpec":

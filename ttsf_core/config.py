@@ -259,6 +259,9 @@ class RunConfig(_Frozen):
     # First retry delay; doubles each retry, with jitter, and never shorter than a 429's Retry-After.
     verifier_retry_backoff_s: float = Field(2.0, ge=0, le=600)
     task_workers: int = Field(16, ge=1, le=256)
+    # Where OUTPUT_DIR is served over HTTP (e.g. by `ttsf serve`), so the Prefect UI can link full-size
+    # images; without it the UI shows thumbnails only. Decides nothing about images or grades.
+    output_url: str | None = None
     # None: a local folder beside the run (output_dir/.prefect-results); else a Prefect storage block
     # slug such as "s3-bucket/ttsf-results", or a local path.
     result_storage: str | None = None
@@ -278,6 +281,13 @@ class RunConfig(_Frozen):
         if text not in TORCH_DTYPES:
             raise ValueError(f"allowed: one of {', '.join(TORCH_DTYPES)} (or bfloat16, float16, float32)")
         return text
+
+    @field_validator("output_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("allowed: an http:// or https:// URL")
+        return value
 
     @field_validator("pretrained_model_name_or_path")
     @classmethod

@@ -49,7 +49,7 @@ class Observer:
 
     def images_generated(self, count: int) -> None: ...
     def images_graded(self, count: int) -> None: ...
-    def round_recorded(self, record: RoundRecord) -> None: ...
+    def round_recorded(self, record: RoundRecord, counts: "BatchCounts") -> None: ...
 
 
 @dataclass
@@ -297,7 +297,7 @@ class _BatchRun:
         self.history[work.prompt_index].append(record)
         self.records.append(record)
         self.counts.rounds_recorded += 1
-        self.engine.observer.round_recorded(record)
+        self.engine.observer.round_recorded(record, self.counts)
         if not self.strategy.independent_rounds and self.todo.get(work.prompt_index) and not self.aborted:
             self._start_round(work.prompt_index, self.todo[work.prompt_index].popleft())
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from ttsf_core.candidates import Candidate, NoiseSpec, Role, Stage
+from ttsf_core.candidates import Candidate, NoiseSpec, Role, Seed, Stage
 from ttsf_core.config import RunConfig
 from ttsf_core.files import prompt_dirname, safe_slug, write_json
 from ttsf_core.verifiers.base import METRIC_NAMES, Grades
@@ -31,7 +31,7 @@ class CandidateRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     index: int
-    seed: int
+    seed: Seed
     noise: NoiseSpec
     steps: int | None = None  # None: a record from before drafts (the run's num_inference_steps)
     stage: Stage = "final"
@@ -62,7 +62,7 @@ class RoundRecord(BaseModel):
     search_round: int
     num_noises: int
     # The best_* fields are None only when no final image of the round could be graded.
-    best_noise_seed: int | None
+    best_noise_seed: Seed | None
     best_score: float | None
     choice_of_metric: str
     best_img_path: str | None

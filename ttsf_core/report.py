@@ -286,9 +286,10 @@ def _load_rgb(path: str | Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def _thumbnail_data_uri(path: str | Path) -> str:
+def thumbnail_data_uri(path: str | Path, size: int = THUMBNAIL_PX) -> str:
+    """A JPEG thumbnail (longest side `size`) as a data URI: an image that needs no file server."""
     image = _load_rgb(path)
-    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -343,7 +344,7 @@ def _html_prompt_row(prompt_rows: pd.DataFrame, rounds: list[int]) -> str:
             cells.append(f'<td class="meta">no image of this round could be graded ({row.ungradeable})</td>')
             continue
         cells.append(
-            f'<td><img src="{_thumbnail_data_uri(row.best_img_path)}" alt="round {search_round} best"><br>'
+            f'<td><img src="{thumbnail_data_uri(row.best_img_path)}" alt="round {search_round} best"><br>'
             f'<span class="meta">score {row.best_score:.3f}<br>seed {row.best_noise_seed}<br>'
             f"{row.images_generated} images</span></td>"
         )

@@ -1,0 +1,204 @@
+"""The run as the Prefect UI shows it.
+
+The dataset flow run creates the run's artifacts (so they appear on its page, under keys named by the
+search: `ttsf-<hash>-progress`, `-status`, `-batches`, `-best`, `-summary`), and batch runs update
+them by id, whichever worker runs them. Each batch run also gets its own (keyless) table and gallery
+of best images. Seeds are written as text (JavaScript would round them), prompts are escaped
+(a prompt is data, never markup), images are embedded as small JPEG thumbnails (no file server
+needed) and linked under `output_url` when one is configured.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+from pathlib import Path
+from uuid import UUID
+
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
+from pydantic import BaseModel
+
+from ttsf_core.config import RunConfig
+from ttsf_core.engine import BatchCounts
+from ttsf_core.records import RoundRecord, RunLayout, resolve_image
+from ttsf_core.report import thumbnail_data_uri
+
+GALLERY_PROMPTS = 24  # the run's gallery shows the prompts finished last; the report holds them all
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def artifact_key(config: RunConfig, name: str) -> str:
+    return f"ttsf-{config.identity_hash()}-{name}"
+
+
+def md_text(text: str) -> str:
+    """Any text (a prompt, an error) as inert markdown: no markup, no HTML, one line."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=True))
+
+
+def duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def _update(artifact_id: UUID, data, description: str | None = None) -> None:
+    with get_client(sync_client=True) as client:
+        client.update_artifact(artifact_id, ArtifactUpdate(data=data, description=description))
+
+
+class RunView(BaseModel):
+    """What a batch needs to keep the run's progress and status true (passed to batch runs)."""
+
+    run_name: str
+    total_prompts: int
+    done_at_start: int  # prompts with every round recorded before this run began
+    done_before: int  # ... before this batch began (earlier runs and earlier batches of this one)
+    started_at: float
+    counts_before: dict[str, int | float]  # this run's counts before this batch
+    batches_failed: int
+    rpm_text: str
+    progress_id: UUID | None = None  # None only while the artifacts are being created
+    status_id: UUID | None = None
+
+    def update(self, done_in_batch: int, counts: BatchCounts) -> None:
+        done = self.done_before + done_in_batch
+        total = max(self.total_prompts, 1)
+        with_batch = BatchCounts(**self.counts_before)
+        with_batch.add(counts)
+        _update(self.progress_id, 100.0 * done / total, f"{done} of {self.total_prompts} prompts finished")
+        _update(self.status_id, self.status_markdown(done, with_batch))
+
+    def status_markdown(self, done: int, counts: BatchCounts) -> str:
+        finished_now = done - self.done_at_start
+        elapsed = time.time() - self.started_at
+        left = (f"about {duration(elapsed / finished_now * (self.total_prompts - done))} left"
+                if 0 < finished_now and done < self.total_prompts else
+                "all prompts finished" if done >= self.total_prompts else "time left: after the first prompt")
+        return "\n".join([
+            f"### {md_text(self.run_name)}",
+            f"**Prompts finished: {done} of {self.total_prompts}** ({100 * done / max(self.total_prompts, 1):.0f}%) "
+            f"· {left} · running for {duration(elapsed)} · batches failed: {self.batches_failed}",
+            "",
+            "| images generated | graded | found stored (images / grades) | ungradeable | rate limited (429) "
+            "| retries | time waited |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {counts.images_generated} | {counts.images_graded} | {counts.images_found} / {counts.grades_found} "
+            f"| {counts.images_ungradeable} | {counts.rate_limited} | {counts.retries} "
+            f"| {duration(counts.retry_wait_s)} |",
+            "",
+            f"Verifier budget: {self.rpm_text}",
+        ])
+
+
+class RunMonitor:
+    """The dataset flow run's artifacts: created once, then kept true as batches finish."""
+
+    def __init__(self, config: RunConfig, run_name: str, prompts: list[str], rpm_text: str):
+        self.config, self.run_name, self.prompts, self.rpm_text = config, run_name, prompts, rpm_text
+        self.layout = RunLayout(config)
+        self.finished = {index for index, prompt in enumerate(prompts) if self._recorded(prompt)}
+        self.done_at_start = len(self.finished)
+        self.counts = BatchCounts()
+        self.batches: dict[int, dict] = {}
+        self.recent: list[str] = []
+        self.started_at = time.time()
+        total, done = len(prompts), len(self.finished)
+        self.progress_id = create_progress_artifact(
+            progress=100.0 * done / max(total, 1), key=artifact_key(config, "progress"),
+            description=f"{done} of {total} prompts finished · {run_name}")
+        self.status_id = create_markdown_artifact(markdown=self.view().status_markdown(done, self.counts),
+                                                  key=artifact_key(config, "status"),
+                                                  description=f"Progress, counts and time left · {run_name}")
+        self.batches_id = create_table_artifact(table=[], key=artifact_key(config, "batches"),
+                                                description=f"One row per batch · {run_name}")
+        self.best_id = create_markdown_artifact(markdown="No prompt finished yet.", key=artifact_key(config, "best"),
+                                                description=f"Each round's best image, last {GALLERY_PROMPTS} "
+                                                            f"prompts finished · {run_name}")
+
+    def _recorded(self, prompt: str) -> bool:
+        rounds = range(1, self.config.search_args.search_rounds + 1)
+        return all(self.layout.record_path(prompt, r).is_file() for r in rounds)
+
+    def view(self) -> RunView:
+        """What a batch about to start needs to keep progress and status true."""
+        return RunView(run_name=self.run_name, total_prompts=len(self.prompts), done_at_start=self.done_at_start,
+                       done_before=len(self.finished), started_at=self.started_at, counts_before=vars(self.counts),
+                       batches_failed=sum(row["status"] == "failed" for row in self.batches.values()),
+                       rpm_text=self.rpm_text, progress_id=getattr(self, "progress_id", None),
+                       status_id=getattr(self, "status_id", None))
+
+    def batch_done(self, batch_index: int, start: int, stop: int, counts: BatchCounts | None = None,
+                   error: str | None = None, skipped: bool = False) -> None:
+        newly = [i for i in range(start, stop) if i not in self.finished and self._recorded(self.prompts[i])]
+        self.finished.update(newly)
+        if counts is not None:
+            self.counts.add(counts)
+        if skipped:
+            self.counts.rounds_skipped += (stop - start) * self.config.search_args.search_rounds
+        counts = counts or BatchCounts()
+        finished_here = sum(i in self.finished for i in range(start, stop))
+        self.batches[batch_index] = {
+            "batch": batch_index, "prompts": f"{start}-{stop - 1}",
+            "status": "already finished" if skipped else ("failed" if error else "finished"),
+            "prompts finished": f"{finished_here} of {stop - start}", "images generated": counts.images_generated,
+            "images graded": counts.images_graded, "ungradeable": counts.images_ungradeable,
+            "rate limited (429)": counts.rate_limited, "retries": counts.retries,
+            "waited (s)": round(counts.retry_wait_s, 1), "error": error or "",
+        }
+        _update(self.batches_id, json.dumps([self.batches[index] for index in sorted(self.batches)]))
+        done = len(self.finished)
+        _update(self.progress_id, 100.0 * done / max(len(self.prompts), 1),
+                f"{done} of {len(self.prompts)} prompts finished · {self.run_name}")
+        _update(self.status_id, self.view().status_markdown(done, self.counts))
+        if newly:
+            self.recent = (self.recent + [self.prompts[i] for i in newly])[-GALLERY_PROMPTS:]
+            _update(self.best_id, gallery_markdown(self.config, self.recent))
+
+
+def prompt_rows(config: RunConfig, prompt: str) -> list[tuple[Path, RoundRecord]]:
+    from ttsf_core.records import read_round_record
+
+    layout = RunLayout(config)
+    found = []
+    for search_round in range(1, config.search_args.search_rounds + 1):
+        path = layout.record_path(prompt, search_round)
+        record = read_round_record(path)
+        if record is not None:
+            found.append((path, record))
+    return found
+
+
+def gallery_markdown(config: RunConfig, prompts: list[str]) -> str:
+    """For each prompt: its text, then each round's best image with its seed and score."""
+    lines = []
+    for prompt in prompts:
+        rows = prompt_rows(config, prompt)
+        index = rows[0][1].prompt_index if rows else "?"
+        lines += [f"**#{index}** {md_text(prompt[:300])}", ""]
+        cells = [_cell(config, path, record) for path, record in rows]
+        lines += ["| " + " | ".join(f"round {record.search_round}" for _, record in rows) + " |",
+                  "|" + "---|" * len(rows), "| " + " | ".join(cells) + " |", ""]
+    return "\n".join(lines) if lines else "No prompt finished yet."
+
+
+def _cell(config: RunConfig, record_path: Path, record: RoundRecord) -> str:
+    if record.best is None:
+        return f"no gradeable image ({record.ungradeable} ungradeable)"
+    image = resolve_image(record_path, record.best_img_path)
+    picture = f"![round {record.search_round} best]({thumbnail_data_uri(image, 128)})"
+    link = image_link(config, image)
+    return (f"{picture}<br>score {record.best_score:.3f}<br>seed `{record.best_noise_seed}`"
+            f"<br>noise `{record.best.noise.tag()}`" + (f"<br>[full image]({link})" if link else ""))
+
+
+def image_link(config: RunConfig, image: Path) -> str | None:
+    """A link a browser can follow: under `output_url` (where OUTPUT_DIR is served), else none."""
+    if not config.output_url:
+        return None
+    relative = Path(image).resolve().relative_to(Path(config.output_dir).resolve())
+    return config.output_url.rstrip("/") + "/" + relative.as_posix()

@@ -1,0 +1,69 @@
+"""Keeping Prefect's run bookkeeping right across retries and crashes.
+
+A retried dataset run (`prefect flow-run retry`, Retry in the UI) finds its batch subflows by the
+order they are called in (Prefect's dynamic keys). Finished batches are skipped, so without help the
+first batch called on a retry would take the first batch's old run, name and all. And a process that
+was killed leaves its runs "Running" forever. Both are put right here, before any batch starts.
+"""
+
+from __future__ import annotations
+
+from prefect import Flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    FlowRunFilterStateType,
+    FlowRunFilterState,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.context import FlowRunContext
+from prefect.states import Crashed
+from prefect.tasks import _generate_task_key
+
+UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED, StateType.PAUSED]
+
+
+def align_subflow_key(subflow: Flow, index: int) -> None:
+    """Make the next call of `subflow` in this flow run the `index`-th (0-based) whatever was skipped, so
+    that on a retry it finds its own earlier run. Prefect 3.9 keys a subflow's tracking task by its
+    function and counts calls from 0 (prefect._internal.engine.dynamic_key_for_task_run)."""
+    context = FlowRunContext.get()
+    if context is None:
+        return
+    key = _generate_task_key(subflow.fn)
+    if index == 0:
+        context.task_run_dynamic_keys.pop(key, None)
+    else:
+        context.task_run_dynamic_keys[key] = index - 1
+
+
+def crash_orphaned_children(logger) -> int:
+    """On a retried run: what the lost attempt left unfinished (this run's task runs, its subflow runs
+    and theirs) is marked Crashed, so nothing stays Running and each batch starts a fresh run."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or context.flow_run.run_count <= 1:
+        return 0
+    crashed = Crashed(message="its process ended before finishing; the parent run was retried")
+    found = 0
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[context.flow_run.id]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=UNFINISHED))))
+        for child in children:
+            client.set_flow_run_state(child.id, crashed, force=True)
+            found += 1
+        run_ids = [context.flow_run.id] + [child.id for child in children]
+        tasks = client.read_task_runs(task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=run_ids),
+            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=UNFINISHED))))
+        for task_run in tasks:
+            client.set_task_run_state(task_run.id, crashed, force=True)
+            found += 1
+    if found:
+        logger.warning("marked %d runs left unfinished by the previous attempt as Crashed", found)
+    return found
