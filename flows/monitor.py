@@ -47,8 +47,9 @@ def duration(seconds: float) -> str:
 
 
 def _update(artifact_id: UUID, data, description: str | None = None) -> None:
-    with get_client(sync_client=True) as client:
-        client.update_artifact(artifact_id, ArtifactUpdate(data=data, description=description))
+    fields = {"data": data} | ({"description": description} if description is not None else {})
+    with get_client(sync_client=True) as client:  # a field not given is left as it is
+        client.update_artifact(artifact_id, ArtifactUpdate(**fields))
 
 
 class RunView(BaseModel):
@@ -73,25 +74,34 @@ class RunView(BaseModel):
         _update(self.progress_id, 100.0 * done / total, f"{done} of {self.total_prompts} prompts finished")
         _update(self.status_id, self.status_markdown(done, with_batch))
 
-    def status_markdown(self, done: int, counts: BatchCounts) -> str:
+    def status_markdown(self, done: int, counts: BatchCounts, ended: str | None = None) -> str:
         finished_now = done - self.done_at_start
         elapsed = time.time() - self.started_at
-        left = (f"about {duration(elapsed / finished_now * (self.total_prompts - done))} left"
-                if 0 < finished_now and done < self.total_prompts else
-                "all prompts finished" if done >= self.total_prompts else "time left: after the first prompt")
+        if ended is not None:
+            when = ended
+        elif done >= self.total_prompts:
+            when = "all prompts finished"
+        elif finished_now > 0:
+            when = f"about {duration(elapsed / finished_now * (self.total_prompts - done))} left"
+        else:
+            when = "time left: known once a prompt finishes"
+        rows = [
+            ("images generated", counts.images_generated), ("images graded", counts.images_graded),
+            ("images / grades found stored (not paid again)", f"{counts.images_found} / {counts.grades_found}"),
+            ("images never gradeable (excluded)", counts.images_ungradeable),
+            ("verifier requests rate limited (429)", counts.rate_limited), ("grading retries", counts.retries),
+            ("time waited before retries", duration(counts.retry_wait_s)), ("batches failed", self.batches_failed),
+        ]
         return "\n".join([
             f"### {md_text(self.run_name)}",
             f"**Prompts finished: {done} of {self.total_prompts}** ({100 * done / max(self.total_prompts, 1):.0f}%) "
-            f"· {left} · running for {duration(elapsed)} · batches failed: {self.batches_failed}",
+            f"· {when} · running for {duration(elapsed)}",
             "",
-            "| images generated | graded | found stored (images / grades) | ungradeable | rate limited (429) "
-            "| retries | time waited |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {counts.images_generated} | {counts.images_graded} | {counts.images_found} / {counts.grades_found} "
-            f"| {counts.images_ungradeable} | {counts.rate_limited} | {counts.retries} "
-            f"| {duration(counts.retry_wait_s)} |",
+            "| this run | |",
+            "|---|---:|",
+            *(f"| {name} | {value} |" for name, value in rows),
             "",
-            f"Verifier budget: {self.rpm_text}",
+            f"Verifier budget: {md_text(self.rpm_text)}",
         ])
 
 
@@ -158,6 +168,13 @@ class RunMonitor:
         if newly:
             self.recent = (self.recent + [self.prompts[i] for i in newly])[-GALLERY_PROMPTS:]
             _update(self.best_id, gallery_markdown(self.config, self.recent))
+
+    def ended(self, failed: int, fatal: bool) -> None:
+        """The status once the run stops: no time-left estimate for a run that is over."""
+        how = ("ended: the verifier refused its configuration" if fatal else
+               f"ended with {failed} failed batch{'es' if failed != 1 else ''} (re-run to resume)" if failed else
+               "finished")
+        _update(self.status_id, self.view().status_markdown(len(self.finished), self.counts, ended=f"run {how}"))
 
 
 def prompt_rows(config: RunConfig, prompt: str) -> list[tuple[Path, RoundRecord]]:

@@ -15,9 +15,8 @@ from flows.search_batch import BatchSummary, counts_of, search_batch
 from flows.storage import check_result_storage, result_storage_for
 from tasks.rate_limit import ensure_rpm_limit, rpm_description
 from ttsf_core.config import RunConfig
-from ttsf_core.files import safe_slug
 from ttsf_core.locks import RunLock
-from ttsf_core.prompts import PROMPT_LISTS_DIRNAME, save_prompt_list
+from ttsf_core.prompts import prompt_source_label, save_prompt_list
 from ttsf_core.report import build_report, report_dataframe, summary_markdown
 from ttsf_core.runner import prepare_run
 
@@ -33,18 +32,8 @@ class SearchFailed(RuntimeError):
 def run_name(config: RunConfig, when: datetime | None = None) -> str:
     """<what is searched>-<how many>-<when>-<search hash>, e.g. `open-image-preferences-v1-binarized-100p-
     20261128-0200-c1776aa8`: runs of one search share the hash, runs of one schedule the dataset."""
-    source = config.prompts
-    if source.prompt is not None:
-        what, count = safe_slug(source.prompt, 30), "1p"
-    else:
-        dataset = source.dataset.rstrip("/")
-        if PROMPT_LISTS_DIRNAME in dataset:  # ttsf run passes its prompts as a saved list
-            what = "prompts"
-        else:
-            what = safe_slug(dataset.rsplit("/", 1)[-1].rsplit(".", 1)[0], 40)
-        count = f"{source.num_prompts}p" if source.num_prompts != "all" else "all"
     stamp = (when or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M")
-    return f"{what}-{count}-{stamp}-{config.identity_hash()[:8]}".replace("_", "-").lower()
+    return f"{prompt_source_label(config.prompts)}-{stamp}-{config.identity_hash()[:8]}"
 
 
 def _run_name() -> str:
@@ -73,7 +62,7 @@ def search_dataset(config: RunConfig) -> dict:
 def _search(prepared, logger) -> dict:
     config = prepared.config
     run_dir = prepared.layout.run_dir.resolve()
-    prompt_list = str(save_prompt_list(prepared.layout.run_dir, prepared.prompts))
+    prompt_list = str(save_prompt_list(prepared.layout.run_dir, prepared.prompts, config.prompts))
     rpm_name = ensure_rpm_limit(config)
     total, size = len(prepared.prompts), config.prompts_per_batch
     monitor = RunMonitor(config, FlowRunContext.get().flow_run.name, prepared.prompts, rpm_description(config))
@@ -101,6 +90,7 @@ def _search(prepared, logger) -> dict:
             if summary is not None and summary.fatal:
                 fatal = True  # the verifier refuses this configuration: every other batch would too
                 break
+    monitor.ended(len(failed), fatal)
     _publish_summary(config, run_dir, monitor, failed, fatal)
     if failed:
         what = "the verifier refused its configuration; no further batch was started" if fatal else \

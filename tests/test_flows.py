@@ -78,7 +78,7 @@ def test_two_batches_write_records_artifacts_and_report(tmp_path):
     assert progress.type == "progress" and float(progress.data) == pytest.approx(100.0)
     assert progress.description.startswith("3 of 3 prompts finished")
     status = _read_artifact(f"{key}-status")
-    assert "**Prompts finished: 3 of 3**" in status.data and "| 18 | 18 |" in status.data
+    assert "**Prompts finished: 3 of 3**" in status.data and "| images generated | 18 |" in status.data
     summary = _read_artifact(f"{key}-summary")
     assert summary.type == "markdown" and str(RunLayout(config).run_dir.resolve()) in summary.data
     best = _read_artifact(f"{key}-best")

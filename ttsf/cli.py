@@ -57,6 +57,8 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "prompts_per_batch": (("prompts_per_batch",), "Prompts per search-batch flow run [8]."),
     "verifier_rpm": (("verifier_rpm",), "Verifier requests per minute, shared by all batches and workers "
                      "through a Prefect global concurrency limit [no cap]."),
+    "output_url": (("output_url",), "Where OUTPUT_DIR is served over HTTP (e.g. by `ttsf serve`), so the Prefect "
+                   "UI links full-size images [none: thumbnails only]."),
     "result_storage": (("result_storage",), "Where cached task results persist: a folder, or a Prefect "
                        "storage block slug like s3-bucket/name [OUTPUT_DIR/.prefect-results]."),
 }
@@ -195,6 +197,18 @@ def regenerate_command(record: Path, index: int | None, out: Path | None, device
         found = read_round_record(record) if record.is_file() else None
         index = found.best_index if found is not None else 0
     regenerate_and_print(record, index, out, device)
+
+
+@main.command("serve")
+@click.argument("output_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: every one).")
+@click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on.")
+def serve_command(output_dir: Path, host: str, port: int) -> None:
+    """Serve OUTPUT_DIR (images, records, reports) read-only over HTTP, so that links in the Prefect UI
+    open full-size images: run with --output_url http://HOST:PORT/ pointing here."""
+    from ttsf.cli_run import serve_output
+
+    serve_output(output_dir, host, port)
 
 
 @main.command("migrate")

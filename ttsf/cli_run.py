@@ -166,7 +166,7 @@ def _search_with(prepared, executor: str) -> dict:
     threading.Thread(target=_preload, args=(runtime, prepared.config), daemon=True).start()
     # The flow gets the prompts by reference (a saved list), never the texts: the dataset is read
     # once, and no prompt is too large for Prefect's parameters.
-    prompt_list = save_prompt_list(prepared.layout.run_dir, prepared.prompts)
+    prompt_list = save_prompt_list(prepared.layout.run_dir, prepared.prompts, prepared.config.prompts)
     config = prepared.config.model_copy(update={"prompts": prompt_list_source(prompt_list)})
     return search_dataset(config)["counts"]
 
@@ -278,3 +278,18 @@ def migrate_and_print(old_run_dir: Path) -> None:
     click.echo(f"Imported {migrated.images} images and {migrated.grades} grades into the store; "
                f"wrote {migrated.rounds} round records (0 images generated, 0 graded).")
     click.echo(f"Output: {migrated.run_dir}")
+
+
+def serve_output(output_dir: Path, host: str, port: int) -> None:
+    """A read-only static file server over OUTPUT_DIR (the standard library's, directory-bound)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(Path(output_dir).resolve()))
+    with ThreadingHTTPServer((host, port), handler) as server:
+        click.echo(f"Serving {Path(output_dir).resolve()} at http://{host}:{server.server_address[1]}/ "
+                   f"(runs link images there with --output_url http://{host}:{server.server_address[1]}/); Ctrl-C stops")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass

@@ -164,12 +164,12 @@ def grade_once(store: Store, verifier: Verifier, job: GradeJob, final_invalid: b
     if missing:
         results = _score(verifier, job.prompt, load_images([image.path for image in missing]))
         failures = []
-        for image, result in zip(missing, results, strict=True):
+        for position, (image, result) in enumerate(zip(missing, results, strict=True)):
             verdict = _verdict(result, final_invalid)
             if isinstance(result, RateLimitError) and refusals is not None:
                 refusals.append(result)
             if verdict is None:
-                failures.append(with_context(result, _describe(job, image)))
+                failures.append(with_context(result, _describe(job), image.key, position))
                 continue
             store.write_grade(job.prompt, image.sha256, verdict)
             verdicts[image.sha256] = verdict
@@ -186,8 +186,8 @@ def _verdict(result: Grades | BaseException, final_invalid: bool) -> Verdict | N
     return None
 
 
-def _describe(job: _Job, image: StoredImage) -> str:
-    return f"prompt {job.prompt_index} round {job.search_round} image {image.key}"
+def _describe(job: _Job) -> str:
+    return f"prompt {job.prompt_index} round {job.search_round}"
 
 
 def _score(verifier: Verifier, prompt: str, images: list[Image.Image]) -> list[Grades | BaseException]:

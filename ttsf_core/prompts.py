@@ -115,19 +115,36 @@ def prompt_warnings(source: PromptSource, prompts: list[str]) -> list[str]:
 PROMPT_LISTS_DIRNAME = "prompt-lists"
 
 
-def save_prompt_list(run_dir: Path, prompts: list[str]) -> Path:
-    """Write the run's prompts once, named by their hash, as a JSONL dataset: flows are then given its
-    path, never the texts (Prefect refuses large parameters; a dataset is read once per run)."""
+def save_prompt_list(run_dir: Path, prompts: list[str], source: PromptSource | None = None) -> Path:
+    """Write the run's prompts once, named by where they came from and their hash, as a JSONL dataset:
+    flows are then given its path, never the texts (Prefect refuses large parameters; a dataset is
+    read once per run)."""
     import json
 
     from ttsf_core.config import digest
     from ttsf_core.files import atomic_write_bytes
 
-    path = Path(run_dir) / PROMPT_LISTS_DIRNAME / f"{digest(prompts, 16)}.jsonl"
+    label = prompt_source_label(source) if source is not None else "prompts"
+    path = Path(run_dir) / PROMPT_LISTS_DIRNAME / f"{label}--{digest(prompts, 16)}.jsonl"
     if not path.is_file():
         lines = "".join(json.dumps({"prompt": prompt}, ensure_ascii=False) + "\n" for prompt in prompts)
         atomic_write_bytes(path, lines.encode("utf-8"))
     return path
+
+
+def prompt_source_label(source: PromptSource) -> str:
+    """What a person calls these prompts: `<prompt>-1p`, `<dataset>-<N>p` or `<dataset>-all`; a saved
+    prompt list keeps the label of the source it was saved from."""
+    from ttsf_core.files import safe_slug
+
+    if source.prompt is not None:
+        return f"{safe_slug(source.prompt, 30)}-1p".replace("_", "-").lower()
+    path = Path(source.dataset.rstrip("/"))
+    if path.parent.name == PROMPT_LISTS_DIRNAME and "--" in path.stem:
+        return path.stem.rpartition("--")[0]
+    count = "all" if source.num_prompts == "all" else f"{source.num_prompts}p"
+    name = path.name.rsplit(".", 1)[0] if path.suffix.lower() in LOCAL_SUFFIXES else path.name
+    return f"{safe_slug(name, 40)}-{count}".replace("_", "-").lower()
 
 
 def prompt_list_source(path: Path) -> PromptSource:
@@ -139,6 +156,6 @@ def read_prompt_list(path: str | Path) -> list[str]:
     from ttsf_core.config import digest
 
     prompts = load_prompts(prompt_list_source(Path(path)))
-    if Path(path).stem != digest(prompts, 16):
+    if Path(path).stem.rpartition("--")[2] != digest(prompts, 16):
         raise ValueError(f"prompt list {path} does not match its name: it was changed after it was written")
     return prompts

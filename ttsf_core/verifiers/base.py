@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Protocol, Sequence, runtime_checkable
 
 from PIL import Image
@@ -70,12 +71,17 @@ class UngradeableError(VerifierError):
     """The verifier will never grade this image (a safety block): asking again only spends quota."""
 
 
-def with_context(error: BaseException, context: str) -> BaseException:
-    """The same kind of error, its message prefixed with which image it concerns."""
+def with_context(error: BaseException, context: str, image_name: str | None = None,
+                 index: int | None = None) -> BaseException:
+    """The same kind of error, its message prefixed with `context`; "image <index>" (a verifier knows
+    an image only by its place in its call) becomes "image <image_name>"."""
+    message = str(error)
+    if image_name is not None and index is not None:
+        message = re.sub(rf"\bimage {index}\b", f"image {image_name}", message)
     if isinstance(error, VerifierError):
-        found = type(error)(f"{context}: {error}", error.image_index)
+        found = type(error)(f"{context}: {message}", error.image_index)
     elif isinstance(error, RetryableVerifierError):
-        found = type(error)(f"{context}: {error}", error.retry_after)
+        found = type(error)(f"{context}: {message}", error.retry_after)
     else:
         return error
     found.__cause__ = error.__cause__ or error
