@@ -153,12 +153,12 @@ class RunMonitor:
         counts = counts or BatchCounts()
         finished_here = sum(i in self.finished for i in range(start, stop))
         self.batches[batch_index] = {
-            "batch": batch_index, "prompts": f"{start}-{stop - 1}",
-            "status": "already finished" if skipped else ("failed" if error else "finished"),
+            "batch": batch_index, "status": "already finished" if skipped else ("failed" if error else "finished"),
+            "error": (error or "")[:300], "prompts": f"{start}-{stop - 1}",
             "prompts finished": f"{finished_here} of {stop - start}", "images generated": counts.images_generated,
             "images graded": counts.images_graded, "ungradeable": counts.images_ungradeable,
             "rate limited (429)": counts.rate_limited, "retries": counts.retries,
-            "waited (s)": round(counts.retry_wait_s, 1), "error": error or "",
+            "waited (s)": round(counts.retry_wait_s, 1),
         }
         _update(self.batches_id, json.dumps([self.batches[index] for index in sorted(self.batches)]))
         done = len(self.finished)

@@ -75,8 +75,7 @@ def search_batch(
     engine = SearchEngine(config, PrefectExecutor(config, rpm_limit_name), grade_chunk=verifier_batch_size(verifier),
                           observer=observer)
     outcome = engine.run_batch(prompts)
-    failures = [f"prompt {f.prompt_index} round {f.search_round}: {type(f.error).__name__}: {f.error}"
-                for f in outcome.failures]
+    failures = [_describe(f) for f in outcome.failures]
     _show_batch(config, batch_index, outcome.records, failures, [p for _, p in prompts])
     summary = BatchSummary(batch_index=batch_index, counts=vars(outcome.counts), failures=failures,
                            unfinished_prompts=outcome.unfinished_prompts,
@@ -86,6 +85,12 @@ def search_batch(
             logger.error("%s", failure)
         return Failed(message=failures[0], data=summary)
     return summary
+
+
+def _describe(failure) -> str:
+    where, message = f"prompt {failure.prompt_index} round {failure.search_round}", str(failure.error)
+    message = message if message.startswith(where) else f"{where}: {message}"
+    return f"{type(failure.error).__name__}: {message}"
 
 
 def counts_of(summary: BatchSummary | None) -> BatchCounts:
