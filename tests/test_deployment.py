@@ -107,7 +107,8 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(prefect_server, worker
 
     assert flow_run["state"]["type"] == "COMPLETED", (
         f"{flow_run['state']}\n--- worker ---\n{tail(worker_log, 80)}\n--- server ---\n{tail(server_log)}")
-    assert flow_run["name"] == f"search-{build_config(config).identity_hash()}"
+    # What is searched (the dataset file's name), how many, when, and the search's hash.
+    assert re.fullmatch(rf"prompts-2p-\d{{8}}-\d{{4}}-{build_config(config).identity_hash()[:8]}", flow_run["name"])
     report = pd.read_csv(run_dir / "report" / "report.csv")
     assert len(report) == len(PROMPTS) * 2
     assert sorted(zip(report["prompt_index"], report["search_round"])) == [(0, 1), (0, 2), (1, 1), (1, 2)]
