@@ -67,7 +67,8 @@ BAD_INPUTS = [
     case([*OK, "--choice_of_metric", "beauty"],
          "--choice_of_metric (verifier_args.choice_of_metric): received 'beauty', allowed: one of accuracy_to_prompt"),
     case([*OK, "--verifier_to_use", "oracle"],
-         "--verifier_to_use (verifier_args.name): received 'oracle', allowed: gemini, imagestats, qwen"),
+         "--verifier_to_use (verifier_args.name): received 'oracle', allowed: clip, gemini, image_reward, imagestats, "
+         "laion_aesthetic, openai, pickscore, qwen"),
     case([*OK, "--verifier_concurrency", "0"],
          "--verifier_concurrency (verifier_args.max_concurrency): received '0', allowed: an integer >= 1 and <= 256"),
     case([*OK, "--batch_size_for_img_gen", "many"], "received 'many', allowed: an integer >= 1 and <= 256"),
@@ -304,7 +305,7 @@ def _write_legacy_run(output: Path, pipe) -> Path:
         for index, (seed, image, grade) in enumerate(zip(seeds, images, grades)):
             path = folder / f"r{search_round:02d}_c{index:03d}_s{seed}.png"
             candidates.append({"index": index, "seed": seed, "img_path": str(path), "image_sha256": write_png(path, image),
-                               "score": grade.overall_score.score, "grades": grade.model_dump()})
+                               "score": grade.score("overall_score"), "grades": grade.model_dump()})
         best = max(range(len(candidates)), key=lambda i: (candidates[i]["score"], -i))
         write_json(folder / f"round_{search_round:02d}.json", {
             "prompt": PROMPT, "prompt_index": 0, "search_round": search_round, "num_noises": len(seeds),

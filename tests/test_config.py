@@ -70,7 +70,6 @@ def test_identity_ignores_what_does_not_change_images():
 
 @pytest.mark.parametrize("data,message", [
     ({"search_args": {"search_rounds": 0}}, "search_args.search_rounds: received 0, allowed: an integer >= 1 and <= 16"),
-    ({"verifier_args": {"choice_of_metric": "beauty"}}, "choice_of_metric: received 'beauty', allowed: one of accuracy_to_prompt"),
     ({"prompts": {"num_prompts": "-2"}}, "num_prompts: received '-2', allowed: a positive integer or 'all'"),
     ({"prompts": {"num_prompts": 0}}, "num_prompts: received 0"),
     ({"prompts": {"prompt": "   "}}, "prompts.prompt: received '   ', allowed: a non-empty text"),
@@ -112,3 +111,12 @@ def test_unreadable_config_files_are_named(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="allowed: a mapping"):
         read_config_file(listing)
+
+
+def test_the_metric_defaults_to_the_verifiers_own_and_is_checked_against_its_metrics():
+    from ttsf_core.verifiers.registry import build_verifier
+
+    assert build_config({"verifier_args": {"name": "imagestats"}}).verifier_args.choice_of_metric == "overall_score"
+    config = build_config({"verifier_args": {"name": "imagestats", "choice_of_metric": "beauty"}})
+    with pytest.raises(ConfigError, match="choice_of_metric: received 'beauty', allowed: one of accuracy_to_prompt"):
+        build_verifier(config.verifier_args)

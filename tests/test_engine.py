@@ -96,7 +96,7 @@ def test_another_metric_reselects_from_stored_grades(tmp_path, tiny_pipe):
     assert generator.counts.images == outcome.counts.images_generated == outcome.counts.images_graded == 0
     assert outcome.counts.images_found == outcome.counts.grades_found == len(PROMPTS) * 14
     for record in outcome.records:
-        assert record.best_score == max(c.grades.visual_quality_and_realism.score for c in record.candidates)
+        assert record.best_score == max(c.grades.score("visual_quality_and_realism") for c in record.candidates)
 
 
 def _pixel_sha(image) -> str:

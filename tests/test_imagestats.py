@@ -34,13 +34,13 @@ def test_sharp_image_beats_its_blurred_copy_on_visual_quality(verifier):
     sharp = scene()
     blurred = sharp.filter(ImageFilter.GaussianBlur(3))
     sharp_grades, blurred_grades = verifier.score("anything", [sharp, blurred])
-    assert sharp_grades.visual_quality_and_realism.score > blurred_grades.visual_quality_and_realism.score + 2
+    assert sharp_grades.score("visual_quality_and_realism") > blurred_grades.score("visual_quality_and_realism") + 2
     assert measure(sharp)["laplacian_variance"] > 10 * measure(blurred)["laplacian_variance"]
     # The blur changes sharpness, not exposure: the gap comes from the sharpness term.
     sharp_scores, blurred_scores = measure_scores(measure(sharp)), measure_scores(measure(blurred))
     assert abs(sharp_scores["exposure"] - blurred_scores["exposure"]) < 0.5
     assert sharp_scores["sharpness"] > blurred_scores["sharpness"]
-    assert sharp_grades.overall_score.score > blurred_grades.overall_score.score
+    assert sharp_grades.score("overall_score") > blurred_grades.score("overall_score")
 
 
 def test_flat_grey_has_no_colour_and_no_contrast(verifier):
@@ -53,9 +53,9 @@ def test_flat_grey_has_no_colour_and_no_contrast(verifier):
     assert scores["colourfulness"] < 0.1 and scores["contrast"] < 0.1
     assert scores["exposure"] > 9.9  # mid-grey, nothing clipped: exposure itself is fine
     (grades,) = verifier.score("a grey wall", [grey])
-    assert grades.emotional_or_thematic_resonance.score < 0.1  # contrast + colourfulness
-    assert grades.creativity_and_originality.score < 0.1  # colourfulness + entropy
-    assert grades.overall_score.score < grades_of(verifier, scene()).overall_score.score
+    assert grades.score("emotional_or_thematic_resonance") < 0.1  # contrast + colourfulness
+    assert grades.score("creativity_and_originality") < 0.1  # colourfulness + entropy
+    assert grades.score("overall_score") < grades_of(verifier, scene()).score("overall_score")
 
 
 def grades_of(verifier, image) -> Grades:
@@ -67,7 +67,7 @@ def test_all_white_clipped_image_gets_low_exposure(verifier):
     raw = measure(white)
     assert raw["clipped_bright"] == 1.0 and raw["mean_luminance"] == pytest.approx(1.0)
     assert measure_scores(raw)["exposure"] < 0.5
-    assert grades_of(verifier, white).visual_quality_and_realism.score < 1.0
+    assert grades_of(verifier, white).score("visual_quality_and_realism") < 1.0
     # Mostly blown highlights on an otherwise normal picture still lose exposure.
     half_white = scene()
     ImageDraw.Draw(half_white).rectangle([0, 0, 191, 120], fill=(255, 255, 255))
@@ -115,21 +115,21 @@ def test_accuracy_to_prompt_says_it_does_not_read_the_prompt(verifier):
     first = grades_of(verifier, scene())
     other_prompt = verifier.score("a completely different prompt", [scene()])[0]
     assert first == other_prompt  # the prompt changes nothing
-    explanation = first.accuracy_to_prompt.explanation
+    explanation = first.root["accuracy_to_prompt"].explanation
     assert "does not read the prompt" in explanation
-    assert first.accuracy_to_prompt.score == NEUTRAL_SCORE
-    assert grades_of(verifier, Image.new("RGB", (8, 8))).accuracy_to_prompt.score == NEUTRAL_SCORE
+    assert first.score("accuracy_to_prompt") == NEUTRAL_SCORE
+    assert grades_of(verifier, Image.new("RGB", (8, 8))).score("accuracy_to_prompt") == NEUTRAL_SCORE
 
 
 def test_explanations_state_the_raw_measurements(verifier):
     image = scene()
     raw = measure(image)
     grades = grades_of(verifier, image)
-    assert f"Laplacian variance {raw['laplacian_variance']:.1f}" in grades.visual_quality_and_realism.explanation
-    assert f"mean luminance {raw['mean_luminance']:.3f}" in grades.consistency_and_cohesion.explanation
-    assert f"M {raw['colourfulness']:.1f}" in grades.creativity_and_originality.explanation
-    assert f"RMS contrast {raw['rms_contrast']:.3f}" in grades.emotional_or_thematic_resonance.explanation
-    assert "Weighted mean" in grades.overall_score.explanation
+    assert f"Laplacian variance {raw['laplacian_variance']:.1f}" in grades.root["visual_quality_and_realism"].explanation
+    assert f"mean luminance {raw['mean_luminance']:.3f}" in grades.root["consistency_and_cohesion"].explanation
+    assert f"M {raw['colourfulness']:.1f}" in grades.root["creativity_and_originality"].explanation
+    assert f"RMS contrast {raw['rms_contrast']:.3f}" in grades.root["emotional_or_thematic_resonance"].explanation
+    assert "Weighted mean" in grades.root["overall_score"].explanation
 
 
 def test_large_images_are_measured_at_the_working_size():

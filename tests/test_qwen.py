@@ -240,7 +240,7 @@ def test_forced_valid_answers_come_back_as_grades_in_input_order(tiny_qwen, toke
     assert len(grades) == len(order) and all(isinstance(g, Grades) for g in grades)
     for count, grade in zip(order, grades):
         assert grade.scores() == {name: float(FORCED_SCORES[count]) for name in METRIC_NAMES}
-        assert grade.overall_score.explanation == f'{count} tokens {{ok}} "fine"'
+        assert grade.root["overall_score"].explanation == f'{count} tokens {{ok}} "fine"'
 
 
 def test_a_bad_answer_in_a_later_batch_names_its_own_index(tiny_qwen, tokenizer):

@@ -47,11 +47,11 @@ def test_an_installed_plugin_is_found_and_grades_in_input_order(installed_plugin
     verifier = build_verifier(VerifierArgs(name="brightness"))
     dark, bright = Image.new("RGB", (8, 8), (20, 20, 20)), Image.new("RGB", (8, 8), (230, 230, 230))
     grades = verifier.score("anything", [bright, dark])
-    assert grades[0].overall_score.score > 8 > 1 > grades[1].overall_score.score
+    assert grades[0].score("overall_score") > 8 > 1 > grades[1].score("overall_score")
 
 
 def test_unknown_names_list_what_is_available(installed_plugin):
-    with pytest.raises(ConfigError, match="verifier_to_use: received 'nope', allowed: brightness, gemini"):
+    with pytest.raises(ConfigError, match="verifier_to_use: received 'nope', allowed: brightness, clip, gemini"):
         build_verifier(VerifierArgs(name="nope"))
 
 

@@ -18,7 +18,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from ttsf_core.verifiers.base import METRIC_NAMES
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 DEFAULT_DATASET = "data-is-better-together/open-image-preferences-v1-binarized"
@@ -75,15 +74,25 @@ class PipelineCallArgs(_Frozen):
 class VerifierArgs(_Frozen):
     """Which verifier grades the images, and how (tt-scale-flux's `verifier_args`)."""
 
+    # One verifier, or an ensemble of several, comma-separated ("clip,image_reward,laion_aesthetic").
     name: str = "gemini"
     # None: the verifier's own default model (gemini-2.0-flash for gemini, Qwen2.5-VL-7B for qwen).
     model_name: str | None = None
-    choice_of_metric: str = "overall_score"
+    # None: the verifier's own default metric (overall_score for VLM graders, its one metric for a
+    # scalar reward, "ensemble" for an ensemble); checked against the verifier's metrics up front.
+    choice_of_metric: str | None = None
+    # How an ensemble's members combine into its "ensemble" metric: the unweighted mean of their
+    # ranks among the compared images (Ma et al.'s rule), or the mean of their min-max scaled scores.
+    ensemble: Literal["rank", "mean_score"] = "rank"
     max_new_tokens: int = Field(800, ge=1, le=32768)
     max_concurrency: int = Field(8, ge=1, le=256)
     # The whole request, first byte to last: a server that drips its answer cannot hold a worker longer.
     request_timeout_s: float = Field(120.0, gt=0, le=3600)
     device: str | None = None
+    # A grading rubric file for VLM graders (tt-scale-flux's `prompt_path`); None: ttsf's rubric.
+    prompt_path: str | None = None
+    # Sampling seed for graders that sample (tt-scale-flux's `seed`); ttsf's graders decode greedily.
+    seed: int | None = Field(None, ge=0, lt=2**63)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("device", mode="before")
@@ -92,23 +101,30 @@ class VerifierArgs(_Frozen):
         return _device(value)
 
     def grading_identity(self) -> dict[str, Any]:
-        """What decides a grade: not concurrency, timeouts or where the API is reached."""
+        """What decides a grade: not concurrency, timeouts or where the API is reached; the rubric by
+        its text (an edited rubric file grades anew)."""
         options = {k: v for k, v in self.options.items() if k not in TRANSPORT_OPTIONS}
-        return {"name": self.name, "model_name": self.model_name, "max_new_tokens": self.max_new_tokens,
-                "options": options}
+        identity = {"name": self.name, "model_name": self.model_name, "max_new_tokens": self.max_new_tokens,
+                    "options": options}
+        if self.prompt_path is not None:
+            identity["rubric_sha256"] = hashlib.sha256(Path(self.prompt_path).read_bytes()).hexdigest()
+        if self.seed is not None:
+            identity["seed"] = self.seed
+        return identity
 
     @field_validator("name")
     @classmethod
     def _name_not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("allowed: a registered verifier name")
-        return value.strip()
+        members = [part.strip() for part in value.split(",")]
+        if not all(members):
+            raise ValueError("allowed: a registered verifier name, or several separated by commas")
+        return ",".join(members)
 
-    @field_validator("choice_of_metric")
+    @field_validator("prompt_path")
     @classmethod
-    def _known_metric(cls, value: str) -> str:
-        if value not in METRIC_NAMES:
-            raise ValueError(f"allowed: one of {', '.join(METRIC_NAMES)}")
+    def _readable_rubric(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError("allowed: an existing text file holding a grading rubric")
         return value
 
 
@@ -271,6 +287,23 @@ class RunConfig(_Frozen):
     def _tiny_flux_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("pretrained_model_name_or_path") == TINY_FLUX:
             return merge(TINY_FLUX_DEFAULTS, data)
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _verifiers_own_metric(cls, data: Any) -> Any:
+        """An unset choice_of_metric is the chosen verifier's own default (decided here, so the run's
+        identity and folder name the metric that really selects)."""
+        if not isinstance(data, dict):
+            return data
+        verifier = data.get("verifier_args") or {}
+        if isinstance(verifier, dict) and verifier.get("choice_of_metric") is None:
+            from ttsf_core.verifiers.registry import default_metric_for  # the registry imports this module
+
+            name = verifier.get("name", VerifierArgs.model_fields["name"].default)
+            metric = default_metric_for(name) if isinstance(name, str) else None
+            if metric is not None:
+                data = {**data, "verifier_args": {**verifier, "choice_of_metric": metric}}
         return data
 
     @field_validator("torch_dtype", mode="before")

@@ -22,7 +22,6 @@ from ttsf_core.candidates import Candidate
 from ttsf_core.config import RunConfig
 from ttsf_core.records import CandidateRecord, RoundRecord, RunLayout, relative_image_path, write_round_record
 from ttsf_core.search import GradedCandidate, Strategy
-from ttsf_core.search.base import best_graded
 from ttsf_core.retry import backoff_delay, is_retryable, server_wait
 from ttsf_core.store import Recipe, Store, StoredImage, Verdict
 from ttsf_core.verifiers.base import (
@@ -34,6 +33,7 @@ from ttsf_core.verifiers.base import (
     VerifierConfigError,
     VerifierError,
     most_telling,
+    score_each,
     with_context,
 )
 
@@ -191,25 +191,10 @@ def _describe(job: _Job) -> str:
 
 
 def _score(verifier: Verifier, prompt: str, images: list[Image.Image]) -> list[Grades | BaseException]:
-    partial = getattr(verifier, "score_partial", None)
-    results = partial(prompt, images) if partial is not None else _score_all(verifier, prompt, images)
+    results = score_each(verifier, prompt, images)
     if len(results) != len(images):
         raise VerifierError(f"verifier {verifier.name!r} returned {len(results)} results for {len(images)} images")
-    return list(results)
-
-
-def _score_all(verifier: Verifier, prompt: str, images: list[Image.Image]) -> list[Grades | BaseException]:
-    """A verifier without score_partial answers for all or fails for all. An invalid answer it names
-    (image_index) is that image's alone: the others are only not graded yet (asked again)."""
-    try:
-        return list(verifier.score(prompt, images))
-    except (VerifierError, RetryableVerifierError) as error:
-        index = getattr(error, "image_index", None)
-        named = isinstance(error, VerifierError) and not isinstance(error, VerifierConfigError)
-        if not named or index is None or not 0 <= index < len(images):
-            return [error] * len(images)
-        bystander = RetryableVerifierError(f"not graded: image {index} of the same verifier call failed")
-        return [error if i == index else bystander for i in range(len(images))]
+    return results
 
 
 def finish(config: RunConfig, layout: RunLayout, strategy: Strategy, job: FinishJob) -> RoundRecord:
@@ -217,10 +202,12 @@ def finish(config: RunConfig, layout: RunLayout, strategy: Strategy, job: Finish
     the round done). A round none of whose final images could be graded is recorded without a best."""
     metric = config.verifier_args.choice_of_metric
     final = [item for item in job.graded if item.candidate.stage == "final"]
-    best_final = best_graded(final, metric)
+    best_final = strategy.selector.best([item.grades for item in final])
     best = None if best_final is None else next(i for i, item in enumerate(job.graded) if item is final[best_final])
     record_path = layout.record_path(job.prompt, job.search_round)
-    candidates = [_candidate_record(index, item, record_path, metric) for index, item in enumerate(job.graded)]
+    scores = _stage_scores(strategy, job.graded)
+    candidates = [_candidate_record(index, item, record_path, score)
+                  for index, (item, score) in enumerate(zip(job.graded, scores, strict=True))]
     chosen = candidates[best] if best is not None else None
     record = RoundRecord(
         prompt=job.prompt,
@@ -244,12 +231,22 @@ def finish(config: RunConfig, layout: RunLayout, strategy: Strategy, job: Finish
     return record
 
 
-def _candidate_record(index: int, item: GradedCandidate, record_path, metric: str) -> CandidateRecord:
+def _stage_scores(strategy: Strategy, graded: list[GradedCandidate]) -> list[float | None]:
+    """Each candidate's score, compared within its own stage (an ensemble's ranks are relative)."""
+    scores: list[float | None] = [None] * len(graded)
+    for stage in ("draft", "final"):
+        positions = [i for i, item in enumerate(graded) if item.candidate.stage == stage]
+        for position, score in zip(positions, strategy.selector.scores([graded[i].grades for i in positions])):
+            scores[position] = score
+    return scores
+
+
+def _candidate_record(index: int, item: GradedCandidate, record_path, score: float | None) -> CandidateRecord:
     candidate, recipe = item.candidate, item.image.recipe
     return CandidateRecord(
         index=index, seed=candidate.noise.seed, noise=candidate.noise, steps=candidate.steps,
         stage=candidate.stage, role=candidate.role, img_path=relative_image_path(record_path, item.image.path),
-        image_sha256=item.image.sha256, score=item.score(metric), grades=item.grades, ungradeable=item.ungradeable,
+        image_sha256=item.image.sha256, score=score, grades=item.grades, ungradeable=item.ungradeable,
         batch=recipe.batch, batch_position=recipe.batch_position,
     )
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from ttsf_core.candidates import Candidate, NoiseSpec, Role, Seed, Stage
 from ttsf_core.config import RunConfig
 from ttsf_core.files import prompt_dirname, safe_slug, write_json
-from ttsf_core.verifiers.base import METRIC_NAMES, Grades
+from ttsf_core.verifiers.base import Grades
 
 RECORD_GLOB = "prompts/*/round_*.json"
 
@@ -90,8 +90,6 @@ class RoundRecord(BaseModel):
             raise ValueError("best_noise_seed, best_score and best_img_path must be those of candidates[best_index]")
         if best.stage != "final":
             raise ValueError(f"candidates[{self.best_index}] is a draft: the best is chosen among final images")
-        if self.choice_of_metric not in METRIC_NAMES:
-            raise ValueError(f"choice_of_metric: received {self.choice_of_metric!r}, allowed: {', '.join(METRIC_NAMES)}")
         return self
 
     @property

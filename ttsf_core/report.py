@@ -41,6 +41,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     "best_img_path",
     "ungradeable",
 )
+# Then one column per metric the verifier scores (the rubric's six aspects for VLM graders).
 COLUMNS: tuple[str, ...] = BASE_COLUMNS + METRIC_NAMES
 THUMBNAIL_PX = 160
 # Zip entries carry a timestamp; a fixed one makes the archive byte-identical across rebuilds.
@@ -69,7 +70,9 @@ def report_dataframe(run_dir: str | Path) -> pd.DataFrame:
     found = iter_round_records(run_dir)
     if not found:
         raise ValueError(f"no round records under {run_dir} (looked for {run_dir}/prompts/*/round_*.json)")
-    frame = pd.DataFrame([_row(path, record) for path, record in found], columns=list(COLUMNS))
+    rows = [_row(path, record) for path, record in found]
+    metrics = list(dict.fromkeys(name for row in rows for name in row if name not in BASE_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(BASE_COLUMNS) + metrics)
     _check_unique_rounds(frame, run_dir)
     # A zero-order pivot carried over from the round before is the same image: counted once.
     frame["images_generated"] = _distinct_images_so_far([record for _, record in found])
@@ -102,7 +105,7 @@ def _row(path: Path, record: RoundRecord) -> dict:
         "choice_of_metric": record.choice_of_metric,
         "best_img_path": str(resolve_image(path, record.best_img_path).absolute()) if best else "",
         "ungradeable": record.ungradeable,
-        **(best.grades.scores() if best else dict.fromkeys(METRIC_NAMES, float("nan"))),
+        **(best.grades.scores() if best and best.grades else {}),
     }
 
 

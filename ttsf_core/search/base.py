@@ -42,9 +42,12 @@ class Strategy(ABC):
     independent_rounds: ClassVar[bool]
 
     def __init__(self, config: RunConfig):
+        from ttsf_core.search.selection import Selector
+
         self.config = config
         self.search = config.search_args
         self.full_steps = config.pipeline_call_args.num_inference_steps
+        self.selector = Selector(config)
 
     @abstractmethod
     def plan_round(self, prompt: str, search_round: int, history: Sequence[RoundRecord]) -> list[Candidate]:
@@ -67,14 +70,6 @@ def select_best(grades: Sequence[Grades], metric: str) -> int:
         raise ValueError("select_best: received no graded candidates, allowed: at least one")
     scores = [grade.score(metric) for grade in grades]
     return max(range(len(scores)), key=lambda index: (scores[index], -index))
-
-
-def best_graded(items: Sequence[GradedCandidate], metric: str) -> int | None:
-    """Index of the best gradeable item by `metric` (ties: the first), or None when none is gradeable."""
-    gradeable = [index for index, item in enumerate(items) if item.grades is not None]
-    if not gradeable:
-        return None
-    return gradeable[select_best([items[index].grades for index in gradeable], metric)]
 
 
 def previous_record(history: Sequence[RoundRecord], search_round: int) -> RoundRecord | None:

@@ -39,9 +39,9 @@ class DraftSearch(Strategy):
     def kept(self, drafts: Sequence[GradedCandidate]) -> list[GradedCandidate]:
         """The best draft_keep gradeable drafts by the metric (ties: first drawn), pivots always, in
         draw order."""
-        metric = self.config.verifier_args.choice_of_metric
-        gradeable = [i for i, item in enumerate(drafts) if item.grades is not None]
-        ranked = sorted(gradeable, key=lambda i: (-drafts[i].score(metric), i))
+        scores = self.selector.scores([item.grades for item in drafts])
+        gradeable = [i for i, score in enumerate(scores) if score is not None]
+        ranked = sorted(gradeable, key=lambda i: (-scores[i], i))
         keep = set(ranked[: self.search.draft_keep])
         keep |= {i for i, item in enumerate(drafts) if item.candidate.role == "pivot"}
         return [drafts[i] for i in sorted(keep)]

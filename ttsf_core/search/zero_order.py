@@ -44,9 +44,9 @@ class ZeroOrderSearch(Strategy):
         graded and a neighbour could (the best neighbour is then the better known noise)."""
         if best is None:
             return {"neighbors_improvement": False}
-        metric = self.config.verifier_args.choice_of_metric
-        pivot = next((item.score(metric) for item in final if item.candidate.role == "pivot"), None)
-        neighbours = [item.score(metric) for item in final if item.candidate.role == "neighbor"]
+        scores = self.selector.scores([item.grades for item in final])
+        pivot = next((s for s, item in zip(scores, final) if item.candidate.role == "pivot"), None)
+        neighbours = [s for s, item in zip(scores, final) if item.candidate.role == "neighbor"]
         scored = [score for score in neighbours if score is not None]
         improved = bool(scored) and (pivot is None or max(scored) > pivot)
         return {"neighbors_improvement": improved}

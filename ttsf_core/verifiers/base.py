@@ -1,15 +1,23 @@
-"""The one verifier protocol, the one grading schema and the one list of metric names."""
+"""The verifier protocol, the grades every verifier returns, and the one rubric schema of VLM graders.
+
+A verifier declares the metrics it scores (`metrics`, and the one selection uses unless told
+otherwise, `default_metric`). VLM graders (gemini, qwen, openai) score the six aspects of the rubric
+(RUBRIC_METRICS, parsed through RubricGrades, each 0-10 with an explanation); scalar rewards
+(clip, pickscore, image_reward, laion_aesthetic) score one metric of their own, on their own scale.
+Either way the result for one image is a `Grades`: metric name -> (explanation, score).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Protocol, Sequence, runtime_checkable
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
-METRIC_NAMES: tuple[str, ...] = (
+RUBRIC_METRICS: tuple[str, ...] = (
     "accuracy_to_prompt",
     "creativity_and_originality",
     "visual_quality_and_realism",
@@ -17,42 +25,92 @@ METRIC_NAMES: tuple[str, ...] = (
     "emotional_or_thematic_resonance",
     "overall_score",
 )
+METRIC_NAMES = RUBRIC_METRICS  # the rubric's aspects (the metrics of every VLM grader)
+RUBRIC_DEFAULT_METRIC = "overall_score"
 SCORE_MIN = 0.0
 SCORE_MAX = 10.0
 
 
 class AspectGrade(BaseModel):
-    """One aspect: the reasoning first (so a model commits to it before scoring), then the score."""
+    """One metric: the reasoning or the measurement behind it, then the score (higher is better)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     explanation: str
     # Strict: a "high" or true is a broken answer, not a 1.0; NaN is no score at all.
+    score: float = Field(strict=True, allow_inf_nan=False)
+
+
+class Grades(RootModel[dict[str, AspectGrade]]):
+    """A verifier's grades for one image: metric name -> AspectGrade (a rubric grader's six aspects,
+    a scalar reward's one metric, an ensemble's every member's)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    @field_validator("root")
+    @classmethod
+    def _not_empty(cls, value: dict[str, AspectGrade]) -> dict[str, AspectGrade]:
+        if not value:
+            raise ValueError("grades hold at least one metric")
+        return value
+
+    def score(self, metric: str) -> float:
+        if metric not in self.root:
+            raise ValueError(f"metric: received {metric!r}, allowed: {', '.join(self.root)}")
+        return self.root[metric].score
+
+    def scores(self) -> dict[str, float]:
+        return {name: grade.score for name, grade in self.root.items()}
+
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.root)
+
+
+class RubricGrade(AspectGrade):
+    """An aspect of the rubric, as a VLM must answer it: the explanation first, a score from 0 to 10."""
+
     score: float = Field(ge=SCORE_MIN, le=SCORE_MAX, strict=True, allow_inf_nan=False)
 
 
-class Grades(BaseModel):
-    """A verifier's grades for one image, one field per metric in METRIC_NAMES."""
+class RubricGrades(BaseModel):
+    """The rubric's answer schema (structured output, and what a VLM's JSON answer must fit)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    accuracy_to_prompt: AspectGrade
-    creativity_and_originality: AspectGrade
-    visual_quality_and_realism: AspectGrade
-    consistency_and_cohesion: AspectGrade
-    emotional_or_thematic_resonance: AspectGrade
-    overall_score: AspectGrade
+    accuracy_to_prompt: RubricGrade
+    creativity_and_originality: RubricGrade
+    visual_quality_and_realism: RubricGrade
+    consistency_and_cohesion: RubricGrade
+    emotional_or_thematic_resonance: RubricGrade
+    overall_score: RubricGrade
 
-    def score(self, metric: str) -> float:
-        if metric not in METRIC_NAMES:
-            raise ValueError(f"metric: received {metric!r}, allowed: {', '.join(METRIC_NAMES)}")
-        return getattr(self, metric).score
-
-    def scores(self) -> dict[str, float]:
-        return {name: getattr(self, name).score for name in METRIC_NAMES}
+    def grades(self) -> Grades:
+        return Grades({name: AspectGrade(**getattr(self, name).model_dump()) for name in RUBRIC_METRICS})
 
 
 # The schema and the list must never drift apart.
-if tuple(Grades.model_fields) != METRIC_NAMES:  # pragma: no cover - import-time guard
-    raise RuntimeError("Grades fields and METRIC_NAMES disagree")
+if tuple(RubricGrades.model_fields) != RUBRIC_METRICS:  # pragma: no cover - import-time guard
+    raise RuntimeError("RubricGrades fields and RUBRIC_METRICS disagree")
+
+
+def grades_from_scores(scores: dict[str, float], explanation: str) -> Grades:
+    """Grades from plain numbers (for verifiers that measure rather than explain)."""
+    for name, score in scores.items():
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise ValueError(f"score of {name!r}: received {score!r}, allowed: a finite number")
+    return Grades({name: AspectGrade(explanation=explanation, score=float(score)) for name, score in scores.items()})
+
+
+def verifier_metrics(verifier) -> tuple[str, ...]:
+    """The metrics a verifier (class or instance) scores: its `metrics`, else the rubric's."""
+    return tuple(getattr(verifier, "metrics", RUBRIC_METRICS))
+
+
+def default_metric(verifier) -> str:
+    """The metric that picks the best unless --choice_of_metric says otherwise."""
+    found = getattr(verifier, "default_metric", None)
+    if found:
+        return found
+    metrics = verifier_metrics(verifier)
+    return RUBRIC_DEFAULT_METRIC if RUBRIC_DEFAULT_METRIC in metrics else metrics[0]
 
 
 class VerifierError(Exception):
@@ -121,16 +179,13 @@ def verifier_batch_size(verifier: "Verifier") -> int:
 
 @runtime_checkable
 class Verifier(Protocol):
-    """Grades images for one prompt. Returns one Grades per image, in INPUT order."""
+    """Grades images for one prompt. Returns one Grades per image, in INPUT order. Optional class
+    attributes: `metrics` (what it scores; the rubric's six aspects when absent), `default_metric`,
+    `batch_size` (images per call); optional method `score_partial` (a result or an error per image)."""
 
     name: str
 
     def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]: ...
-
-
-def grades_from_scores(scores: dict[str, float], explanation: str) -> Grades:
-    """Build Grades from plain numbers (for verifiers that measure rather than explain)."""
-    return Grades(**{m: AspectGrade(explanation=explanation, score=scores[m]) for m in METRIC_NAMES})
 
 
 def parse_grades(text: str | None, image_index: int | None = None) -> Grades:
@@ -146,7 +201,7 @@ def parse_grades(text: str | None, image_index: int | None = None) -> Grades:
     if body is None:
         raise VerifierError(f"verifier answer for {where} holds no JSON object: {text[:200]!r}", image_index)
     try:
-        return Grades.model_validate_json(body)
+        return RubricGrades.model_validate_json(body).grades()
     except ValueError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in getattr(error, "errors", lambda: [])()
@@ -172,3 +227,21 @@ def _json_object_text(text: str) -> str | None:
         start = text.find("{")
         return text[start : text.rfind("}") + 1] if start != -1 and text.rfind("}") > start else None
     return json.dumps(found)
+
+
+def score_each(verifier: Verifier, prompt: str, images: list[Image.Image]) -> list[Grades | BaseException]:
+    """One result per image, a Grades or an error. A verifier with `score_partial` says so itself; one
+    without answers for all or fails for all, and then an invalid answer it names (image_index) is that
+    image's alone: the others are only not graded yet (asked again)."""
+    partial = getattr(verifier, "score_partial", None)
+    if partial is not None:
+        return list(partial(prompt, images))
+    try:
+        return list(verifier.score(prompt, images))
+    except (VerifierError, RetryableVerifierError) as error:
+        index = getattr(error, "image_index", None)
+        named = isinstance(error, VerifierError) and not isinstance(error, VerifierConfigError)
+        if not named or index is None or not 0 <= index < len(images):
+            return [error] * len(images)
+        bystander = RetryableVerifierError(f"not graded: image {index} of the same verifier call failed")
+        return [error if i == index else bystander for i in range(len(images))]

@@ -32,6 +32,7 @@ from ttsf_core.verifiers.base import (
     Grades,
     RateLimitError,
     RetryableVerifierError,
+    RubricGrades,
     UngradeableError,
     VerifierConfigError,
     VerifierError,
@@ -253,13 +254,13 @@ def classify(error: BaseException, index: int | None, model: str, deadline_s: fl
 
 
 def gemini_response_schema() -> dict[str, Any]:
-    """The Grades JSON schema without `additionalProperties`.
+    """The rubric's JSON schema (RubricGrades) without `additionalProperties`.
 
-    Grades forbids extra fields, so pydantic emits `additionalProperties: false`; the SDK forwards it
+    RubricGrades forbids extra fields, so pydantic emits `additionalProperties: false`; the SDK forwards it
     as `additional_properties`, which the Gemini Developer API rejects with 400 INVALID_ARGUMENT
     ("Unknown name"). parse_grades still rejects extra fields on our side.
     """
-    return _without_key(Grades.model_json_schema(), "additionalProperties")
+    return _without_key(RubricGrades.model_json_schema(), "additionalProperties")
 
 
 def _without_key(node: Any, key: str) -> Any:

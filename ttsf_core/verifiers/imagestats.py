@@ -171,7 +171,7 @@ def grade_image(image: Image.Image, max_side: int = DEFAULT_MAX_SIDE) -> Grades:
         explanation=f"Weighted mean of the measured aspects ({weights}); accuracy_to_prompt is not measured and left out.",
         score=round(_clip10(overall), 4),
     )
-    return Grades(**grades)
+    return Grades(grades)
 
 
 class ImageStatsVerifier:

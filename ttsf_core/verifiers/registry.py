@@ -1,7 +1,9 @@
-"""Verifiers by name: the built-ins plus any installed under the `ttsf.verifiers` entry-point group.
+"""Verifiers by name: the built-ins plus any installed under the `ttsf.verifiers` entry-point group,
+and ensembles of them ("clip,image_reward,laion_aesthetic").
 
 A verifier class is constructed as `cls(args: VerifierArgs)`. Construction must be cheap and check
 what can be checked without loading a model (API key, model name); heavy loading happens on first use.
+Its class attributes `metrics` and `default_metric` are read without constructing it.
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ import importlib
 from importlib.metadata import entry_points
 
 from ttsf_core.config import ConfigError, VerifierArgs
-from ttsf_core.verifiers.base import Verifier
+from ttsf_core.verifiers.base import Verifier, default_metric, verifier_metrics
 
 ENTRY_POINT_GROUP = "ttsf.verifiers"
 BUILTIN_VERIFIERS: dict[str, str] = {
     "gemini": "ttsf_core.verifiers.gemini:GeminiVerifier",
     "qwen": "ttsf_core.verifiers.qwen:QwenVerifier",
+    "openai": "ttsf_core.verifiers.openai_compat:OpenAIVerifier",
     "imagestats": "ttsf_core.verifiers.imagestats:ImageStatsVerifier",
+    "clip": "ttsf_core.verifiers.clip:ClipScoreVerifier",
+    "pickscore": "ttsf_core.verifiers.clip:PickScoreVerifier",
+    "laion_aesthetic": "ttsf_core.verifiers.aesthetic:LaionAestheticVerifier",
+    "image_reward": "ttsf_core.verifiers.image_reward:ImageRewardVerifier",
 }
+ENSEMBLE_METRIC = "ensemble"
 
 
 def available_verifiers() -> dict[str, str]:
@@ -26,20 +34,73 @@ def available_verifiers() -> dict[str, str]:
     return {**found, **BUILTIN_VERIFIERS}
 
 
+def member_names(name: str) -> list[str]:
+    return [part.strip() for part in name.split(",") if part.strip()]
+
+
 def verifier_class(name: str) -> type:
     targets = available_verifiers()
     if name not in targets:
         raise ConfigError(
             f"verifier_to_use: received {name!r}, allowed: {', '.join(sorted(targets))} "
-            f"(or a verifier installed under the {ENTRY_POINT_GROUP!r} entry-point group)"
+            f"(or a verifier installed under the {ENTRY_POINT_GROUP!r} entry-point group, or several "
+            "separated by commas: an ensemble)"
         )
     module_name, _, attribute = targets[name].partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"verifier_to_use: received {name!r} (it needs {error.name or error}, which is not "
+                          "installed), allowed: a verifier whose packages are installed") from None
+    return getattr(module, attribute)
+
+
+def ensemble_metrics(name: str) -> tuple[list[str], list[str]]:
+    """(every metric an ensemble's grades hold, each member's default metric), members' metrics named
+    `member:metric` where two members share a name (two VLM graders both score overall_score)."""
+    members = member_names(name)
+    own = {member: verifier_metrics(verifier_class(member)) for member in members}
+    seen: dict[str, int] = {}
+    for metrics in own.values():
+        for metric in metrics:
+            seen[metric] = seen.get(metric, 0) + 1
+    named = {member: {m: (f"{member}:{m}" if seen[m] > 1 else m) for m in metrics} for member, metrics in own.items()}
+    every = [renamed for member in members for renamed in named[member].values()]
+    primaries = [named[member][default_metric(verifier_class(member))] for member in members]
+    return every, primaries
+
+
+def metrics_for(name: str) -> list[str]:
+    """Every metric --choice_of_metric may name for this verifier (or ensemble)."""
+    if len(member_names(name)) > 1:
+        return [ENSEMBLE_METRIC, *ensemble_metrics(name)[0]]
+    return list(verifier_metrics(verifier_class(name)))
+
+
+def default_metric_for(name: str) -> str | None:
+    """The verifier's own default metric; None when the name is not a known verifier (reported later)."""
+    try:
+        return ENSEMBLE_METRIC if len(member_names(name)) > 1 else default_metric(verifier_class(name))
+    except ConfigError:
+        return None
+
+
+def check_metric(args: VerifierArgs) -> None:
+    """The chosen metric must be one the verifier scores (None: its default, always fine)."""
+    allowed = metrics_for(args.name)
+    if args.choice_of_metric is not None and args.choice_of_metric not in allowed:
+        raise ConfigError(f"choice_of_metric: received {args.choice_of_metric!r}, allowed: one of "
+                          f"{', '.join(allowed)} (the metrics of {args.name})")
 
 
 def build_verifier(args: VerifierArgs) -> Verifier:
-    verifier = verifier_class(args.name)(args)
+    if len(member_names(args.name)) > 1:
+        from ttsf_core.verifiers.ensemble import EnsembleVerifier
+
+        verifier = EnsembleVerifier(args)
+    else:
+        verifier = verifier_class(args.name)(args)
     if not isinstance(verifier, Verifier):
-        raise ConfigError(f"verifier_to_use: received {args.name!r} (it does not implement the Verifier protocol), "
-                          "allowed: a verifier with a name and a score method")
+        raise ConfigError(f"verifier_to_use: {args.name!r} does not implement the Verifier protocol (name, score)")
+    check_metric(args)
     return verifier

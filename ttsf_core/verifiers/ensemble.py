@@ -1,0 +1,70 @@
+"""Several verifiers as one: each image is graded by every member, its grades hold every member's
+metrics (named `member:metric` where two members share a name), and selection combines the members'
+default metrics into the "ensemble" metric (ttsf_core.search.selection): the unweighted mean of their
+ranks (Ma et al.'s rule for their FLUX.1-dev results) or of their min-max scaled scores.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from PIL import Image
+
+from ttsf_core.config import VerifierArgs
+from ttsf_core.verifiers.base import Grades, most_telling, score_each, verifier_batch_size, verifier_metrics
+from ttsf_core.verifiers.registry import ENSEMBLE_METRIC, ensemble_metrics, member_names, verifier_class
+
+
+class EnsembleVerifier:
+    default_metric = ENSEMBLE_METRIC
+
+    def __init__(self, args: VerifierArgs):
+        self.args = args
+        self.name = args.name
+        names = member_names(args.name)
+        # Options are per member: {"clip": {...}, "image_reward": {...}}.
+        self.members = [verifier_class(name)(args.model_copy(update={
+            "name": name, "choice_of_metric": None, "model_name": None, "options": args.options.get(name, {}),
+        })) for name in names]
+        every, self.member_metrics = ensemble_metrics(args.name)
+        self.metrics = (ENSEMBLE_METRIC, *every)
+        self._renames = [dict(zip(_own_metrics(member), every_of)) for member, every_of in
+                         zip(self.members, _split(every, [len(_own_metrics(m)) for m in self.members]))]
+
+    @property
+    def batch_size(self) -> int:
+        return min(verifier_batch_size(member) for member in self.members)
+
+    def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]:
+        results = self.score_partial(prompt, images)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            raise most_telling(failures)
+        return results
+
+    def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | BaseException]:
+        """Per image: every member's grades merged, or the most telling of its members' errors."""
+        images = list(images)
+        per_member = [score_each(member, prompt, images) for member in self.members]
+        merged: list[Grades | BaseException] = []
+        for index in range(len(images)):
+            results = [results[index] for results in per_member]
+            failures = [result for result in results if isinstance(result, BaseException)]
+            if failures:
+                merged.append(most_telling(failures))
+                continue
+            merged.append(Grades({renames[metric]: grade for renames, grades in zip(self._renames, results)
+                                  for metric, grade in grades.root.items()}))
+        return merged
+
+
+def _own_metrics(member) -> tuple[str, ...]:
+    return verifier_metrics(member)
+
+
+def _split(items: list[str], sizes: list[int]) -> list[list[str]]:
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(items[start : start + size])
+        start += size
+    return parts
