@@ -246,6 +246,17 @@ class PromptSource(_Frozen):
         return self
 
 
+class DispatchArgs(_Frozen):
+    """Where batches run: in the dataset run's own process (local), or each as a flow run of a
+    `search-batch` deployment on a work pool (pool), taken by whichever worker (GPU) frees up."""
+
+    mode: Literal["local", "pool"] = "local"
+    # The deployment batches are sent to, "<flow name>/<deployment name>" (pool mode).
+    deployment: str = "search-batch/gpu"
+    # How long the dataset run waits for one batch run before calling it lost (pool mode).
+    batch_timeout_s: float = Field(24 * 3600, gt=0)
+
+
 class RunConfig(_Frozen):
     """Everything one run needs. Only `search_identity()` fields decide what the images are."""
 
@@ -275,6 +286,7 @@ class RunConfig(_Frozen):
     # First retry delay; doubles each retry, with jitter, and never shorter than a 429's Retry-After.
     verifier_retry_backoff_s: float = Field(2.0, ge=0, le=600)
     task_workers: int = Field(16, ge=1, le=256)
+    dispatch: DispatchArgs = Field(default_factory=DispatchArgs)
     # Where OUTPUT_DIR is served over HTTP (e.g. by `ttsf serve`), so the Prefect UI can link full-size
     # images; without it the UI shows thumbnails only. Decides nothing about images or grades.
     output_url: str | None = None
