@@ -328,3 +328,23 @@ def test_a_search_begun_in_the_old_layout_is_imported_not_redone(tmp_path, tiny_
         return {p.name: p.read_bytes() for p in root.rglob("round_*.json") if legacy not in p.parents}
 
     assert records(tmp_path / "out") == records(tmp_path / "fresh" / "out")  # byte for byte a fresh run's records
+
+
+def test_export_writes_tt_scale_flux_layout_its_tools_read(tmp_path, tiny_flux_dir):
+    import re as regex
+
+    from ttsf_core.export import prompt_to_filename
+
+    _run_threads(tmp_path, "--search_rounds", "2")
+    run_dir = next((tmp_path / "out").rglob("config.json")).parent
+    result = CliRunner().invoke(main, ["export", str(run_dir), "--out", str(tmp_path / "tt")])
+    assert result.exit_code == 0 and "Exported 2 rounds" in result.output, result.output
+    # What tt-scale-flux's process_results.py globs and parses.
+    pattern = regex.compile(r"prompt@(.+?)_hash@([^_]+)_i@(\d+)_s@(\d+)\.json")
+    files = sorted((tmp_path / "tt").glob("*.json"))
+    assert len(files) == 2 and all(pattern.search(f.name) and "hash" in f.name for f in files)
+    assert all(f.with_suffix(".png").is_file() for f in files)
+    datapoint = json.loads(files[0].read_text())
+    assert datapoint["prompt"] == PROMPT and isinstance(datapoint["best_noise_seed"], int)
+    assert set(datapoint["best_score"]) == {"explanation", "score"} and datapoint["choice_of_metric"] == "overall_score"
+    assert files[0].name.startswith(prompt_to_filename(PROMPT) + "_i@")

@@ -211,6 +211,21 @@ def serve_command(output_dir: Path, host: str, port: int) -> None:
     serve_output(output_dir, host, port)
 
 
+@main.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "format_", type=click.Choice(["tt-scale-flux"]), default="tt-scale-flux", show_default=True,
+              help="tt-scale-flux: its flat folder of per-round JSON datapoints and best images, as its "
+                   "process_results.py reads them.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The folder to write.")
+def export_command(run_dir: Path, format_: str, out: Path) -> None:
+    """Write RUN_DIR's records in another tool's layout (the run folder is left as it is)."""
+    from ttsf_core.export import export_tt_scale_flux
+
+    exported = export_tt_scale_flux(run_dir, out)
+    click.echo(f"Exported {exported.rounds} rounds to {exported.folder}"
+               + (f" ({exported.skipped} rounds without a gradeable image left out)" if exported.skipped else ""))
+
+
 @main.command("migrate")
 @click.argument("old_run_dir", type=click.Path(path_type=Path))
 def migrate_command(old_run_dir: Path) -> None:
