@@ -116,6 +116,7 @@ class RunMonitor:
         self.counts = BatchCounts()
         self.batches: dict[int, dict] = {}
         self.recent: list[str] = []
+        self.shown: set[int] = set()  # prompts in the gallery (or finished before this run)
         self.started_at = time.time()
         total, done = len(prompts), len(self.finished)
         self.progress_id = create_progress_artifact(
@@ -142,23 +143,35 @@ class RunMonitor:
                        rpm_text=self.rpm_text, progress_id=getattr(self, "progress_id", None),
                        status_id=getattr(self, "status_id", None))
 
+    def tick(self) -> None:
+        """Prompts finished by batches still running elsewhere (pool mode): read from the run folder."""
+        newly = [i for i in range(len(self.prompts)) if i not in self.finished and self._recorded(self.prompts[i])]
+        if newly:
+            self.finished.update(newly)
+            done = len(self.finished)
+            _update(self.progress_id, 100.0 * done / max(len(self.prompts), 1),
+                    f"{done} of {len(self.prompts)} prompts finished · {self.run_name}")
+            _update(self.status_id, self.view().status_markdown(done, self.counts))
+
     def batch_done(self, batch_index: int, start: int, stop: int, counts: BatchCounts | None = None,
-                   error: str | None = None, skipped: bool = False) -> None:
-        newly = [i for i in range(start, stop) if i not in self.finished and self._recorded(self.prompts[i])]
-        self.finished.update(newly)
+                   error: str | None = None, skipped: bool = False, worker: str = "") -> None:
+        finished = [i for i in range(start, stop) if i in self.finished or self._recorded(self.prompts[i])]
+        self.finished.update(finished)
+        newly = [] if skipped else [i for i in finished if i not in self.shown]
+        self.shown.update(newly)
         if counts is not None:
             self.counts.add(counts)
         if skipped:
             self.counts.rounds_skipped += (stop - start) * self.config.search_args.search_rounds
         counts = counts or BatchCounts()
-        finished_here = sum(i in self.finished for i in range(start, stop))
+        finished_here = len(finished)
         self.batches[batch_index] = {
             "batch": batch_index, "status": "already finished" if skipped else ("failed" if error else "finished"),
             "error": (error or "")[:300], "prompts": f"{start}-{stop - 1}",
             "prompts finished": f"{finished_here} of {stop - start}", "images generated": counts.images_generated,
             "images graded": counts.images_graded, "ungradeable": counts.images_ungradeable,
             "rate limited (429)": counts.rate_limited, "retries": counts.retries,
-            "waited (s)": round(counts.retry_wait_s, 1),
+            "waited (s)": round(counts.retry_wait_s, 1), "ran on": worker,
         }
         _update(self.batches_id, json.dumps([self.batches[index] for index in sorted(self.batches)]))
         done = len(self.finished)

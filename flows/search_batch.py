@@ -8,9 +8,14 @@ redoes nothing finished.
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from flows.monitor import RunView, gallery_markdown
@@ -18,19 +23,38 @@ from tasks import runtime
 from tasks.executor import PrefectExecutor
 from ttsf_core.config import RunConfig
 from ttsf_core.engine import BatchCounts, Observer, SearchEngine
+from ttsf_core.files import write_json
+from ttsf_core.locks import RunLock
 from ttsf_core.prompts import read_prompt_list
 from ttsf_core.records import RoundRecord, RunLayout
 from ttsf_core.verifiers.base import VerifierConfigError, verifier_batch_size
 
 
 class BatchSummary(BaseModel):
-    """What a batch run returns (also as a failed run's data): counts and failures, never images."""
+    """What a batch run did: counts and failures, never images. Written to RUN_DIR/batches/ (so a
+    dataset run reads it whichever worker ran the batch) and returned (also as a failed run's data)."""
 
     batch_index: int
     counts: dict[str, int | float]
     failures: list[str]
     unfinished_prompts: list[int]
     fatal: bool = False  # the verifier refused its configuration (a rejected key): stop every batch
+    worker: str = ""  # where it ran: the Prefect worker's name, host and process
+
+
+def summary_path(config: RunConfig, batch_index: int) -> Path:
+    return RunLayout(config).run_dir / "batches" / f"batch-{batch_index}.json"
+
+
+def read_summary(config: RunConfig, batch_index: int) -> BatchSummary | None:
+    path = summary_path(config, batch_index)
+    return BatchSummary.model_validate_json(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _where() -> str:
+    worker = os.environ.get("PREFECT__WORKER_NAME")
+    place = f"{socket.gethostname()} pid {os.getpid()}"
+    return f"{worker} ({place})" if worker else place
 
 
 class _FlowObserver(Observer):
@@ -56,7 +80,7 @@ class _FlowObserver(Observer):
                 self.view.update(self.finished_here, counts)
 
 
-@flow(name="search-batch", flow_run_name="batch-{batch_index}")
+@flow(name="search-batch", flow_run_name="batch-{batch_index}", task_runner=ThreadPoolTaskRunner(max_workers=16))
 def search_batch(
     config: RunConfig,
     batch_index: int,
@@ -67,6 +91,18 @@ def search_batch(
     view: RunView | None = None,
 ):
     logger = get_run_logger()
+    # A batch run twice at once (a retry while its first run still lives) waits for neither: refused.
+    with RunLock(RunLayout(config).run_dir, f".batch-{batch_index}.lock"):
+        summary, outcome = _search_batch(config, batch_index, prompt_list, start, stop, rpm_limit_name, view, logger)
+    write_json(summary_path(config, batch_index), summary.model_dump(mode="json"))
+    if outcome.failures:
+        for failure in summary.failures:
+            logger.error("%s", failure)
+        return Failed(message=summary.failures[0], data=summary)
+    return summary
+
+
+def _search_batch(config, batch_index, prompt_list, start, stop, rpm_limit_name, view, logger):
     prompts = list(enumerate(read_prompt_list(prompt_list)))[start:stop]
     layout, rounds = RunLayout(config), config.search_args.search_rounds
     recorded = {i: sum(layout.record_path(p, r).is_file() for r in range(1, rounds + 1)) for i, p in prompts}
@@ -78,13 +114,9 @@ def search_batch(
     failures = [_describe(f) for f in outcome.failures]
     _show_batch(config, batch_index, outcome.records, failures, [p for _, p in prompts])
     summary = BatchSummary(batch_index=batch_index, counts=vars(outcome.counts), failures=failures,
-                           unfinished_prompts=outcome.unfinished_prompts,
+                           unfinished_prompts=outcome.unfinished_prompts, worker=_where(),
                            fatal=any(isinstance(f.error, VerifierConfigError) for f in outcome.failures))
-    if outcome.failures:
-        for failure in failures:
-            logger.error("%s", failure)
-        return Failed(message=failures[0], data=summary)
-    return summary
+    return summary, outcome
 
 
 def _describe(failure) -> str:

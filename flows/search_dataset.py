@@ -7,12 +7,12 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.monitor import RunMonitor, artifact_key, md_text
-from flows.runs import align_subflow_key, crash_orphaned_children
-from flows.search_batch import BatchSummary, counts_of, search_batch
-from flows.storage import check_result_storage, result_storage_for
+from flows.dispatch import Batch, LocalBatches, PoolBatches
+from flows.runs import crash_orphaned_children
+from flows.search_batch import counts_of
+from flows.storage import check_result_storage
 from tasks.rate_limit import ensure_rpm_limit, rpm_description
 from ttsf_core.config import RunConfig
 from ttsf_core.locks import RunLock
@@ -66,30 +66,32 @@ def _search(prepared, logger) -> dict:
     rpm_name = ensure_rpm_limit(config)
     total, size = len(prepared.prompts), config.prompts_per_batch
     monitor = RunMonitor(config, FlowRunContext.get().flow_run.name, prepared.prompts, rpm_description(config))
-    batch_flow = search_batch.with_options(
-        task_runner=ThreadPoolTaskRunner(max_workers=config.task_workers),
-        result_storage=result_storage_for(config),
-    )
-    logger.info("%d prompts in %d batches -> %s", total, -(-total // size), run_dir)
+    batches = []
+    for index, start in enumerate(range(0, total, size)):
+        batch = Batch(index, start, min(start + size, total))
+        if all(i in monitor.finished for i in range(batch.start, batch.stop)):
+            # A finished batch costs no batch run (each costs ~1 s of Prefect bookkeeping).
+            monitor.batch_done(batch.index, batch.start, batch.stop, skipped=True)
+        else:
+            batches.append(batch)
+    where = "on work pool deployment " + config.dispatch.deployment if config.dispatch.mode == "pool" else "here"
+    logger.info("%d prompts in %d batches (%d to run, %s) -> %s", total, -(-total // size), len(batches), where,
+                run_dir)
+    runner = PoolBatches(config, prompt_list, rpm_name, monitor.tick) if config.dispatch.mode == "pool" else \
+        LocalBatches(config, prompt_list, rpm_name, monitor.view)
     failed, fatal = [], False
-    for batch_index, start in enumerate(range(0, total, size)):
-        stop = min(start + size, total)
-        if all(index in monitor.finished for index in range(start, stop)):
-            # A finished batch costs no subflow run (each costs ~1 s of Prefect bookkeeping).
-            monitor.batch_done(batch_index, start, stop, skipped=True)
-            continue
-        align_subflow_key(search_batch, batch_index)  # batch-N is batch N's run again on a retry
-        state = batch_flow(config, batch_index, prompt_list, start, stop, rpm_name, monitor.view(),
-                           return_state=True)
-        summary = _summary(state)
-        error = None if state.is_completed() else state.message
-        monitor.batch_done(batch_index, start, stop, counts_of(summary), error)
-        if error:
-            failed.append((batch_index, error))
-            logger.error("batch %d failed: %s (re-run the same config to resume it)", batch_index, error)
-            if summary is not None and summary.fatal:
+    for result in runner.run(batches):
+        batch, summary = result.batch, result.summary
+        monitor.batch_done(batch.index, batch.start, batch.stop, counts_of(summary), result.error,
+                           worker=summary.worker if summary else "")
+        if result.error:
+            failed.append((batch.index, result.error))
+            logger.error("batch %d failed: %s (re-run the same config to resume it)", batch.index, result.error)
+            if summary is not None and summary.fatal and not fatal:
                 fatal = True  # the verifier refuses this configuration: every other batch would too
-                break
+                runner.stop()
+                if config.dispatch.mode == "local":
+                    break
     monitor.ended(len(failed), fatal)
     _publish_summary(config, run_dir, monitor, failed, fatal)
     if failed:
@@ -120,9 +122,3 @@ def _publish_summary(config: RunConfig, run_dir, monitor: RunMonitor, failed: li
                              description=f"Best score per round, failures, where the files are · {monitor.run_name}")
 
 
-def _summary(state) -> BatchSummary | None:
-    try:
-        data = state.result(raise_on_failure=False)
-    except Exception:  # noqa: BLE001 - a crashed batch has no result; its state says why
-        return None
-    return data if isinstance(data, BatchSummary) else None

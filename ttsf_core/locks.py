@@ -28,8 +28,11 @@ class RunFolderBusy(ConfigError):
 
 
 class RunLock:
-    def __init__(self, run_dir: Path):
-        self.path = (Path(run_dir) / LOCK_NAME).resolve()
+    """`name`: the lock file in the run folder (`.lock` for a whole search, `.batch-N.lock` for one
+    batch: a batch run twice at once, by a retry while its first run still lives, waits its turn)."""
+
+    def __init__(self, run_dir: Path, name: str = LOCK_NAME):
+        self.path = (Path(run_dir) / name).resolve()
 
     def __enter__(self) -> "RunLock":
         self.acquire()
@@ -51,8 +54,9 @@ class RunLock:
             except BlockingIOError:
                 holder = _read_holder(fd)
                 os.close(fd)
+                what = "a run folder" if self.path.name == LOCK_NAME else f"a batch ({self.path.name})"
                 raise RunFolderBusy(f"output_dir: received {str(self.path.parent)!r} (being searched by {holder}), "
-                                    "allowed: a run folder no other ttsf run is searching; wait for that run to "
+                                    f"allowed: {what} no other ttsf run is searching; wait for that run to "
                                     "finish or stop it") from None
             _write_holder(fd)
             _held[self.path] = (fd, 1)
