@@ -543,7 +543,7 @@ class FakeGeminiServer:
         return self.known_models is None or model in self.known_models
 
     def _requests_summary(self) -> dict[str, Any]:
-        fields = ("call_index", "model", "image_sha256", "attempt", "fault", "status", "delivered")
+        fields = ("call_index", "model", "image_sha256", "attempt", "fault", "status", "delivered", "arrived_at")
         with self._lock:
             return {
                 "requests": [{name: getattr(record, name) for name in fields} for record in self._records],

@@ -83,8 +83,9 @@ def post_json(url: str, payload: dict):
 
 
 @contextlib.contextmanager
-def running_server(folder: Path):
-    """Yields (api_url, env, log): env is what a process needs to use this server (and its UI)."""
+def running_server(folder: Path, database_url: str | None = None):
+    """Yields (api_url, env, log): env is what a process needs to use this server (and its UI).
+    `database_url`: a PostgreSQL database for the server (default: SQLite under PREFECT_HOME)."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
@@ -99,6 +100,8 @@ def running_server(folder: Path):
         "HF_HUB_OFFLINE": "1",
         "NO_COLOR": "1",
     })
+    if database_url is not None:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     log = folder / "server.log"
     server = start(PREFECT + ["server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log, folder)
     try:

@@ -140,6 +140,8 @@ def test_every_deployment_spells_out_its_whole_config():
 
     document = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     for deployment in document["deployments"]:
+        if deployment["entrypoint"].endswith(":search_batch"):
+            continue  # batch runs get every parameter from their dataset run
         config = deployment["parameters"]["config"]
         assert _missing_fields(RunConfig, config) == [], deployment["name"]
         assert build_config(config).model_dump(mode="json") == config, deployment["name"]
