@@ -55,6 +55,8 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "seed": (("seed",), "Base seed; every candidate's seed derives from it, the prompt, round, index [0]."),
     "output_dir": (("output_dir",), "Where run folders go [output]."),
     "prompts_per_batch": (("prompts_per_batch",), "Prompts per search-batch flow run [8]."),
+    "dispatch": (("dispatch", "mode"), "local: batches one after another in this run's process; pool: each "
+                 "batch a run of the search-batch deployment on a work pool (docs/scale-out.md) [local]."),
     "verifier_rpm": (("verifier_rpm",), "Verifier requests per minute, shared by all batches and workers "
                      "through a Prefect global concurrency limit [no cap]."),
     "output_url": (("output_url",), "Where OUTPUT_DIR is served over HTTP (e.g. by `ttsf serve`), so the Prefect "
