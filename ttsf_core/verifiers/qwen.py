@@ -26,7 +26,8 @@ from typing import Any, Sequence
 from PIL import Image
 
 from ttsf_core.config import VerifierArgs
-from ttsf_core.verifiers.base import METRIC_NAMES, SCORE_MAX, SCORE_MIN, Grades, VerifierConfigError, VerifierError, parse_grades
+from ttsf_core.verifiers.base import Grades, VerifierConfigError, VerifierError, parse_grades
+from ttsf_core.verifiers.rubric import grading_text, load_rubric
 
 logger = logging.getLogger(__name__)
 
@@ -37,69 +38,20 @@ _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float
 _PROCESSOR_CHOICES = ("auto", "image_only", "a 'module:Class' path")
 KNOWN_OPTIONS = ("batch_size", "torch_dtype", "processor", "attn_implementation", "min_pixels", "max_pixels")
 
-# ---------------------------------------------------------------------------------------------
-# The grading instructions: the one place they are written.
-# ---------------------------------------------------------------------------------------------
-ASPECT_GUIDE: dict[str, str] = {
-    "accuracy_to_prompt": (
-        "Does the image show what the prompt asks for: every subject, attribute, count, action, "
-        "spatial relation, setting and style it names? Missing, extra or wrong elements lower the score."
-    ),
-    "creativity_and_originality": (
-        "Is the interpretation inventive and distinctive rather than generic or clichéd, while still serving the prompt?"
-    ),
-    "visual_quality_and_realism": (
-        "Technical quality: sharpness, detail, lighting, colour, anatomy, perspective; no artefacts, "
-        "distortions, garbled text or malformed hands and faces. For a stylised prompt (painting, cartoon, "
-        "3D render) judge how well that style is executed instead of photorealism."
-    ),
-    "consistency_and_cohesion": (
-        "Do all parts of the image belong together: a coherent composition, consistent lighting, scale and "
-        "style, and no contradictory, duplicated or disjointed elements?"
-    ),
-    "emotional_or_thematic_resonance": (
-        "Does the image convey the mood, emotion or theme the prompt intends, and does it engage the viewer?"
-    ),
-    "overall_score": (
-        "Your overall judgement of this image for this prompt, weighing all the aspects above "
-        "(it need not be their exact average)."
-    ),
-}
-if tuple(ASPECT_GUIDE) != METRIC_NAMES:  # pragma: no cover - import-time guard
-    raise RuntimeError("qwen ASPECT_GUIDE and METRIC_NAMES disagree")
-
-GRADING_INSTRUCTIONS = """You are a strict and consistent judge of AI-generated images. Grade how well the image above realises this text-to-image prompt:
-
-PROMPT: "{prompt}"
-
-Grade these six aspects, each on a scale from {low} (worst) to {high} (best); decimals are allowed:
-{aspects}
-
-For each aspect first write a short explanation (one or two sentences naming what you actually see in the image), then give its score.
-
-Answer with ONE JSON object and nothing else: no markdown fence, no text before or after it. Use exactly these six keys, each mapping to an object with an "explanation" string and a numeric "score" from {low} to {high}:
-{schema}"""
+# The grading instructions are the one rubric every VLM grader sends (rubric.md, or
+# verifier_args.prompt_path): see ttsf_core/verifiers/rubric.py.
+def grading_instructions(prompt: str, rubric: str | None = None) -> str:
+    """The full instruction text sent with each image: the rubric (aspects, scale, JSON shape), then
+    the prompt as data. `rubric` None: the packaged rubric."""
+    return grading_text(load_rubric(None) if rubric is None else rubric, prompt)
 
 
-def grading_instructions(prompt: str) -> str:
-    """The full instruction text sent with each image (aspects, scale and exact JSON shape)."""
-    low, high = f"{SCORE_MIN:g}", f"{SCORE_MAX:g}"
-    aspects = "\n".join(f"- {name}: {ASPECT_GUIDE[name]}" for name in METRIC_NAMES)
-    schema = "{\n" + ",\n".join(
-        f'  "{name}": {{"explanation": "<one or two sentences>", "score": <number from {low} to {high}>}}'
-        for name in METRIC_NAMES
-    ) + "\n}"
-    text = GRADING_INSTRUCTIONS.replace("{low}", low).replace("{high}", high)
-    text = text.replace("{aspects}", aspects).replace("{schema}", schema)
-    return text.replace("{prompt}", prompt.strip())  # last: a prompt holding "{schema}" stays literal
-
-
-def grading_messages(prompt: str) -> list[dict[str, Any]]:
-    """One user turn: the image, then our grading instructions."""
+def grading_messages(prompt: str, rubric: str | None = None) -> list[dict[str, Any]]:
+    """One user turn: the image, then the grading instructions."""
     return [
         {
             "role": "user",
-            "content": [{"type": "image"}, {"type": "text", "text": grading_instructions(prompt)}],
+            "content": [{"type": "image"}, {"type": "text", "text": grading_instructions(prompt, rubric)}],
         }
     ]
 
@@ -189,6 +141,9 @@ class QwenVerifier:
                     f"verifier_args.options.processor: received {self._processor_spec!r}, allowed: {', '.join(_PROCESSOR_CHOICES)}"
                 )
         self.logits_processor = logits_processor
+        # The one rubric (rubric.md, or verifier_args.prompt_path). verifier_args.seed is not used:
+        # decoding is greedy, so there is nothing to seed.
+        self.rubric = load_rubric(args.prompt_path)
         self.model: Any = None
         self.processor: Any = None
         self._lock = threading.Lock()
@@ -297,7 +252,7 @@ class QwenVerifier:
         import torch
 
         processor, model = self.processor, self.model
-        chat = processor.apply_chat_template(grading_messages(prompt), tokenize=False, add_generation_prompt=True)
+        chat = processor.apply_chat_template(grading_messages(prompt, self.rubric), tokenize=False, add_generation_prompt=True)
         call_kwargs: dict[str, Any] = {}
         if self.image_kwargs:
             size = dict(getattr(processor.image_processor, "size", None) or {})

@@ -1,0 +1,486 @@
+"""Any OpenAI-compatible chat-completions server as a verifier (OpenAI, vLLM, SGLang, Ollama, LM Studio),
+through the real `openai` client: one request per image, the image as a PNG data URL, the one rubric.
+
+Requests run on the SDK's async client (AsyncOpenAI), on one event loop per verifier: at most
+max_concurrency at once (shared by every thread that calls it), each with a deadline on the whole
+request (request_timeout_s: the SDK's own timeout is per read, so an answer dripping a byte at a time
+would never trip it), and results are collected by input position, so every score stays with its
+image however the answers come back. The SDK's own retries are off (max_retries=0): the caller
+retries, honouring Retry-After. Every failure becomes one of the typed errors of `base`:
+
+  429                                 RateLimitError, retry_after from retry-after-ms, Retry-After
+                                      (seconds or an HTTP date) or the message's "try again in 20s"
+                                      (the longest wait wins)
+  429 insufficient_quota              VerifierConfigError (the account has no credit: waiting won't help)
+  5xx, 408, 409, timeouts, refused or
+  reset connections, cut bodies,
+  non-JSON or non-completion bodies   RetryableVerifierError
+  401, 403                            VerifierConfigError (the key); nothing more is sent
+  404                                 VerifierConfigError (the model, or a base URL without /v1)
+  400 about response_format           VerifierConfigError (use options.response_format: json_object)
+  other 4xx                           VerifierError naming the image
+  finish_reason content_filter,
+  a refusal                           UngradeableError (final for this image)
+  no choices, empty content, an
+  answer not fitting the schema       VerifierError naming the image (asked again a bounded number of times)
+
+Configuration (VerifierArgs):
+  model_name                  default "gpt-4o-mini"
+  options.base_url            else $OPENAI_BASE_URL, else https://api.openai.com/v1
+  options.response_format     "json_schema" (default: strict structured output against RubricGrades),
+                              "json_object" (servers without json_schema), "none" (plain text; the
+                              answer is still parsed by base.parse_grades)
+  seed                        sent as `seed` when set
+  max_new_tokens              sent as `max_tokens`; temperature is 0
+  $OPENAI_API_KEY             required for api.openai.com. Any other base URL is taken for a server
+                              that may need no key (vLLM, SGLang, Ollama, LM Studio without --api-key):
+                              without one the placeholder "EMPTY" is sent, and a server that does want
+                              a key answers 401, reported as a VerifierConfigError naming OPENAI_API_KEY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import io
+import json
+import math
+import os
+import re
+import threading
+import time
+import urllib.parse
+from typing import Any, Sequence
+
+import openai
+from openai.types.chat import ChatCompletion
+from PIL import Image
+
+from ttsf_core.config import VerifierArgs
+from ttsf_core.verifiers.base import (
+    RUBRIC_DEFAULT_METRIC,
+    RUBRIC_METRICS,
+    Grades,
+    RateLimitError,
+    RetryableVerifierError,
+    RubricGrades,
+    UngradeableError,
+    VerifierConfigError,
+    VerifierError,
+    most_telling,
+    parse_grades,
+)
+from ttsf_core.verifiers.rubric import grading_text, load_rubric
+
+API_KEY_ENV = "OPENAI_API_KEY"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+ALLOWED_OPTIONS = ("base_url", "response_format")
+RESPONSE_FORMATS = ("json_schema", "json_object", "none")
+NO_KEY = "EMPTY"  # what a server that needs no key gets as the bearer token (vLLM's convention)
+KEY_HOSTS = ("openai.com",)  # base URLs on these hosts (and their subdomains) require OPENAI_API_KEY
+CHECK_TIMEOUT_S = 15.0
+SCHEMA_NAME = "grades"
+
+
+class OpenAIVerifier:
+    """Grades images with a vision model behind an OpenAI-compatible chat-completions endpoint. Safe to
+    share between threads: one semaphore bounds them all."""
+
+    name = "openai"
+    metrics = RUBRIC_METRICS
+    default_metric = RUBRIC_DEFAULT_METRIC
+    DEFAULT_MODEL = "gpt-4o-mini"
+
+    def __init__(self, args: VerifierArgs):
+        self.args = args
+        options = _checked_options(args.options)
+        self.base_url = _base_url(options)
+        api_key = os.environ.get(API_KEY_ENV, "").strip()
+        if not api_key and needs_key(self.base_url):
+            raise VerifierConfigError(
+                f"{API_KEY_ENV} (verifier_args.name={self.name}): received nothing, allowed: your OpenAI API key in "
+                f"the environment (https://platform.openai.com/api-keys), a server that needs no key in "
+                f"{BASE_URL_ENV} or verifier_args.options.base_url (vLLM, SGLang, Ollama, LM Studio), or another "
+                "--verifier_to_use"
+            )
+        self._api_key = api_key or None
+        self.model_name = (args.model_name or "").strip() or self.DEFAULT_MODEL
+        self.response_format = options.get("response_format", "json_schema")
+        # The one rubric (rubric.md, or verifier_args.prompt_path); the prompt joins it per request.
+        self.rubric = load_rubric(args.prompt_path)
+        self._create_args: dict[str, Any] = {"model": self.model_name, "temperature": 0,
+                                             "max_tokens": args.max_new_tokens}
+        if self.response_format != "none":
+            self._create_args["response_format"] = response_format_param(self.response_format)
+        if args.seed is not None:
+            self._create_args["seed"] = args.seed
+        self._client: openai.AsyncOpenAI | None = None
+        self._loop: _EventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._lock = threading.Lock()
+        # Once the server refuses the key, the model or the account, no later request is sent.
+        self._refusal: VerifierConfigError | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """Images per call: as many as may be in flight at once."""
+        return self.args.max_concurrency
+
+    def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]:
+        """One Grades per image, in input order; raises the typed error of a failed image."""
+        results = self.score_partial(prompt, images)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            raise most_telling(failures)
+        return results
+
+    def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | BaseException]:
+        """One Grades or typed error per image, in input order: the answers that did arrive are kept
+        (a retry then asks only for the rest). A refused key stops the requests not yet sent."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt: received {prompt!r}, allowed: a non-empty text")
+        images = list(images)
+        for index, image in enumerate(images):  # checked before anything is sent
+            if not isinstance(image, Image.Image):
+                raise ValueError(f"images[{index}]: received {type(image).__name__}, allowed: a PIL image")
+        if not images:
+            return []
+        # Encoded here, on the caller's thread: the event loop only waits on the network.
+        text, urls = grading_text(self.rubric, prompt), [png_data_url(image) for image in images]
+        return self._event_loop().run(self._ask_all(text, urls))
+
+    def check_access(self) -> None:
+        """GET /models/{model} (no generation, no image): a refused key or an unknown model raises
+        VerifierConfigError now, before any image is made; an unreachable server raises
+        RetryableVerifierError (grading will retry it). A server that only lists its models
+        (GET /models) is asked for the list instead."""
+        client = openai.OpenAI(api_key=self._api_key or NO_KEY, base_url=self.base_url, max_retries=0,
+                               timeout=CHECK_TIMEOUT_S)
+        try:
+            with client:
+                try:
+                    found = client.models.retrieve(self.model_name)
+                except openai.NotFoundError as not_found:
+                    found = self._model_from_list(client, not_found)
+                if not isinstance(found, openai.BaseModel):
+                    raise RetryableVerifierError(f"{self.base_url}/models answered something that is not a model: "
+                                                 f"{str(found)[:200]!r}")
+        except VerifierConfigError as error:
+            self._refusal = error
+            raise
+        except openai.APIStatusError as error:
+            found_error = map_api_error(error, None, self)
+            if isinstance(found_error, VerifierConfigError):
+                self._refusal = found_error
+            raise found_error from error
+        except (openai.APIConnectionError, openai.APIResponseValidationError, json.JSONDecodeError) as error:
+            raise RetryableVerifierError(f"{self.base_url} could not be reached: {type(error).__name__}: "
+                                         f"{error}") from error
+
+    def _model_from_list(self, client: openai.OpenAI, not_found: openai.NotFoundError) -> Any:
+        """The model from GET /models, for servers without GET /models/{id}; VerifierConfigError if the
+        list lacks it (or the server has neither route: the base URL is wrong)."""
+        try:
+            page = client.models.list()
+        except openai.NotFoundError:
+            raise map_api_error(not_found, None, self) from not_found
+        if isinstance(page, str):  # a non-JSON body comes back as text: not an API answering
+            raise RetryableVerifierError(f"{self.base_url}/models answered something that is not a model list: "
+                                         f"{page[:200]!r}")
+        served = [model.id for model in page]
+        for model in served:
+            if model == self.model_name:
+                return openai.types.Model(id=model, object="model", created=0, owned_by="")
+        raise VerifierConfigError(
+            f"--verifier_model (verifier_args.model_name): received {self.model_name!r} (the server at "
+            f"{self.base_url} does not serve it), allowed: one of {', '.join(served[:20]) or 'nothing (it lists no models)'}"
+        )
+
+    async def _ask_all(self, text: str, urls: list[str]) -> list[Grades | BaseException]:
+        return list(await asyncio.gather(*(self._ask(text, url, index) for index, url in enumerate(urls))))
+
+    async def _ask(self, text: str, image_url: str, index: int) -> Grades | BaseException:
+        """One request (the grading text, then the image), at most max_concurrency at once, each bounded
+        by request_timeout_s from its first byte to its last; every failure is returned as one of the
+        typed errors of `base`."""
+        messages = [{"role": "user", "content": [
+            {"type": "text", "text": text},
+            {"type": "image_url", "image_url": {"url": image_url}},
+        ]}]
+        async with self._semaphore():
+            if self._refusal is not None:
+                return VerifierConfigError(f"{self._refusal} (request for image {index} not sent)", index)
+            try:
+                request = self._openai_client().chat.completions.create(messages=messages, **self._create_args)
+                response = await asyncio.wait_for(request, timeout=self.args.request_timeout_s)
+                return self._grades(response, index)
+            except Exception as error:  # noqa: BLE001 - classified below, never lost
+                found = classify(error, index, self)
+                if isinstance(found, VerifierConfigError):
+                    self._refusal = found
+                return found
+
+    def _grades(self, response: Any, index: int) -> Grades:
+        """The grades in one completion. A content filter or a refusal is final for this image
+        (UngradeableError); a missing or unusable answer is a VerifierError."""
+        where = f"{self.base_url} answer for image {index}"
+        if not isinstance(response, ChatCompletion):  # the SDK returns a non-JSON body as a str
+            raise RetryableVerifierError(f"{where} is not a chat completion (a proxy's page?): {str(response)[:200]!r}")
+        if not response.choices:
+            raise VerifierError(f"{where} holds no choices", index)
+        choice = response.choices[0]
+        refusal = getattr(choice.message, "refusal", None)
+        if choice.finish_reason == "content_filter" or refusal:
+            reason = f"refused: {refusal}" if refusal else "finish reason: content_filter"
+            raise UngradeableError(f"{where}: the model will not grade it ({reason})", index)
+        try:
+            return parse_grades(choice.message.content, index)
+        except VerifierError as error:
+            if choice.finish_reason != "length":
+                raise
+            raise VerifierError(f"{error} (the answer was cut at max_new_tokens={self.args.max_new_tokens})",
+                                index) from None
+
+    def close(self) -> None:
+        with self._lock:
+            loop, self._loop = self._loop, None
+            client, self._client = self._client, None
+        if loop is not None:
+            if client is not None:
+                loop.run(client.close())
+            loop.close()
+
+    def __enter__(self) -> "OpenAIVerifier":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # The loop and the client are made on first use: construction stays cheap, and a verifier that is
+    # only validated never starts a thread.
+
+    def _event_loop(self) -> "_EventLoop":
+        with self._lock:
+            if self._loop is None:
+                self._loop = _EventLoop()
+            return self._loop
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        if self._slots is None:  # made on the loop's thread, where it is used
+            self._slots = asyncio.Semaphore(self.args.max_concurrency)
+        return self._slots
+
+    def _openai_client(self) -> openai.AsyncOpenAI:
+        with self._lock:
+            if self._client is None:
+                self._client = openai.AsyncOpenAI(api_key=self._api_key or NO_KEY, base_url=self.base_url,
+                                                  max_retries=0, timeout=self.args.request_timeout_s)
+            return self._client
+
+
+class _EventLoop:
+    """An asyncio loop on its own daemon thread: every request of one verifier runs there, so one
+    semaphore bounds them all, and a deadline can cancel a request (closing its connection)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="openai-verifier", daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+
+def classify(error: BaseException, index: int | None, verifier: OpenAIVerifier) -> BaseException:
+    """Any failure of one request as one of the typed errors of `base`: the caller decides on retries."""
+    where = f"{verifier.base_url} request for image {index}" if index is not None else f"{verifier.base_url} request"
+    if isinstance(error, (VerifierError, RetryableVerifierError)):
+        return error
+    if isinstance(error, openai.APIStatusError):
+        return map_api_error(error, index, verifier)
+    if isinstance(error, (asyncio.TimeoutError, openai.APITimeoutError)):
+        return RetryableVerifierError(
+            f"{where} had no complete answer within request_timeout_s={verifier.args.request_timeout_s:g} s")
+    if isinstance(error, openai.APIConnectionError):  # refused, reset, cut short: the cause says which
+        cause = error.__cause__
+        detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
+        return RetryableVerifierError(f"{where} failed in transit: {detail}")
+    if isinstance(error, (json.JSONDecodeError, openai.APIResponseValidationError)):
+        # A 200 whose body is not JSON, or not a completion: a proxy or a cut-off answer, not the model.
+        return RetryableVerifierError(f"{where}: the answer was not a JSON completion ({type(error).__name__}: {error})")
+    return RetryableVerifierError(f"{where} failed: {type(error).__name__}: {error}") \
+        if isinstance(error, OSError) else error
+
+
+def map_api_error(error: openai.APIStatusError, index: int | None, verifier: OpenAIVerifier) -> Exception:
+    """An HTTP error answer as one of our typed errors (see the module docstring)."""
+    status, code = error.status_code, error.code
+    detail = f"{status}{f' {code}' if code else ''}: {_message(error)}"
+    where = f"{verifier.base_url} request for image {index}" if index is not None else f"{verifier.base_url} request"
+    if status == 429 and code == "insufficient_quota":
+        return VerifierConfigError(
+            f"{API_KEY_ENV} (verifier_args.name={verifier.name}): received a key whose account has no quota left "
+            f"({detail}), allowed: a key of an account with credit (https://platform.openai.com/settings/organization/billing)",
+            index)
+    if status == 429:
+        return RateLimitError(f"{where} was rate limited ({detail})", retry_after=retry_after_seconds(error))
+    if status in (401, 403):
+        received = "a key the server rejects" if verifier._api_key else \
+            "nothing, and the server wants a key"
+        return VerifierConfigError(
+            f"{API_KEY_ENV} (verifier_args.name={verifier.name}): received {received} ({verifier.base_url} answered "
+            f"{detail}), allowed: a valid API key for {verifier.base_url} in the environment", index)
+    if status == 404:
+        return VerifierConfigError(
+            f"--verifier_model (verifier_args.model_name): received {verifier.model_name!r} ({verifier.base_url} "
+            f"answered {detail}), allowed: a model this server serves (GET {verifier.base_url}/models lists them; "
+            "an OpenAI-compatible base URL usually ends in /v1)", index)
+    if status in (408, 409) or status >= 500:
+        return RetryableVerifierError(f"{where} failed on the server side ({detail})", retry_after_seconds(error))
+    if status in (400, 422) and _about_response_format(error):
+        return VerifierConfigError(
+            f"verifier_args.options.response_format: received {verifier.response_format!r} ({verifier.base_url} "
+            f"refused it: {detail}), allowed: {', '.join(RESPONSE_FORMATS)} (json_object or none for servers "
+            "without structured outputs)", index)
+    return VerifierError(f"{where} was refused ({detail})", index)
+
+
+def _message(error: openai.APIStatusError) -> str:
+    body = error.body
+    if isinstance(body, dict):
+        for key in ("message", "detail", "error"):
+            if isinstance(body.get(key), str):
+                return body[key]
+    return str(body)[:300] if body else error.message
+
+
+def _about_response_format(error: openai.APIStatusError) -> bool:
+    text = f"{error.param or ''} {_message(error)}".lower()
+    return "response_format" in text or "json_schema" in text
+
+
+_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECASE)
+
+
+def retry_after_seconds(error: openai.APIStatusError) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, `Retry-After` (seconds or an HTTP date), or OpenAI's
+    message ("Please try again in 20s"). When several say, the longest wait wins: retrying earlier than
+    any asks only earns another 429."""
+    headers = getattr(error.response, "headers", None) or {}
+    found: list[float | None] = []
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        seconds = _number(milliseconds)
+        found.append(None if seconds is None else seconds / 1000.0)
+    found.append(_parse_retry_after(headers.get("retry-after")))
+    match = _TRY_AGAIN.search(_message(error))
+    if match:
+        found.append(float(match.group(1)) / (1000.0 if match.group(2).lower() == "ms" else 1.0))
+    waits = [max(0.0, value) for value in found if value is not None]
+    return max(waits) if waits else None
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value or not value.strip():
+        return None
+    seconds = _number(value)
+    if seconds is None:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return max(0.0, seconds)
+
+
+def response_format_param(kind: str) -> dict[str, Any]:
+    """The `response_format` of a request: strict json_schema against RubricGrades, or json_object."""
+    if kind == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema",
+            "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": openai_strict_schema()}}
+
+
+_DROPPED_KEYWORDS = frozenset({"title", "default", "description"})
+
+
+def openai_strict_schema() -> dict[str, Any]:
+    """RubricGrades' JSON schema as OpenAI's strict mode takes it: references inlined (not every
+    compatible server resolves $defs), every object `additionalProperties: false` with all its
+    properties required, no titles or descriptions (the rubric explains). The 0-10 bounds stay
+    (parse_grades enforces them as well)."""
+    schema = RubricGrades.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def strict(node: Any) -> Any:
+        if isinstance(node, list):
+            return [strict(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            return strict(defs[node["$ref"].rsplit("/", 1)[-1]])
+        found = {key: strict(value) for key, value in node.items() if key not in _DROPPED_KEYWORDS | {"properties"}}
+        if "properties" in node:  # field names, not keywords: none is dropped
+            found["properties"] = {name: strict(child) for name, child in node["properties"].items()}
+        if found.get("type") == "object":
+            found["additionalProperties"] = False
+            found["required"] = list(found.get("properties", {}))
+        return found
+
+    return strict(schema)
+
+
+def png_data_url(image: Image.Image) -> str:
+    """The image as a data:image/png;base64 URL (lossless: the grader sees the generated pixels)."""
+    if image.mode not in ("RGB", "RGBA", "L", "LA"):
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def needs_key(base_url: str) -> bool:
+    """Whether OPENAI_API_KEY is required: for OpenAI's own API, yes; any other server may need none."""
+    host = (urllib.parse.urlsplit(base_url).hostname or "").lower()
+    return any(host == known or host.endswith("." + known) for known in KEY_HOSTS)
+
+
+def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(ALLOWED_OPTIONS))
+    if unknown:
+        raise VerifierConfigError(
+            f"verifier_args.options: received unknown {', '.join(map(repr, unknown))}, allowed: {', '.join(ALLOWED_OPTIONS)}"
+        )
+    kind = options.get("response_format", "json_schema")
+    if kind not in RESPONSE_FORMATS:
+        raise VerifierConfigError(f"verifier_args.options.response_format: received {kind!r}, allowed: "
+                                  f"{', '.join(RESPONSE_FORMATS)}")
+    return options
+
+
+def _base_url(options: dict[str, Any]) -> str:
+    """options["base_url"], else $OPENAI_BASE_URL, else OpenAI's API; without a trailing slash."""
+    source, value = "verifier_args.options.base_url", options.get("base_url")
+    if value is None:
+        source, value = BASE_URL_ENV, os.environ.get(BASE_URL_ENV, "").strip() or None
+    if value is None:
+        return DEFAULT_BASE_URL
+    if not (isinstance(value, str) and value.startswith(("http://", "https://"))
+            and urllib.parse.urlsplit(value).hostname):
+        raise VerifierConfigError(f"{source}: received {value!r}, allowed: an http:// or https:// URL "
+                                  "(such as http://127.0.0.1:8000/v1)")
+    return value.rstrip("/")
