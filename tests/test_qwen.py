@@ -309,7 +309,7 @@ def test_registry_builds_the_qwen_verifier():
 
 def test_grading_instructions_name_every_aspect_the_scale_and_the_json_shape():
     text = grading_instructions("a cat holding a sign that says {schema}")
-    assert 'PROMPT: "a cat holding a sign that says {schema}"' in text  # the prompt stays literal
+    assert "<prompt>a cat holding a sign that says {schema}</prompt>" in text  # the prompt stays literal, as data
     for name in METRIC_NAMES:
         assert f'"{name}": {{"explanation": ' in text
         assert f"- {name}: " in text
