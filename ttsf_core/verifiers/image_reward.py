@@ -57,6 +57,14 @@ What is verified, and what is not:
     reference-named tensors), so the mapping, the q|k|v packing, which LayerNorm is which, the
     [CLS] feature, the head and the standardisation agree with the reference semantics; the
     preprocessing matches torchvision's Resize/CenterCrop arithmetic on test images;
+  - checked once by hand, at full size (not in CI: the package does not install beside this project):
+    the reference package's own ImageReward module (image-reward 1.5, in a separate virtualenv, with
+    four shims for transformers 5: apply_chunking_to_forward and prune_linear_layer put back in
+    modeling_utils, BertModel.init_weights/invert_attention_mask/get_head_mask restored, a local
+    tokenizer for bert-base-uncased), ViT-L/16 + BERT-base with random weights, its state dict saved as
+    ImageReward.pt (625 keys) and loaded here: the rewards of three images (300x200, 224x224, 181x307)
+    agree with the package's `score` to 3.7e-7, torchvision preprocessing included; so the reference
+    module's state-dict names are exactly the ones mapped here;
   - NOT verified: the published ImageReward.pt itself (it cannot be downloaded here): that its keys
     are exactly the reference module's state-dict names (the reference loads it with strict=False, so
     an absent key would have gone unnoticed there but is an error here), and that rewards match the
