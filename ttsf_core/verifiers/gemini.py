@@ -103,6 +103,9 @@ class GeminiVerifier:
         """One Grades or typed error per image, in input order: the answers that did arrive are kept
         (a retry then asks only for the rest). A rejected key stops the requests not yet sent."""
         images = list(images)
+        for index, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise ValueError(f"images[{index}]: received {type(image).__name__}, allowed: a PIL image")
         if not images:
             return []
         return self._event_loop().run(self._ask_all(prompt, images))
