@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import threading
 import time
 from typing import Any, Sequence
 
@@ -39,13 +38,14 @@ from ttsf_core.verifiers.base import (
     most_telling,
     parse_grades,
 )
+from ttsf_core.verifiers.remote import TRANSIENT_ERRORS, RemoteGrader, checked_images
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
 
 API_KEY_ENV = "GEMINI_API_KEY"
 BASE_URL_ENV = "GEMINI_BASE_URL"
 ALLOWED_OPTIONS = ("base_url", "api_version")
 
-class GeminiVerifier:
+class GeminiVerifier(RemoteGrader):
     """Grades images with a Gemini model. Safe to share between threads: one pool bounds them all."""
 
     name = "gemini"
@@ -80,9 +80,7 @@ class GeminiVerifier:
             temperature=0,
             seed=args.seed,  # verifier_args.seed; None: not sent
         )
-        self._loop: _EventLoop | None = None
-        self._slots: asyncio.Semaphore | None = None
-        self._lock = threading.Lock()
+        self._init_remote()
         # Once Gemini refuses the key or the model, no later request of this verifier is sent.
         self._refusal: VerifierConfigError | None = None
 
@@ -102,10 +100,7 @@ class GeminiVerifier:
     def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | BaseException]:
         """One Grades or typed error per image, in input order: the answers that did arrive are kept
         (a retry then asks only for the rest). A rejected key stops the requests not yet sent."""
-        images = list(images)
-        for index, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise ValueError(f"images[{index}]: received {type(image).__name__}, allowed: a PIL image")
+        images = checked_images(images)  # before anything is sent
         if not images:
             return []
         return self._event_loop().run(self._ask_all(prompt, images))
@@ -128,7 +123,7 @@ class GeminiVerifier:
                 client.models.get(model=self.model_name)
         except genai_errors.APIError as error:
             raise map_api_error(error, None, self.model_name) from error
-        except _TRANSIENT_ERRORS as error:
+        except TRANSIENT_ERRORS as error:
             raise RetryableVerifierError(f"Gemini could not be reached: {type(error).__name__}: {error}") from error
 
     async def _ask_all(self, prompt: str, images: list[Image.Image]) -> list[Grades | BaseException]:
@@ -156,8 +151,8 @@ class GeminiVerifier:
                 return found
 
     def close(self) -> None:
+        loop = self._take_loop()
         with self._lock:
-            loop, self._loop = self._loop, None
             client, self._client = self._client, None
         if loop is not None and client is not None:
             loop.run(client.aio.aclose())
@@ -165,26 +160,6 @@ class GeminiVerifier:
             client.close()
         if loop is not None:
             loop.close()
-
-    def __enter__(self) -> "GeminiVerifier":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    # The loop and the client are made on first use: construction stays cheap (the client builds
-    # SSL contexts, ~0.1 s) and a verifier that is only validated never starts a thread.
-
-    def _event_loop(self) -> "_EventLoop":
-        with self._lock:
-            if self._loop is None:
-                self._loop = _EventLoop()
-            return self._loop
-
-    def _semaphore(self) -> asyncio.Semaphore:
-        if self._slots is None:  # made on the loop's thread, where it is used
-            self._slots = asyncio.Semaphore(self.args.max_concurrency)
-        return self._slots
 
     def _genai_client(self) -> genai.Client:
         with self._lock:
@@ -196,24 +171,6 @@ class GeminiVerifier:
 CHECK_TIMEOUT_MS = 15_000
 
 
-class _EventLoop:
-    """An asyncio loop on its own daemon thread: every request of one verifier runs there, so one
-    semaphore bounds them all, and a deadline can cancel a request (closing its connection)."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="gemini-verifier", daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-        self.loop.close()
-
-
 def classify(error: BaseException, index: int | None, model: str, deadline_s: float) -> BaseException:
     """Any failure of one request as one of the typed errors of `base`: the caller decides on retries."""
     where = f"Gemini request for image {index}" if index is not None else "Gemini request"
@@ -223,7 +180,7 @@ def classify(error: BaseException, index: int | None, model: str, deadline_s: fl
         return map_api_error(error, index, model)
     if isinstance(error, asyncio.TimeoutError):
         return RetryableVerifierError(f"{where} had no complete answer within request_timeout_s={deadline_s:g} s")
-    if isinstance(error, _TRANSIENT_ERRORS):
+    if isinstance(error, TRANSIENT_ERRORS):
         return RetryableVerifierError(f"{where} failed in transit: {type(error).__name__}: {error}")
     if isinstance(error, (json.JSONDecodeError, genai_errors.UnknownApiResponseError)):
         # A 200 whose body is not JSON comes from a proxy or a cut-off answer, not from the model.
@@ -347,26 +304,6 @@ def _error_details(error: genai_errors.APIError) -> list[dict[str, Any]]:
     return [detail for detail in details if isinstance(detail, dict)] if isinstance(details, list) else []
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    """Timeouts, dropped or reset connections, cut bodies and proxy failures of every HTTP stack the
-    SDK may use: httpx, httpx2 (taken over httpx when installed) and aiohttp (its async path)."""
-    found: list[type[BaseException]] = []
-    for module_name in ("httpx", "httpx2"):
-        try:
-            module = __import__(module_name)
-        except ImportError:
-            continue
-        found += [module.TimeoutException, module.NetworkError, module.ProtocolError, module.ProxyError]
-    try:
-        import aiohttp
-    except ImportError:
-        pass
-    else:
-        found += [aiohttp.ClientError]
-    return tuple(found)
-
-
-_TRANSIENT_ERRORS = _transient_errors()
 
 
 def _checked_options(options: dict[str, Any]) -> dict[str, Any]:

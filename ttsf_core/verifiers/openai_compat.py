@@ -48,7 +48,6 @@ import json
 import math
 import os
 import re
-import threading
 import time
 import urllib.parse
 from typing import Any, Sequence
@@ -71,6 +70,7 @@ from ttsf_core.verifiers.base import (
     most_telling,
     parse_grades,
 )
+from ttsf_core.verifiers.remote import RemoteGrader, checked_images
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
 
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -84,7 +84,7 @@ CHECK_TIMEOUT_S = 15.0
 SCHEMA_NAME = "grades"
 
 
-class OpenAIVerifier:
+class OpenAIVerifier(RemoteGrader):
     """Grades images with a vision model behind an OpenAI-compatible chat-completions endpoint. Safe to
     share between threads: one semaphore bounds them all."""
 
@@ -117,9 +117,7 @@ class OpenAIVerifier:
         if args.seed is not None:
             self._create_args["seed"] = args.seed
         self._client: openai.AsyncOpenAI | None = None
-        self._loop: _EventLoop | None = None
-        self._slots: asyncio.Semaphore | None = None
-        self._lock = threading.Lock()
+        self._init_remote()
         # Once the server refuses the key, the model or the account, no later request is sent.
         self._refusal: VerifierConfigError | None = None
 
@@ -141,10 +139,7 @@ class OpenAIVerifier:
         (a retry then asks only for the rest). A refused key stops the requests not yet sent."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt: received {prompt!r}, allowed: a non-empty text")
-        images = list(images)
-        for index, image in enumerate(images):  # checked before anything is sent
-            if not isinstance(image, Image.Image):
-                raise ValueError(f"images[{index}]: received {type(image).__name__}, allowed: a PIL image")
+        images = checked_images(images)  # before anything is sent
         if not images:
             return []
         # Encoded here, on the caller's thread: the event loop only waits on the network.
@@ -244,33 +239,13 @@ class OpenAIVerifier:
                                 index) from None
 
     def close(self) -> None:
+        loop = self._take_loop()
         with self._lock:
-            loop, self._loop = self._loop, None
             client, self._client = self._client, None
         if loop is not None:
             if client is not None:
                 loop.run(client.close())
             loop.close()
-
-    def __enter__(self) -> "OpenAIVerifier":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    # The loop and the client are made on first use: construction stays cheap, and a verifier that is
-    # only validated never starts a thread.
-
-    def _event_loop(self) -> "_EventLoop":
-        with self._lock:
-            if self._loop is None:
-                self._loop = _EventLoop()
-            return self._loop
-
-    def _semaphore(self) -> asyncio.Semaphore:
-        if self._slots is None:  # made on the loop's thread, where it is used
-            self._slots = asyncio.Semaphore(self.args.max_concurrency)
-        return self._slots
 
     def _openai_client(self) -> openai.AsyncOpenAI:
         with self._lock:
@@ -278,24 +253,6 @@ class OpenAIVerifier:
                 self._client = openai.AsyncOpenAI(api_key=self._api_key or NO_KEY, base_url=self.base_url,
                                                   max_retries=0, timeout=self.args.request_timeout_s)
             return self._client
-
-
-class _EventLoop:
-    """An asyncio loop on its own daemon thread: every request of one verifier runs there, so one
-    semaphore bounds them all, and a deadline can cancel a request (closing its connection)."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="openai-verifier", daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-        self.loop.close()
 
 
 def classify(error: BaseException, index: int | None, verifier: OpenAIVerifier) -> BaseException:
