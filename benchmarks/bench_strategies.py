@@ -44,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repo root on sys.path)
+from ttsf_core.search.selection import average_ranks  # noqa: E402
 
 SHARED_PROMPTS = _common.REPO_ROOT.parent / "shared" / "data" / "open_image_preferences_prompts.txt"
 STRATEGIES = ("random", "zero-order", "random+draft", "zero-order+draft")
@@ -110,26 +111,11 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / len(values))
 
 
-def ranks(values: list[float]) -> list[float]:
-    """Ranks 1..n, ties sharing their average rank."""
-    order = sorted(range(len(values)), key=values.__getitem__)
-    result = [0.0] * len(values)
-    start = 0
-    while start < len(order):
-        end = start
-        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
-            end += 1
-        for position in range(start, end + 1):
-            result[order[position]] = (start + end) / 2 + 1
-        start = end + 1
-    return result
-
-
 def spearman(x: list[float], y: list[float]) -> float | None:
     """Spearman's rho (Pearson on ranks); None for fewer than 3 pairs or a constant side."""
     if len(x) < 3:
         return None
-    rx, ry = ranks(x), ranks(y)
+    rx, ry = average_ranks(x), average_ranks(y)  # from the highest: rho is the same either way
     mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
     vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)

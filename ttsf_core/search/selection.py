@@ -47,11 +47,12 @@ def _mean_rank_scores(columns: list[list[float]]) -> list[float]:
     count = len(columns[0])
     if count == 1:
         return [1.0]
-    ranks = [_ranks(column) for column in columns]
+    ranks = [average_ranks(column) for column in columns]
     return [round(1 - (sum(r[i] for r in ranks) / len(ranks) - 1) / (count - 1), 6) for i in range(count)]
 
 
-def _ranks(values: list[float]) -> list[float]:
+def average_ranks(values: list[float]) -> list[float]:
+    """Ranks 1..n from the highest value, ties sharing their mean rank."""
     ordered = sorted(range(len(values)), key=lambda i: -values[i])
     ranks = [0.0] * len(values)
     position = 0
