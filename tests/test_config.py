@@ -74,7 +74,9 @@ def test_identity_ignores_what_does_not_change_images():
     ({"prompts": {"num_prompts": 0}}, "num_prompts: received 0"),
     ({"prompts": {"prompt": "   "}}, "prompts.prompt: received '   ', allowed: a non-empty text"),
     ({"torch_dtype": "int8"}, "torch_dtype: received 'int8', allowed: one of bf16, fp16, fp32"),
-    ({"pipeline_call_args": {"steps": 3}}, "pipeline_call_args.steps: received unknown field 'steps', allowed: height, width"),
+    # Other call arguments are checked against the pipeline's __call__ before the model loads (test_pipelines).
+    ({"pipeline_call_args": {"latents": [0.5]}}, "pipeline_call_args.latents: received [0.5], allowed: any argument "
+                                                 "of the pipeline's __call__ except those ttsf passes itself"),
     ({"search_args": {"search_method": "beam"}}, "search_args.search_method: received 'beam', allowed: one of random, zero-order"),
     ({"search_args": {"threshold": 0}}, "search_args.threshold: received 0, allowed: a number > 0 and < 1"),
     ({"search_args": {"draft_steps": "few"}}, "search_args.draft_steps: received 'few', allowed: an integer >= 1"),

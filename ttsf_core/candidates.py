@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from ttsf_core.config import digest
-from ttsf_core.noise import draw_latents, sphere_neighbour
+from ttsf_core.noise import draw_noise, sphere_neighbour
 
 if TYPE_CHECKING:
     import torch
@@ -47,12 +47,19 @@ class NoiseSpec(BaseModel):
             return f"s{self.seed}"
         return f"s{self.seed}-w{digest([step.model_dump() for step in self.walk], 10)}"
 
-    def draw(self, pipe, height: int, width: int) -> "torch.Tensor":
+    def draw(self, pipe, height: int, width: int, num_frames: int | None = None) -> "torch.Tensor":
         """Float32 CPU latents of shape (1, ...), as the pipeline's prepare_latents shapes them."""
-        latents = draw_latents(pipe, [self.seed], height, width)
+        geometry = {"height": height, "width": width, **({"num_frames": num_frames} if num_frames else {})}
+        return self.draw_with_generator(pipe, geometry)[0]
+
+    def draw_with_generator(self, pipe, geometry: dict[str, int]) -> tuple["torch.Tensor", "torch.Generator"]:
+        """The latents, and the seed's generator where drawing its noise left it (the pipeline's own
+        further draws, e.g. a stochastic scheduler's, continue from there as they would without ttsf;
+        a neighbour shares its pivot's)."""
+        latents, generator = draw_noise(pipe, self.seed, geometry)
         for step in self.walk:
             latents = sphere_neighbour(latents, step.seed, step.cosine)
-        return latents
+        return latents, generator
 
 
 class Candidate(BaseModel):
@@ -72,7 +79,9 @@ class Candidate(BaseModel):
         return self.model_copy(update={"steps": steps, "stage": stage})
 
 
-def draw_batch(pipe, candidates: list[Candidate], height: int, width: int) -> "torch.Tensor":
+def draw_batch(pipe, candidates: list[Candidate], geometry: dict[str, int]) -> tuple["torch.Tensor", list]:
+    """The batch's latents (one noise per candidate, each drawn alone) and their generators."""
     import torch
 
-    return torch.cat([candidate.noise.draw(pipe, height, width) for candidate in candidates], dim=0)
+    drawn = [candidate.noise.draw_with_generator(pipe, geometry) for candidate in candidates]
+    return torch.cat([latents for latents, _ in drawn], dim=0), [generator for _, generator in drawn]

@@ -23,11 +23,22 @@ DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 DEFAULT_DATASET = "data-is-better-together/open-image-preferences-v1-binarized"
 TORCH_DTYPES = ("bf16", "fp16", "fp32")
 TINY_FLUX = "tiny-flux"
+# The default model keeps tt-scale-flux's FLUX config (configs/flux.1_dev.json), not FluxPipeline's own
+# defaults (28 steps): FLUX runs keep the identities (and folders) they always had.
+FLUX_DEV_CALL_ARGS: dict[str, Any] = {
+    "height": 1024, "width": 1024, "guidance_scale": 3.5, "num_inference_steps": 50, "max_sequence_length": 512,
+}
 # The offline tiny FLUX is for CPU runs in seconds: its own defaults, under anything given explicitly.
 TINY_FLUX_DEFAULTS: dict[str, Any] = {
     "torch_dtype": "fp32",
     # 64 text tokens, not 512: in the tiny transformer the text, not the image, dominates the cost.
     "pipeline_call_args": {"height": 128, "width": 128, "num_inference_steps": 4, "max_sequence_length": 64},
+}
+# Call arguments a config leaves unset are the pipeline's own defaults, except for these models.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    DEFAULT_MODEL: {"pipeline_call_args": FLUX_DEV_CALL_ARGS},
+    TINY_FLUX: {**TINY_FLUX_DEFAULTS,
+                "pipeline_call_args": {**FLUX_DEV_CALL_ARGS, **TINY_FLUX_DEFAULTS["pipeline_call_args"]}},
 }
 # Verifier options that only say how the API is reached; they never change a grade.
 TRANSPORT_OPTIONS = ("base_url", "api_version")
@@ -61,14 +72,63 @@ def _device(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
 
-class PipelineCallArgs(_Frozen):
-    """Arguments of the diffusers pipeline call (tt-scale-flux's `pipeline_call_args`)."""
+# Call arguments ttsf itself passes (the prompt's embeddings, the candidates' latents and generators,
+# the output form): a config cannot set them.
+RESERVED_CALL_ARGS = (
+    "prompt", "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds",
+    "prompt_attention_mask", "negative_prompt_attention_mask", "latents", "generator", "output_type",
+    "return_dict", "num_images_per_prompt", "num_videos_per_prompt", "callback", "callback_steps",
+    "callback_on_step_end", "callback_on_step_end_tensor_inputs",
+)
 
-    height: int = Field(1024, gt=0, le=8192)
-    width: int = Field(1024, gt=0, le=8192)
-    guidance_scale: float = Field(3.5, ge=0, le=100)
-    num_inference_steps: int = Field(50, ge=1, le=1000)
-    max_sequence_length: int = Field(512, ge=1, le=512)
+
+class PipelineCallArgs(_Frozen):
+    """Arguments of the diffusers pipeline call (tt-scale-flux's `pipeline_call_args`): the five named
+    here, and any other keyword the pipeline's __call__ takes (negative_prompt, num_frames, ...),
+    checked against that signature before the model loads. Unset (or null): the pipeline's own default,
+    and not passed at all. num_inference_steps is never left unset: RunConfig fills in the pipeline
+    class's default (the engine counts denoiser evaluations and drafts take a fraction of it)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
+
+    height: int | None = Field(None, gt=0, le=8192)
+    width: int | None = Field(None, gt=0, le=8192)
+    guidance_scale: float | None = Field(None, ge=0, le=100)
+    num_inference_steps: int | None = Field(None, ge=1, le=1000)
+    max_sequence_length: int | None = Field(None, ge=1, le=512)
+
+    @model_validator(mode="after")
+    def _other_arguments_are_plain_values(self) -> "PipelineCallArgs":
+        for name, value in (self.model_extra or {}).items():
+            if name in RESERVED_CALL_ARGS:
+                raise ValueError(f"{name}: received {shown(value)}, allowed: any argument of the pipeline's __call__ "
+                                 f"except those ttsf passes itself ({', '.join(RESERVED_CALL_ARGS)})")
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}: received {shown(value)}, allowed: a JSON value (text, number, true/false, "
+                                 "list or mapping of those)") from None
+        return self
+
+    def given(self) -> dict[str, Any]:
+        """The arguments this config sets (passed to every call as they are), steps aside (per candidate)."""
+        return {name: value for name, value in self.model_dump(exclude={"num_inference_steps"}).items()
+                if value is not None}
+
+    def __hash__(self) -> int:  # extra arguments may be lists or mappings
+        return hash(json.dumps(self.model_dump(), sort_keys=True, default=str))
+
+
+DEFAULT_GRADE_FRAMES = 4
+
+
+class ExportArgs(_Frozen):
+    """How video candidates are written and graded (tt-scale-flux's `export_args`)."""
+
+    # Frames per second of the mp4; None: the pipeline's own (LTX-Video's frame_rate argument, 16 for Wan).
+    fps: int | None = Field(None, ge=1, le=240)
+    # Image verifiers grade this many evenly spaced frames of a video; its grade is their mean per metric.
+    grade_frames: int = Field(DEFAULT_GRADE_FRAMES, ge=1, le=64)
 
 
 class VerifierArgs(_Frozen):
@@ -274,6 +334,7 @@ class RunConfig(_Frozen):
     pipeline_call_args: PipelineCallArgs = Field(default_factory=PipelineCallArgs)
     verifier_args: VerifierArgs = Field(default_factory=VerifierArgs)
     search_args: SearchArgs = Field(default_factory=SearchArgs)
+    export_args: ExportArgs = Field(default_factory=ExportArgs)
     prompts: PromptSource = Field(default_factory=PromptSource)
     output_dir: Path = Path("output")
     # Orchestration (Prefect): none of these change an image or a grade.
@@ -296,9 +357,26 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="before")
     @classmethod
-    def _tiny_flux_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("pretrained_model_name_or_path") == TINY_FLUX:
-            return merge(TINY_FLUX_DEFAULTS, data)
+    def _model_defaults(cls, data: Any) -> Any:
+        """The default model's (and tiny-flux's) own defaults under what is given; then an unset
+        num_inference_steps is the pipeline class's __call__ default (model_index.json's class, read
+        without loading any weights)."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("pretrained_model_name_or_path", DEFAULT_MODEL)
+        model = model.strip() if isinstance(model, str) else model
+        call = data.get("pipeline_call_args")
+        if isinstance(call, PipelineCallArgs):
+            call = call.model_dump()
+        if isinstance(call, dict):  # null is unset, as absent is (a UI form sends nulls)
+            data = {**data, "pipeline_call_args": {name: value for name, value in call.items() if value is not None}}
+        if isinstance(model, str) and model in MODEL_DEFAULTS:
+            data = merge(MODEL_DEFAULTS[model], data)
+        call = data.get("pipeline_call_args") or {}
+        if isinstance(model, str) and model and isinstance(call, dict) and call.get("num_inference_steps") is None:
+            from ttsf_core.pipelines.signature import default_steps  # pipelines import this module
+
+            data = {**data, "pipeline_call_args": {**call, "num_inference_steps": default_steps(model)}}
         return data
 
     @model_validator(mode="before")
@@ -350,9 +428,14 @@ class RunConfig(_Frozen):
         return self
 
     def generation_identity(self) -> dict[str, Any]:
-        """What decides an image's pixels besides its noise and its steps (both part of its file name)."""
-        call = self.pipeline_call_args.model_dump(exclude={"num_inference_steps"})
-        return {"model": self.pretrained_model_name_or_path, "torch_dtype": self.torch_dtype, **call}
+        """What decides an image's pixels besides its noise and its steps (both part of its file name):
+        the model, the dtype and every call argument the config sets (unset ones are the model's own);
+        for videos a frame rate other than the pipeline's (it changes the mp4's bytes)."""
+        identity = {"model": self.pretrained_model_name_or_path, "torch_dtype": self.torch_dtype,
+                    **self.pipeline_call_args.given()}
+        if self.export_args.fps is not None:
+            identity["fps"] = self.export_args.fps
+        return identity
 
     def search_identity(self) -> dict[str, Any]:
         """What decides a run folder's records: images, grades and selection (not the round count)."""
@@ -364,6 +447,9 @@ class RunConfig(_Frozen):
             "search": self.search_args.identity(),
             "verifier": verifier.grading_identity(),
             "choice_of_metric": verifier.choice_of_metric,
+            # Videos are graded by their frames; another count grades (and so selects) differently.
+            **({"grade_frames": self.export_args.grade_frames}
+               if self.export_args.grade_frames != DEFAULT_GRADE_FRAMES else {}),
         }
 
     def identity_hash(self) -> str:

@@ -1,8 +1,7 @@
-"""Candidates -> images. Each prompt is encoded once and its embeddings reused for every candidate."""
+"""Candidates -> images (or videos). Each prompt is encoded once and its embeddings reused for every candidate."""
 
 from __future__ import annotations
 
-import inspect
 import threading
 import weakref
 from collections import OrderedDict
@@ -14,8 +13,8 @@ from PIL import Image
 
 from ttsf_core.candidates import Candidate, NoiseSpec, draw_batch
 from ttsf_core.config import RunConfig
-from ttsf_core.noise import supports_explicit_latents
 
+Media = Image.Image | list[Image.Image]  # an image, or a video's frames
 _ENCODINGS_KEPT = 16  # prompts in flight at once are few; keep their embeddings, drop the rest
 # A pipeline's scheduler holds per-call state: one call at a time per pipeline, however many
 # generators (configs) share it.
@@ -37,18 +36,30 @@ class GenerationCounts:
 
 @dataclass
 class CandidateGenerator:
-    """Generates images for (prompt, seeds) with a loaded pipeline, in batches of batch_size."""
+    """Generates images (or videos: lists of frames) for (prompt, candidates) with a loaded pipeline,
+    in batches of batch_size. What differs per pipeline (noise shape, prompt encoding, video) is its
+    family's (ttsf_core.pipelines.families)."""
 
     pipe: object
     config: RunConfig
     counts: GenerationCounts = field(default_factory=GenerationCounts)
 
     def __post_init__(self):
+        from ttsf_core.pipelines.families import family_of
+        from ttsf_core.pipelines.signature import check_call_args, signature_of
+
         self._encodings: OrderedDict[str, dict] = OrderedDict()
         self._lock = pipeline_lock(self.pipe)
-        accepted = inspect.signature(self.pipe.__call__).parameters
-        self._explicit = supports_explicit_latents(self.pipe) and "prompt_embeds" in accepted
-        self._passes_sequence_length = "max_sequence_length" in accepted
+        self.family = family_of(self.pipe)
+        signature = signature_of(type(self.pipe))
+        check_call_args(self.config, type(self.pipe).__name__, signature)
+        given = self.config.pipeline_call_args.given()
+        # What the call will use: the pipeline's own defaults under what the config sets.
+        self.arguments = {**signature.defaults, **given}
+        self._passed = {name: value for name, value in given.items() if name not in self.family.consumed()}
+        # Taken in by the encoding: a default other than None (PixArt's negative_prompt="") would clash with it.
+        self._cleared = {name: None for name in self.family.consumed() if signature.defaults.get(name) is not None}
+        self.geometry = self.family.geometry(self.pipe, self.arguments)
         # diffusers walks every module to answer this; it does not change while the pipe is loaded.
         self._device = self.pipe._execution_device
 
@@ -56,72 +67,70 @@ class CandidateGenerator:
     def batch_size(self) -> int:
         return self.config.batch_size_for_img_gen
 
+    @property
+    def video(self) -> bool:
+        return self.family.video
+
+    def frames_per_second(self) -> int:
+        return self.config.export_args.fps or self.family.frames_per_second(self.arguments)
+
     def encode(self, prompt: str) -> dict:
         """Pipeline keyword arguments carrying the prompt, computed once per prompt."""
         if prompt in self._encodings:
             self._encodings.move_to_end(prompt)
             return self._encodings[prompt]
-        encoding = self._encode(prompt)
+        encoding = self.family.encode(self.pipe, prompt, self.arguments, self._device)
         self.counts.prompt_encodings += 1
         self._encodings[prompt] = encoding
         while len(self._encodings) > _ENCODINGS_KEPT:
             self._encodings.popitem(last=False)
         return encoding
 
-    def _encode(self, prompt: str) -> dict:
-        if not self._explicit:
-            return {"prompt": prompt}
-        with torch.no_grad():
-            prompt_embeds, pooled, _ = self.pipe.encode_prompt(
-                prompt=prompt,
-                prompt_2=prompt,
-                device=self._device,
-                num_images_per_prompt=1,
-                max_sequence_length=self.config.pipeline_call_args.max_sequence_length,
-            )
-        return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
-
-    def generate(self, prompt: str, candidates: list[Candidate]) -> list[Image.Image]:
-        """Every candidate's image, in order."""
+    def generate(self, prompt: str, candidates: list[Candidate]) -> list[Media]:
+        """Every candidate's image (or frames), in order."""
         return [image for _, images in self.batches(prompt, candidates) for image in images]
 
-    def batches(self, prompt: str, candidates: list[Candidate]) -> Iterator[tuple[list[Candidate], list[Image.Image]]]:
+    def batches(self, prompt: str, candidates: list[Candidate]) -> Iterator[tuple[list[Candidate], list[Media]]]:
         """Pipeline calls of at most batch_size candidates sharing their steps, yielded as each finishes
         (so the caller can write them before the next call: a kill loses one batch at most)."""
         for batch in plan_batches(candidates, self.batch_size):
             yield batch, self.generate_batch(prompt, batch)
 
-    def generate_batch(self, prompt: str, batch: list[Candidate]) -> list[Image.Image]:
+    def generate_batch(self, prompt: str, batch: list[Candidate]) -> list[Media]:
         """One pipeline call for `batch` (at most batch_size candidates, one step count)."""
         with self._lock:
-            kwargs = self._call_kwargs(self.encode(prompt), batch)
+            kwargs = self.call_kwargs(prompt, batch)
             output = self.pipe(**kwargs)
             self.counts.pipeline_calls += 1
             self.counts.images += len(batch)
+        frames = getattr(output, "frames", None)
+        if frames is not None:
+            return [list(video) for video in frames]
         return list(output.images)
 
-    def _call_kwargs(self, encoding: dict, batch: list[Candidate]) -> dict:
-        args = self.config.pipeline_call_args
-        kwargs = {
-            "height": args.height,
-            "width": args.width,
-            "guidance_scale": args.guidance_scale,
-            "num_inference_steps": batch[0].steps,
-            "output_type": "pil",
-        }
-        if self._passes_sequence_length:
-            kwargs["max_sequence_length"] = args.max_sequence_length
-        if self._explicit:
-            dtype = encoding["prompt_embeds"].dtype
-            kwargs["latents"] = draw_batch(self.pipe, batch, args.height, args.width).to(self._device, dtype)
+    def call_kwargs(self, prompt: str, batch: list[Candidate]) -> dict:
+        """The keyword arguments of the pipeline call for `batch`: the arguments the config sets (no
+        others: unset ones stay the pipeline's own), the steps, the prompt's encoding, the latents."""
+        encoding = self.encode(prompt)
+        kwargs = {**self._passed, "num_inference_steps": batch[0].steps, "output_type": "pil"}
+        if self.family.explicit:
+            latents, generators = draw_batch(self.pipe, batch, self.geometry)
+            dtype = torch.float32 if self.family.float32_latents else encoding["prompt_embeds"].dtype
+            kwargs["latents"] = latents.to(self._device, dtype)
             kwargs.update({name: _repeat(tensor, len(batch)) for name, tensor in encoding.items()})
+            kwargs.update(self._cleared)
+            if self.family.pass_generators:
+                kwargs["generator"] = generators
         else:
             # Other pipelines draw their own noise: one CPU generator per candidate keeps it per-seed.
             walked = [candidate.noise.tag() for candidate in batch if candidate.noise.walk]
             if walked:
-                raise ValueError(f"noise {walked[0]}: neighbour noises need a pipeline that takes packed latents "
-                                 f"(FLUX); {type(self.pipe).__name__} draws its own")
+                raise ValueError(f"noise {walked[0]}: neighbour noises need a pipeline whose noise ttsf draws; "
+                                 f"{type(self.pipe).__name__} draws its own")
             kwargs["prompt"] = [encoding["prompt"]] * len(batch)
+            for name in ("negative_prompt", "negative_prompt_2"):
+                if isinstance(kwargs.get(name), str):
+                    kwargs[name] = [kwargs[name]] * len(batch)
             kwargs["generator"] = [torch.Generator("cpu").manual_seed(c.noise.seed) for c in batch]
         return kwargs
 

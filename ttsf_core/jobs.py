@@ -9,6 +9,7 @@ so a retried or repeated job pays only for what is missing.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,12 +20,14 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from ttsf_core.candidates import Candidate
-from ttsf_core.config import RunConfig
+from ttsf_core.config import DEFAULT_GRADE_FRAMES, RunConfig
 from ttsf_core.records import CandidateRecord, RoundRecord, RunLayout, relative_image_path, write_round_record
 from ttsf_core.search import GradedCandidate, Strategy
 from ttsf_core.retry import backoff_delay, is_retryable, server_wait
 from ttsf_core.store import Recipe, Store, StoredImage, Verdict
+from ttsf_core.video import grading_frames, is_video
 from ttsf_core.verifiers.base import (
+    AspectGrade,
     Grades,
     RateLimitError,
     RetryableVerifierError,
@@ -86,6 +89,7 @@ def generate(store: Store, generator: "CandidateGenerator", job: GenerateJob) ->
     from ttsf_core.generate import plan_batches
 
     found = {c.key(): store.find_image(job.prompt, c) for c in job.candidates}
+    fps = generator.frames_per_second() if getattr(generator, "video", False) else None  # videos: mp4 frame rate
     with ThreadPoolExecutor(PNG_WRITERS, thread_name_prefix="ttsf-png") as writers:
         writes = []
         for batch in plan_batches(job.candidates, generator.batch_size):
@@ -96,7 +100,7 @@ def generate(store: Store, generator: "CandidateGenerator", job: GenerateJob) ->
             for position, (candidate, image) in enumerate(zip(batch, images, strict=True)):
                 if found[candidate.key()] is None:
                     recipe = Recipe(noise=candidate.noise, steps=candidate.steps, batch=noises, batch_position=position)
-                    writes.append(writers.submit(store.write_image, job.prompt, candidate, image, recipe))
+                    writes.append(writers.submit(store.write_image, job.prompt, candidate, image, recipe, fps))
         for write in writes:
             stored = write.result()
             found[stored.key] = stored
@@ -162,7 +166,7 @@ def grade_once(store: Store, verifier: Verifier, job: GradeJob, final_invalid: b
     verdicts = {image.sha256: store.find_grade(job.prompt, image.sha256) for image in job.images}
     missing = [image for image in job.images if verdicts[image.sha256] is None]
     if missing:
-        results = _score(verifier, job.prompt, load_images([image.path for image in missing]))
+        results = _score_media(verifier, job.prompt, missing, getattr(store, "grade_frames", DEFAULT_GRADE_FRAMES))
         failures = []
         for position, (image, result) in enumerate(zip(missing, results, strict=True)):
             verdict = _verdict(result, final_invalid)
@@ -195,6 +199,60 @@ def _score(verifier: Verifier, prompt: str, images: list[Image.Image]) -> list[G
     if len(results) != len(images):
         raise VerifierError(f"verifier {verifier.name!r} returned {len(results)} results for {len(images)} images")
     return results
+
+
+def _score_media(verifier: Verifier, prompt: str, images: list[StoredImage],
+                 grade_frames: int) -> list[Grades | BaseException]:
+    """One result per stored image or video. A video is graded through `grade_frames` evenly spaced
+    frames, all sent with the other images of the chunk, and its grade is their mean per metric (an
+    error on any frame is the video's, the most telling one first)."""
+    flat: list[Image.Image] = []
+    spans: list[tuple[int, list[int] | None]] = []
+    for image in images:
+        if is_video(image.path):
+            indices, frames = grading_frames(image.path, grade_frames)
+            spans.append((len(flat), indices))
+            flat.extend(frames)
+        else:
+            spans.append((len(flat), None))
+            flat.extend(load_images([image.path]))
+    results = _score(verifier, prompt, flat)
+    combined: list[Grades | BaseException] = []
+    for position, (start, indices) in enumerate(spans):
+        part = results[start : start + (len(indices) if indices is not None else 1)]
+        errors = [_renumbered(result, start + offset, position, indices[offset] if indices is not None else None)
+                  for offset, result in enumerate(part) if isinstance(result, BaseException)]
+        if errors:
+            combined.append(most_telling(errors))
+        else:
+            combined.append(part[0] if indices is None else average_grades(part, indices))
+    return combined
+
+
+def average_grades(grades: list[Grades], frames: list[int]) -> Grades:
+    """A video's grades: each metric's mean over its graded frames, the explanations kept per frame."""
+    metrics = [name for name in grades[0].metrics() if all(name in item.root for item in grades)]
+    return Grades({name: AspectGrade(
+        explanation=f"mean over frames {', '.join(map(str, frames))}: " + " | ".join(
+            f"frame {frame}: {item.root[name].explanation}" for frame, item in zip(frames, grades, strict=True)),
+        score=sum(item.root[name].score for item in grades) / len(grades),
+    ) for name in metrics})
+
+
+def _renumbered(error: BaseException, flat_index: int, position: int, frame: int | None) -> BaseException:
+    """An error naming "image <flat index>" of the verifier call, renamed to the chunk's image (and frame)."""
+    name = f"{position} (frame {frame})" if frame is not None else str(position)
+    if flat_index == position and frame is None:
+        return error
+    message = re.sub(rf"\bimage {flat_index}\b", f"image {name}", str(error))
+    if isinstance(error, VerifierError):
+        renamed = type(error)(message, error.image_index)
+    elif isinstance(error, RetryableVerifierError):
+        renamed = type(error)(message, error.retry_after)
+    else:
+        return error
+    renamed.__cause__ = error.__cause__ or error
+    return renamed
 
 
 def finish(config: RunConfig, layout: RunLayout, strategy: Strategy, job: FinishJob) -> RoundRecord:

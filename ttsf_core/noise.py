@@ -40,20 +40,28 @@ def latent_channels(pipe) -> int:
 
 
 def _packs_latents(pipe) -> bool:
-    return hasattr(pipe, "_pack_latents")
+    from ttsf_core.pipelines.families import FluxFamily, family_of
+
+    return isinstance(family_of(pipe), FluxFamily)
 
 
-def draw_latents(pipe, seeds: list[int], height: int, width: int) -> "torch.Tensor":
+def draw_noise(pipe, seed: int, geometry: dict[str, int]) -> tuple["torch.Tensor", "torch.Generator"]:
+    """The float32 CPU latents (1, ...) the pipeline itself would draw for `geometry` (its resolved
+    height, width and frames) with a generator seeded `seed`, and that generator as drawing left it."""
+    import torch
+
+    from ttsf_core.pipelines.families import family_of
+
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return family_of(pipe).draw(pipe, generator, geometry), generator
+
+
+def draw_latents(pipe, seeds: list[int], height: int, width: int, num_frames: int | None = None) -> "torch.Tensor":
     """Float32 CPU latents for `seeds`, shaped as the pipeline's own prepare_latents shapes them."""
     import torch
 
-    channels = latent_channels(pipe)
-    drawn = []
-    for seed in seeds:
-        generator = torch.Generator("cpu").manual_seed(seed)
-        latents = pipe.prepare_latents(1, channels, height, width, torch.float32, torch.device("cpu"), generator)
-        drawn.append(latents[0] if isinstance(latents, tuple) else latents)
-    return torch.cat(drawn, dim=0)
+    geometry = {"height": height, "width": width, **({"num_frames": num_frames} if num_frames else {})}
+    return torch.cat([draw_noise(pipe, seed, geometry)[0] for seed in seeds], dim=0)
 
 
 def sphere_neighbour(pivot: "torch.Tensor", seed: int, cosine: float) -> "torch.Tensor":
@@ -74,5 +82,7 @@ def sphere_neighbour(pivot: "torch.Tensor", seed: int, cosine: float) -> "torch.
 
 
 def supports_explicit_latents(pipe) -> bool:
-    """Pipelines whose prepare_latents returns ready-to-use latents (no init_noise_sigma rescale)."""
-    return _packs_latents(pipe) and hasattr(pipe, "prepare_latents")
+    """Pipelines whose noise ttsf draws and passes as `latents=` (every family ttsf knows)."""
+    from ttsf_core.pipelines.families import family_of
+
+    return family_of(pipe).explicit

@@ -3,7 +3,8 @@
 The record names the candidate's noise spec, its steps, and the pipeline call it was made in (the
 batch of noises and its position there: batched float math depends on both); the run folder's
 config.json gives the model and pipeline arguments. The same batch is generated again and the
-candidate's PNG, with the same recipe chunk, is compared byte for byte with the recorded sha256.
+candidate's PNG, with the same recipe chunk, is compared byte for byte with the recorded sha256 (a video
+candidate's mp4, with the same frame rate).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ttsf_core.files import atomic_write_bytes, png_bytes
 from ttsf_core.generate import CandidateGenerator
 from ttsf_core.records import CandidateRecord, RoundRecord, read_round_record
 from ttsf_core.store import RECIPE_KEY, Recipe
+from ttsf_core.video import VIDEO_SUFFIX, mp4_bytes
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,11 @@ def regenerate(record_path: Path, index: int, out: Path | None = None, device: s
         generator = CandidateGenerator(load_pipeline(config), config)
     images = generator.generate(record.prompt, [Candidate(noise=noise, steps=steps) for noise in batch])
     recipe = Recipe(noise=item.noise, steps=steps, batch=tuple(batch), batch_position=item.batch_position)
-    data = png_bytes(images[item.batch_position], {RECIPE_KEY: recipe.model_dump_json()})
-    path = Path(out) if out is not None else Path.cwd() / f"{item.noise.tag()}-st{steps}.png"
+    media = images[item.batch_position]
+    if isinstance(media, list):  # a video: its mp4 is what the record's sha256 covers
+        data, suffix = mp4_bytes(media, generator.frames_per_second()), VIDEO_SUFFIX
+    else:
+        data, suffix = png_bytes(media, {RECIPE_KEY: recipe.model_dump_json()}), ".png"
+    path = Path(out) if out is not None else Path.cwd() / f"{item.noise.tag()}-st{steps}{suffix}"
     atomic_write_bytes(path, data)
     return Regenerated(path=path, sha256=hashlib.sha256(data).hexdigest(), recorded_sha256=item.image_sha256)

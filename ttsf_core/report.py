@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ttsf_core.files import atomic_write_bytes, atomic_writer, png_bytes, safe_slug, text_hash, write_json
 from ttsf_core.records import RECORD_GLOB, CandidateRecord, RoundRecord, iter_round_records, resolve_image
 from ttsf_core.verifiers.base import METRIC_NAMES
+from ttsf_core.video import VIDEO_SUFFIX, is_video, poster_path
 
 REPORT_DIRNAME = "report"
 BASE_COLUMNS: tuple[str, ...] = (
@@ -190,7 +191,8 @@ def _write_collage(folder: Path, rounds: pd.DataFrame) -> Path:
 
 
 def _zip_name(row) -> str:
-    return f"p{row.prompt_index:04d}_r{row.search_round:02d}_s{row.best_noise_seed}.png"
+    suffix = VIDEO_SUFFIX if is_video(row.best_img_path) else ".png"
+    return f"p{row.prompt_index:04d}_r{row.search_round:02d}_s{row.best_noise_seed}{suffix}"
 
 
 def _parquet_bytes(frame: pd.DataFrame) -> bytes:
@@ -285,7 +287,8 @@ def _caption_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def _load_rgb(path: str | Path) -> Image.Image:
-    with Image.open(path) as image:
+    """An image, or a video's poster frame."""
+    with Image.open(poster_path(path)) as image:
         return image.convert("RGB")
 
 

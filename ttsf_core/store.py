@@ -8,10 +8,16 @@ file name); a grade's covers the verifier's grading settings. The metric, the st
 count decide neither, so a longer run, another metric or another strategy drawing the same noise
 finds the work already done. Each identity folder holds an identity.json saying what its hash covers.
 Each PNG carries its generation recipe (noise, steps, the pipeline call's batch) in an iTXt chunk.
+
+A video candidate is `<noise tag>-st<steps>.mp4` (its sha256 is what grades are keyed by) beside its
+poster frame `<noise tag>-st<steps>.poster.png`, which carries the recipe; the poster is written first,
+so an mp4 present means both are complete. Videos are graded by `export_args.grade_frames` frames: a
+count other than the default gets grade folders of its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,9 +25,10 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ttsf_core.candidates import Candidate, NoiseSpec
-from ttsf_core.config import RunConfig, digest
-from ttsf_core.files import file_sha256, prompt_dirname, safe_slug, write_json, write_png
+from ttsf_core.config import DEFAULT_GRADE_FRAMES, RunConfig, digest
+from ttsf_core.files import atomic_write_bytes, file_sha256, prompt_dirname, safe_slug, write_json, write_png
 from ttsf_core.verifiers.base import Grades
+from ttsf_core.video import VIDEO_SUFFIX, mp4_bytes, poster_frame, poster_path
 
 STORE_DIRNAME = "store"
 RECIPE_KEY = "ttsf-recipe"
@@ -77,6 +84,9 @@ class Store:
         root = Path(config.output_dir) / STORE_DIRNAME
         generation = config.generation_identity()
         grading = config.verifier_args.grading_identity()
+        self.grade_frames = config.export_args.grade_frames  # frames of a video its grade averages
+        if self.grade_frames != DEFAULT_GRADE_FRAMES:
+            grading = {**grading, "grade_frames": self.grade_frames}
         model = safe_slug(Path(config.pretrained_model_name_or_path).name or "model", 60)
         self.images_dir = root / "images" / f"{model}-{digest(generation)}"
         self.grades_dir = root / "grades" / f"{safe_slug(config.verifier_args.name)}-{digest(grading)}"
@@ -87,18 +97,41 @@ class Store:
     def image_path(self, prompt: str, candidate: Candidate) -> Path:
         return self.images_dir / prompt_dirname(prompt) / f"{candidate.key()}.png"
 
+    def video_path(self, prompt: str, candidate: Candidate) -> Path:
+        return self.image_path(prompt, candidate).with_suffix(VIDEO_SUFFIX)
+
     def find_image(self, prompt: str, candidate: Candidate) -> StoredImage | None:
-        """The stored image of `candidate`, or None. A file is complete or absent (atomic writes)."""
+        """The stored image (or video) of `candidate`, or None. A file is complete or absent (atomic
+        writes; a video's poster is written before it)."""
+        video = self.video_path(prompt, candidate)
+        if video.is_file() and poster_path(video).is_file():
+            return StoredImage(key=candidate.key(), path=str(video), sha256=file_sha256(video),
+                               recipe=read_recipe(poster_path(video)))
         path = self.image_path(prompt, candidate)
         if not path.is_file():
             return None
         return StoredImage(key=candidate.key(), path=str(path), sha256=file_sha256(path), recipe=read_recipe(path))
 
-    def write_image(self, prompt: str, candidate: Candidate, image: Image.Image, recipe: Recipe) -> StoredImage:
+    def write_image(self, prompt: str, candidate: Candidate, image: Image.Image | list[Image.Image], recipe: Recipe,
+                    fps: int | None = None) -> StoredImage:
+        """Write an image as PNG, or a video (a list of frames) as mp4 at `fps` beside its poster frame."""
         self._note_identity(self.images_dir)
+        if isinstance(image, list):
+            return self._write_video(prompt, candidate, image, recipe, fps)
         path = self.image_path(prompt, candidate)
         sha = write_png(path, image, {RECIPE_KEY: recipe.model_dump_json()})
         return StoredImage(key=candidate.key(), path=str(path), sha256=sha, recipe=recipe, generated=True)
+
+    def _write_video(self, prompt: str, candidate: Candidate, frames: list[Image.Image], recipe: Recipe,
+                     fps: int | None) -> StoredImage:
+        if fps is None:
+            raise ValueError(f"video {candidate.key()}: a frame rate is needed to write it")
+        path = self.video_path(prompt, candidate)
+        data = mp4_bytes(frames, fps)
+        write_png(poster_path(path), poster_frame(frames), {RECIPE_KEY: recipe.model_dump_json()})
+        atomic_write_bytes(path, data)
+        return StoredImage(key=candidate.key(), path=str(path), sha256=hashlib.sha256(data).hexdigest(), recipe=recipe,
+                           generated=True)
 
     # -- grades ------------------------------------------------------------------------------
 

@@ -1,11 +1,10 @@
-"""Load any diffusers text-to-image pipeline by hub id or local folder, with dtype and device."""
+"""Load any diffusers text-to-image (or text-to-video) pipeline by hub id or local folder, with dtype and device."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 from ttsf_core.config import ConfigError, RunConfig
+from ttsf_core.pipelines.signature import check_call_args, pipeline_class_name, read_component_config
 from ttsf_core.pipelines.tiny import TINY_FLUX_NAME, ensure_tiny_flux
 
 # torch is imported inside the functions that need it: checking a config (or finding a run already
@@ -36,29 +35,24 @@ def pick_device(device: str) -> str:
 
 
 def _read_component_config(model_path: str, subfolder: str, filename: str) -> dict | None:
-    local = Path(model_path) / subfolder / filename
-    if local.is_file():
-        return json.loads(local.read_text())
-    if Path(model_path).exists():
-        return None
-    from huggingface_hub import hf_hub_download  # a few KB of config, not weights
-
-    try:
-        return json.loads(Path(hf_hub_download(model_path, filename, subfolder=subfolder or None)).read_text())
-    except Exception as error:  # noqa: BLE001 - any hub failure is reported as an unreadable model
-        raise ConfigError(f"model: received {model_path!r} (unreadable: {type(error).__name__}), allowed: a diffusers "
-                          "folder, a reachable hub id, or 'tiny-flux'") from None
+    return read_component_config(model_path, subfolder, filename)
 
 
-def resolution_multiple(model_path: str) -> int:
-    """The multiple height and width must be: the VAE downscale, times 2 where latents are packed."""
-    index = _read_component_config(model_path, "", "model_index.json")
-    if index is None:
-        raise ConfigError(f"model: received {model_path!r}, allowed: a folder holding a diffusers model_index.json")
-    vae = _read_component_config(model_path, "vae", "config.json") or {}
-    scale = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
-    packs = "Flux" in str(index.get("_class_name", ""))
-    return scale * 2 if packs else scale
+def resolution_multiple(model_path: str, call_args: dict | None = None) -> int:
+    """The multiple height and width must be for this model's pipeline (its family's rule over the VAE
+    and denoiser configs, e.g. the VAE downscale, times 2 where FLUX packs latents)."""
+    from ttsf_core.pipelines.families import GENERIC, family_of
+
+    class_name = pipeline_class_name(model_path)
+    family = family_of(class_name)
+
+    def read(subfolder: str) -> dict:
+        return _read_component_config(model_path, subfolder, "config.json") or {}
+
+    multiple = family.multiple(read, call_args or {})
+    if family is GENERIC and "Flux" in class_name:  # FLUX variants ttsf has no family for: packed 2x2
+        multiple *= 2
+    return multiple
 
 
 def check_devices(config: RunConfig) -> None:
@@ -92,16 +86,27 @@ def _visible_devices() -> str:
 
 
 def prompt_length_warnings(config: RunConfig, prompts: list[str]) -> list[str]:
-    """Prompts the T5 encoder will cut at max_sequence_length tokens (the verifier grades the full
+    """Prompts the text encoder will cut at max_sequence_length tokens (the verifier grades the full
     text). Only prompts long enough to possibly exceed it are tokenized; the tokenizer, not the
     model, is loaded, and not at all when no prompt is that long or it cannot be read offline."""
     limit = config.pipeline_call_args.max_sequence_length
-    suspects = [(index, prompt) for index, prompt in enumerate(prompts) if len(prompt) >= limit - 1]
+    path = None
+    if limit is None:  # the pipeline's own default, or (CLIP-only pipelines) the tokenizer's length
+        path = resolve_model_path(config.pretrained_model_name_or_path)
+        from ttsf_core.pipelines.signature import call_signature
+
+        limit = call_signature(pipeline_class_name(path)).defaults.get("max_sequence_length")
+    suspects = [(index, prompt) for index, prompt in enumerate(prompts) if limit is None or len(prompt) >= limit - 1]
     if not suspects:
         return []
-    tokenizer = _long_text_tokenizer(resolve_model_path(config.pretrained_model_name_or_path))
+    tokenizer = _long_text_tokenizer(path or resolve_model_path(config.pretrained_model_name_or_path))
     if tokenizer is None:
         return []
+    if limit is None:
+        limit = getattr(tokenizer, "model_max_length", None)
+        if not isinstance(limit, int) or limit > 100_000:  # transformers' "no limit" sentinel
+            return []
+        suspects = [(index, prompt) for index, prompt in suspects if len(prompt) >= limit - 1]
     warnings = []
     for index, prompt in suspects:
         tokens = len(tokenizer(prompt).input_ids)
@@ -123,11 +128,15 @@ def _long_text_tokenizer(model_path: str):
 
 
 def check_resolution(config: RunConfig) -> None:
+    """The call arguments against the pipeline class's __call__, then height and width against the
+    model's multiple (only those given: unset ones are the pipeline's own, valid by construction)."""
     path = resolve_model_path(config.pretrained_model_name_or_path)
-    multiple = resolution_multiple(path)
+    signature = check_call_args(config, pipeline_class_name(path))
+    given = config.pipeline_call_args.given()
+    multiple = resolution_multiple(path, {**signature.defaults, **given})
     for field in ("height", "width"):
-        value = getattr(config.pipeline_call_args, field)
-        if value % multiple:
+        value = given.get(field)
+        if value is not None and value % multiple:
             raise ConfigError(f"{field}: received {value}, allowed: a positive multiple of {multiple} for this model")
 
 
