@@ -202,7 +202,7 @@ def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_
     assert len(list((tmp_path / "out").rglob("store/images/*/*/*.png"))) == 2 + 4 + 8
     assert "Report:" in first.stdout
     def outputs():  # records, report, config: not the run's bookkeeping (lock, logs, batch summaries)
-        return {p: p.read_bytes() for p in Path(run_dir).rglob("*") if p.is_file() and p.name != ".lock"
+        return {p: p.read_bytes() for p in Path(run_dir).rglob("*") if p.is_file() and not p.name.endswith(".lock")
                 and not {"logs", "batches"} & set(p.relative_to(run_dir).parts)}
 
     before = outputs()

@@ -46,10 +46,13 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "draft_steps": (("search_args", "draft_steps"), "Cheap drafts: generate every candidate with this many steps "
                     "first, and only the best --draft_keep again at full steps [off]."),
     "draft_keep": (("search_args", "draft_keep"), "Drafts regenerated at full steps each round [2]."),
-    "verifier_to_use": (("verifier_args", "name"), "gemini, qwen, imagestats, or an installed plugin [gemini]."),
+    "verifier_to_use": (("verifier_args", "name"), "gemini, qwen, openai, imagestats, clip, pickscore, "
+                        "laion_aesthetic, image_reward, an installed plugin, or several comma-separated (an "
+                        "ensemble) [gemini]."),
     "verifier_model": (("verifier_args", "model_name"), "The verifier's model [its own default]."),
     "choice_of_metric": (("verifier_args", "choice_of_metric"),
-                         f"Metric that picks each round's best: {', '.join(METRIC_NAMES)} [overall_score]."),
+                         "Metric that picks each round's best: one the verifier scores (VLM graders: "
+                         f"{', '.join(METRIC_NAMES)}; clip: clip_score; an ensemble: ensemble) [its default]."),
     "verifier_concurrency": (("verifier_args", "max_concurrency"), "Verifier requests in flight at once [8]."),
     "batch_size_for_img_gen": (("batch_size_for_img_gen",), "Candidates generated per pipeline call [4]."),
     "seed": (("seed",), "Base seed; every candidate's seed derives from it, the prompt, round, index [0]."),

@@ -151,7 +151,8 @@ class VerifierArgs(_Frozen):
     device: str | None = None
     # A grading rubric file for VLM graders (tt-scale-flux's `prompt_path`); None: ttsf's rubric.
     prompt_path: str | None = None
-    # Sampling seed for graders that sample (tt-scale-flux's `seed`); ttsf's graders decode greedily.
+    # Sampling seed for graders whose API takes one (tt-scale-flux's `seed`; gemini, openai); qwen decodes
+    # greedily and needs none.
     seed: int | None = Field(None, ge=0, lt=2**63)
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -166,11 +167,25 @@ class VerifierArgs(_Frozen):
         options = {k: v for k, v in self.options.items() if k not in TRANSPORT_OPTIONS}
         identity = {"name": self.name, "model_name": self.model_name, "max_new_tokens": self.max_new_tokens,
                     "options": options}
-        if self.prompt_path is not None:
-            identity["rubric_sha256"] = hashlib.sha256(Path(self.prompt_path).read_bytes()).hexdigest()
+        if self._reads_rubric():
+            identity["rubric_sha256"] = hashlib.sha256(self._rubric_bytes()).hexdigest()
         if self.seed is not None:
             identity["seed"] = self.seed
         return identity
+
+    def _reads_rubric(self) -> bool:
+        """A grader that reads the rubric (gemini, qwen, openai, or an ensemble holding one): its grades
+        change when the rubric does, so the rubric's text is part of their identity."""
+        from ttsf_core.verifiers.registry import reads_rubric  # the registry imports this module
+
+        return self.prompt_path is not None or reads_rubric(self.name)
+
+    def _rubric_bytes(self) -> bytes:
+        if self.prompt_path is not None:
+            return Path(self.prompt_path).read_bytes()
+        from ttsf_core.verifiers.rubric import load_rubric
+
+        return load_rubric().encode("utf-8")
 
     @field_validator("name")
     @classmethod

@@ -49,6 +49,7 @@ class GeminiVerifier(RemoteGrader):
     """Grades images with a Gemini model. Safe to share between threads: one pool bounds them all."""
 
     name = "gemini"
+    reads_rubric = True  # its grades follow the rubric: the rubric is part of its grading identity
     DEFAULT_MODEL = "gemini-2.0-flash"
 
     def __init__(self, args: VerifierArgs):

@@ -89,6 +89,7 @@ class OpenAIVerifier(RemoteGrader):
     share between threads: one semaphore bounds them all."""
 
     name = "openai"
+    reads_rubric = True  # its grades follow the rubric: the rubric is part of its grading identity
     metrics = RUBRIC_METRICS
     default_metric = RUBRIC_DEFAULT_METRIC
     DEFAULT_MODEL = "gpt-4o-mini"

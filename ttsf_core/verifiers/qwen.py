@@ -111,6 +111,7 @@ class QwenVerifier:
     """
 
     name = "qwen"
+    reads_rubric = True  # its grades follow the rubric: the rubric is part of its grading identity
     DEFAULT_MODEL = DEFAULT_MODEL
 
     def __init__(self, args: VerifierArgs, *, processor: Any = None, logits_processor: Any = None):

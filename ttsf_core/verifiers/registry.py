@@ -77,6 +77,17 @@ def metrics_for(name: str) -> list[str]:
     return list(verifier_metrics(verifier_class(name)))
 
 
+def reads_rubric(name: str) -> bool:
+    """Whether a verifier (or an ensemble member) grades by the rubric (its class says `reads_rubric`)."""
+    found = False
+    for member in member_names(name):
+        try:
+            found |= bool(getattr(verifier_class(member), "reads_rubric", False))
+        except ConfigError:
+            continue  # an unknown name is reported where the verifier is built
+    return found
+
+
 def default_metric_for(name: str) -> str | None:
     """The verifier's own default metric; None when the name is not a known verifier (reported later)."""
     try:
