@@ -194,8 +194,10 @@ def test_an_undecodable_rubric_file_is_a_config_error(tmp_path):
 def test_prompt_path_changes_the_grading_identity(tmp_path, custom_rubric):
     default = VerifierArgs(name="openai").grading_identity()
     own = VerifierArgs(name="openai", prompt_path=str(custom_rubric)).grading_identity()
-    assert "rubric_sha256" not in default
+    # A rubric grader's identity holds the text of the rubric it reads: ttsf's own, or the given file.
+    assert default["rubric_sha256"] == hashlib.sha256(load_rubric().encode("utf-8")).hexdigest()
     assert own["rubric_sha256"] == hashlib.sha256(custom_rubric.read_bytes()).hexdigest()
+    assert "rubric_sha256" not in VerifierArgs(name="imagestats").grading_identity()  # reads no rubric
     assert own != default
     edited = tmp_path / "edited.txt"
     edited.write_text(TT_SCALE_FLUX_RUBRIC.replace("0 to 10", "1 to 10"), encoding="utf-8")
