@@ -172,6 +172,9 @@ BAD_INPUTS = [
     case([*OK, "--result_storage", "{tmp}/a-file/results"],
          "--result_storage (result_storage): received '{tmp}/a-file/results' (Not a directory), allowed: a folder this "
          "user can write", files={"a-file": ""}),
+    case([*OK, "--quantize", "fp8"], "--quantize (quantize): received 'fp8' (this run is on cpu), allowed: none, or fp8"),
+    case([*OK, "--quantize", "int4"], "--quantize (quantize): received 'int4', allowed: one of none, fp8"),
+    case([*OK, "--attention_backend", "warp"], "--attention_backend (attention_backend): received 'warp', allowed:"),
     case(["--prompt", PROMPT], "GEMINI_BASE_URL: received 'ftp://example', allowed: an http:// or https:// URL",
          env={"GEMINI_API_KEY": "k", "GEMINI_BASE_URL": "ftp://example"}),
 ]

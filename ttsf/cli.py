@@ -58,6 +58,10 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "seed": (("seed",), "Base seed; every candidate's seed derives from it, the prompt, round, index [0]."),
     "output_dir": (("output_dir",), "Where run folders go [output]."),
     "prompts_per_batch": (("prompts_per_batch",), "Prompts per search-batch flow run [8]."),
+    "attention_backend": (("attention_backend",), "diffusers' attention backend: native, _native_cudnn, flash "
+                          "(flash-attn installed), ... (same pixels) [the model's own]."),
+    "quantize": (("quantize",), "none, or fp8: float8 weights and activations of the denoiser (torchao; cards with "
+                 "fp8, compute capability 8.9+; changes pixels, so a different run) [none]."),
     "dispatch": (("dispatch", "mode"), "local: batches one after another in this run's process; pool: each "
                  "batch a run of the search-batch deployment on a work pool (docs/scale-out.md) [local]."),
     "verifier_rpm": (("verifier_rpm",), "Verifier requests per minute, shared by all batches and workers "
@@ -105,6 +109,9 @@ def config_from_options(options: dict[str, Any]):
     overrides = _flags_to_overrides(options)
     if options.get("use_low_gpu_vram"):
         overrides["use_low_gpu_vram"] = True
+    for flag, field in (("compile_", "compile"), ("vae_tiling", "vae_tiling")):
+        if options.get(flag):
+            overrides[field] = True
     if options.get("prompt") is not None and options.get("num_prompts") is None:
         overrides.setdefault("prompts", {})["num_prompts"] = None  # one prompt: no dataset count
     return build_config(merge(file_data, overrides))
@@ -145,6 +152,11 @@ def _usage_problem(command: click.Command, error: click.UsageError) -> str:
 def run_options(function):
     for flag in reversed(RUN_FLAGS):
         function = click.option(f"--{flag}", flag, default=None, help=RUN_FLAGS[flag][1])(function)
+    function = click.option("--compile", "compile_", is_flag=True, default=False,
+                            help="Regional torch.compile of the denoiser's repeated blocks (same pixels; compiles "
+                                 "in seconds to a minute on first use).")(function)
+    function = click.option("--vae_tiling", is_flag=True, default=False,
+                            help="Decode in tiles (less memory at large sizes; changes pixels slightly).")(function)
     function = click.option("--use_low_gpu_vram", is_flag=True, default=False,
                             help="Diffusers' model CPU offload: each component on the GPU only while it runs.")(function)
     function = click.option("--config", "--pipeline_config_path", "config", default=None,

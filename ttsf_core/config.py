@@ -338,12 +338,15 @@ class RunConfig(_Frozen):
     pretrained_model_name_or_path: str = DEFAULT_MODEL
     torch_dtype: str = "bf16"
     device: str = "auto"
-
-    @field_validator("device", mode="before")
-    @classmethod
-    def _known_device(cls, value: Any) -> Any:
-        return _device(value)
     use_low_gpu_vram: bool = False
+    # Speed. Regional compilation (the denoiser's repeated blocks) and the attention backend (diffusers'
+    # dispatcher: native, flash, _native_cudnn, ...) leave the pixels as they are, to within bf16 noise;
+    # fp8 weights and activations (torchao, on cards with fp8) and VAE tiling change them, so those two
+    # are part of the images' identity.
+    compile: bool = False
+    attention_backend: str | None = None
+    quantize: Literal["none", "fp8"] = "none"
+    vae_tiling: bool = False
     batch_size_for_img_gen: int = Field(4, ge=1, le=256)
     seed: int = Field(0, ge=0, lt=2**63)
     pipeline_call_args: PipelineCallArgs = Field(default_factory=PipelineCallArgs)
@@ -420,6 +423,11 @@ class RunConfig(_Frozen):
             raise ValueError(f"allowed: one of {', '.join(TORCH_DTYPES)} (or bfloat16, float16, float32)")
         return text
 
+    @field_validator("device", mode="before")
+    @classmethod
+    def _known_device(cls, value: Any) -> Any:
+        return _device(value)
+
     @field_validator("output_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -450,6 +458,10 @@ class RunConfig(_Frozen):
                     **self.pipeline_call_args.given()}
         if self.export_args.fps is not None:
             identity["fps"] = self.export_args.fps
+        if self.quantize != "none":
+            identity["quantize"] = self.quantize
+        if self.vae_tiling:
+            identity["vae_tiling"] = True
         return identity
 
     def search_identity(self) -> dict[str, Any]:

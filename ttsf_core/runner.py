@@ -16,6 +16,8 @@ from ttsf_core.engine import BatchOutcome, Observer, SearchEngine
 from ttsf_core.executors import ThreadExecutor
 from ttsf_core.files import sweep_temp_files, write_json
 from ttsf_core.pipelines import check_devices, check_resolution, prompt_length_warnings
+from ttsf_core.pipelines.loader import pick_device
+from ttsf_core.pipelines.speed import check_speed_options
 from ttsf_core.prompts import load_prompts, prompt_warnings
 from ttsf_core.records import RunLayout
 from ttsf_core.search import Strategy, build_strategy
@@ -48,6 +50,7 @@ def prepare_run(config: RunConfig, prompts: list[str] | None = None) -> Prepared
     access_warnings = check_verifier_access(verifier)
     check_resolution(config)
     check_devices(config)
+    check_speed_options(config, pick_device(config.device))
     loaded = prompts is None
     prompts = load_prompts(config.prompts) if loaded else prompts
     warnings = access_warnings + (prompt_warnings(config.prompts, prompts) if loaded else []) + \

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.pipelines.signature import check_call_args, pipeline_class_name, read_component_config
+from ttsf_core.pipelines.speed import apply_speed_options
 from ttsf_core.pipelines.tiny import TINY_FLUX_NAME, ensure_tiny_flux
 
 # torch is imported inside the functions that need it: checking a config (or finding a run already
@@ -156,5 +157,6 @@ def load_pipeline(config: RunConfig):
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
+    apply_speed_options(pipe, config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
