@@ -53,6 +53,8 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "choice_of_metric": (("verifier_args", "choice_of_metric"),
                          "Metric that picks each round's best: one the verifier scores (VLM graders: "
                          f"{', '.join(METRIC_NAMES)}; clip: clip_score; an ensemble: ensemble) [its default]."),
+    "ensemble": (("verifier_args", "ensemble"), "With several verifiers: rank (the unweighted mean of their ranks, "
+                 "Ma et al.'s rule) or mean_score (the mean of their min-max scaled scores) [rank]."),
     "verifier_concurrency": (("verifier_args", "max_concurrency"), "Verifier requests in flight at once [8]."),
     "batch_size_for_img_gen": (("batch_size_for_img_gen",), "Candidates generated per pipeline call [4]."),
     "seed": (("seed",), "Base seed; every candidate's seed derives from it, the prompt, round, index [0]."),
