@@ -50,7 +50,8 @@ def prepare_run(config: RunConfig, prompts: list[str] | None = None) -> Prepared
     access_warnings = check_verifier_access(verifier)
     check_resolution(config)
     check_devices(config)
-    check_speed_options(config, pick_device(config.device))
+    if config.attention_backend is not None or config.quantize != "none":  # pick_device imports torch
+        check_speed_options(config, pick_device(config.device))
     loaded = prompts is None
     prompts = load_prompts(config.prompts) if loaded else prompts
     warnings = access_warnings + (prompt_warnings(config.prompts, prompts) if loaded else []) + \
