@@ -1,14 +1,33 @@
-"""FLUX.1-dev's transformer on one GPU: seconds per image of the denoising loop, achieved TFLOP/s.
+"""FLUX.1-dev on one GPU, in one time-boxed run (< 8 min on an H200): matmul peaks, the transformer's
+denoising loop per speed option and batch size, numerics of each option against float32, and ttsf's
+own search end to end. Results as JSON and markdown (--out-dir; $OUT when set).
 
-Builds FluxTransformer2DModel with FLUX.1-dev's published configuration and random bf16 weights
-directly on the GPU (no download, no fp32 copy anywhere), then times the denoising loop at
-1024x1024 - packed latents (B, 4096, 64), 512 T5 tokens of width 4096, pooled CLIP 768, guidance
-embedding - for each batch size, eager (SDPA) and optionally torch.compile'd.
+Sections, in this order (each time-boxed; a row that would end past --time-budget-s, keeping room
+for the sections after it, is skipped and listed as such):
 
-Time-boxed (the whole script is meant to finish in < 8 min on one H100/H200): every denoising step
-of a 1024px image has the same shapes and so the same cost, so each configuration times a few steps
-after a warm-up and the per-step time is extrapolated to 30 and 50 steps. Text encoding (once per
-prompt) and VAE decoding (once per image) are NOT included: this is the transformer loop only.
+1. peaks: the card's bf16 matmul rate (8192^3 torch.mm) and fp8 rate (torch._scaled_mm on
+   float8_e4m3fn operands, per-tensor scales, bf16 out; compute capability >= 8.9 only).
+2. transformer: FluxTransformer2DModel with FLUX.1-dev's published config and random bf16 weights built
+   directly on the GPU (no download, no fp32 copy), fed what FluxPipeline feeds it at 1024x1024 (packed
+   latents (B, 4096, 64), 512 T5 tokens of width 4096, pooled CLIP 768, guidance 3.5), timing the
+   denoising loop (transformer + flow-matching Euler update) for each mode x batch 1/2/4/8:
+     eager         bf16, SDPA
+     compiled      ttsf's --compile (regional: compile_repeated_blocks(fullgraph=True))       --compile
+     fp8+compiled  ttsf's --quantize fp8 (torchao, per-row fp8 weights and activations), then --compile
+     fp8           ttsf's --quantize fp8 alone                                                 --fp8
+   Options are applied by ttsf's own `apply_speed_options` (ttsf_core/pipelines/speed.py). Each row
+   times a warm-up step (kernel choice, compilation) and then a few steps; every step of a 1024px image
+   has the same shapes and cost, so the per-step time is extrapolated to 28 and 50 steps. Reported:
+   s/step, s/image, achieved TFLOP/s, % of the measured bf16 (and fp8) peak, peak GPU memory.
+3. numerics: one forward at batch 1, each option against a float32 forward of the same weights; the
+   bf16 eager model's own error is the noise floor (how ttsf justifies keeping compile and the attention
+   backend out of the images' identity, and fp8 in it).
+4. end to end (--e2e): `ttsf_core.runner.run` (thread executor) with a CandidateGenerator around a
+   FluxPipeline of the full-size transformer (the fastest mode measured at the search's batch size, or
+   --e2e-mode) and the full-size VAE, small stand-in text encoders, and a stand-in verifier that
+   answers in 1 s per call with image-statistics grades: 2 prompts x 3 rounds at 1024px, 28 steps,
+   batch 4. Images/s and GPU idle (share of wall time the generator was not inside a pipeline call).
+   Then the same path with --use_low_gpu_vram (model CPU offload): s/image and peak memory.
 
 FLOPs per forward (counted analytically from the config, 2 FLOPs per multiply-add; norms,
 activations, RoPE, softmax and residual adds are not counted, as usual for MFU):
@@ -19,23 +38,35 @@ activations, RoPE, softmax and residual adds are not counted, as usual for MFU):
                                attention 4*B*N^2*D, AdaLN 2B*D*3D
     plus x_embedder 2B*N_img*64*D, context_embedder 2B*N_txt*4096*D, timestep/guidance/pooled MLPs,
     norm_out 2B*D*2D and proj_out 2B*N_img*D*64.
-    -> about 74 TFLOP per image per step at 1024px (run --dry-run for the exact figure).
-Achieved TFLOP/s is set against the card's own measured bf16 matmul rate (an 8192^3 torch.mm).
+    -> 74.38 TFLOP per image per step at 1024px (--dry-run checks it against torch's FLOP counter).
 
-    python benchmarks/gpu_flux.py --dry-run               # plan and FLOP count, no GPU needed
-    python benchmarks/gpu_flux.py                         # eager, batch 1/2/4/8, 30 and 50 steps
-    python benchmarks/gpu_flux.py --compile               # plus torch.compile (regional by default)
+    python benchmarks/gpu_flux.py --dry-run                              # plan and FLOPs, no GPU
+    python benchmarks/gpu_flux.py --cpu-smoke --compile --fp8 --e2e      # every code path, tiny, CPU
+    timeout 540 python benchmarks/gpu_flux.py --compile --fp8 --e2e --out-dir $OUT    # one H100/H200
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import importlib.util
+import json
+import math
 import os
+import platform
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+T0 = time.perf_counter()  # the budget counts from here: before torch is imported
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: the weights are random
+
+import _common  # noqa: E402 - puts the repository root on sys.path, quiet libraries
 
 FLUX_DEV = {
     "patch_size": 1,
@@ -56,41 +87,83 @@ TIMESTEP_CHANNELS = 256  # diffusers' Timesteps(num_channels=256) in CombinedTim
 MLP_RATIO = 4
 VAE_SCALE, PACK = 8, 2  # FLUX's VAE downsamples 8x; latents are packed in 2x2 patches
 GUIDANCE_SCALE = 3.5
-NO_CUDA_EXIT = 3
+NO_CUDA_EXIT, FAILED_EXIT = 3, 1
+MODES = ("eager", "compiled", "fp8+compiled", "fp8")  # in the order run (fp8 eager last: least asked for)
+# mode -> (weights, compiled). Each weights kind is one model, options applied in place, reused by later rows.
+MODE_PARTS = {"eager": ("bf16", False), "compiled": ("bf16", True), "fp8": ("fp8", False),
+              "fp8+compiled": ("fp8", True)}
+FP8_MIN_CAPABILITY = (8, 9)
+# Priors for the time box until the run has measured its own: compile of the two repeated block types
+# (first batch size, then once more when the batch dimension turns dynamic), torchao quantization.
+COMPILE_PRIOR_S = {"compiled": 45.0, "fp8+compiled": 60.0}
+FP8_SETUP_PRIOR_S = 30.0
+PRIOR_MFU = 0.45  # step time before any row: the analytic FLOPs at this share of the bf16 peak
+E2E_FIXED_S, LOW_VRAM_FIXED_S = 25.0, 30.0  # building, warm-up, tail; low-VRAM: offload transfers too
+DECODE_S_PER_IMAGE = 0.15  # VAE decode + PIL + grading's share per image, 1024px
+TARGET_MFU, TARGET_IDLE = 0.55, 0.10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Seconds per image of FLUX.1-dev's transformer denoising loop (random bf16 weights, no "
-        "download) and achieved TFLOP/s vs the card's measured bf16 matmul rate. Markdown table on stdout.")
+        description="FLUX.1-dev on one GPU (random bf16 weights, no download): bf16/fp8 matmul peaks, the "
+        "transformer denoising loop per speed option and batch size, numerics vs float32, and ttsf's search "
+        "end to end with a stand-in verifier. JSON + markdown in --out-dir; the markdown also on stdout.")
     parser.add_argument("--batch-sizes", default="1,2,4,8", help="comma list of batch sizes")
-    parser.add_argument("--steps", default="30,50", help="comma list of step counts to report (extrapolated)")
+    parser.add_argument("--steps", default="28,50", help="comma list of step counts to report (extrapolated)")
     parser.add_argument("--height", type=int, default=1024, help="image height in pixels (multiple of 16)")
     parser.add_argument("--width", type=int, default=1024, help="image width in pixels (multiple of 16)")
     parser.add_argument("--text-len", type=int, default=512, help="T5 tokens (max_sequence_length)")
-    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per configuration")
-    parser.add_argument("--timed-steps", type=int, default=4, help="timed steps per configuration")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd configurations")
-    parser.add_argument("--compile-scope", choices=("regional", "full"), default="regional",
-                        help="regional: compile the repeated blocks only (diffusers' compile_repeated_blocks; "
-                        "compiles in a fraction of the time, similar speed); full: the whole transformer")
-    parser.add_argument("--compile-mode", default=None,
-                        help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: torch's default)")
+    parser.add_argument("--warmup-steps", type=int, default=1,
+                        help="untimed steps per row (kernel choice; compilation for compiled rows)")
+    parser.add_argument("--timed-steps", type=int, default=3, help="timed steps per row")
+    parser.add_argument("--compile", action="store_true", help="also time ttsf's --compile (regional)")
+    parser.add_argument("--fp8", action="store_true",
+                        help="also time ttsf's --quantize fp8 (torchao), with --compile also fp8+compiled")
+    parser.add_argument("--install-torchao", action="store_true",
+                        help="when torchao is missing, try `pip install torchao` first (default: skip fp8 rows)")
+    parser.add_argument("--attention-backends", default=None,
+                        help="diffusers attention backends checked against eager at batch 1 (default on CUDA: "
+                        "_native_cudnn,_native_flash,_native_efficient; on CPU: _native_math; 'none': no check)")
     parser.add_argument("--sdpa", choices=("auto", "flash", "efficient", "cudnn", "math"), default="auto",
-                        help="SDPA backend (auto: PyTorch picks; flash attention for bf16 on H100)")
-    parser.add_argument("--matmul-size", type=int, default=8192, help="n of the n x n x n bf16 reference matmul")
-    parser.add_argument("--time-budget-s", type=float, default=420.0,
-                        help="skip configurations that would end past this many seconds from the start")
+                        help="SDPA backend for every row (auto: PyTorch picks; flash attention for bf16 on H100)")
+    parser.add_argument("--matmul-size", type=int, default=8192, help="n of the n x n x n reference matmuls")
+    parser.add_argument("--e2e", action="store_true", help="also run ttsf's search end to end (and --use_low_gpu_vram)")
+    parser.add_argument("--e2e-mode", choices=("best", *MODES), default="best",
+                        help="the transformer mode of the end-to-end run (best: the fastest measured at --e2e-batch)")
+    parser.add_argument("--e2e-prompts", type=int, default=2, help="prompts of the end-to-end search")
+    parser.add_argument("--e2e-rounds", type=int, default=3,
+                        help="rounds of the end-to-end search (random search: 2, 4, 8 noises; fewer if the budget "
+                        "says so)")
+    parser.add_argument("--e2e-steps", type=int, default=28, help="denoising steps of the end-to-end search")
+    parser.add_argument("--e2e-batch", type=int, default=4, help="batch_size_for_img_gen of the end-to-end search")
+    parser.add_argument("--verifier-latency-s", type=float, default=1.0, help="the stand-in verifier's time per call")
+    parser.add_argument("--low-vram-images", type=int, default=2,
+                        help="images of the --use_low_gpu_vram run (one prompt, one round, one pipeline call); "
+                        "0: skip it")
+    parser.add_argument("--time-budget-s", type=float, default=440.0,
+                        help="seconds from the start by which every section must be done (rows that would end "
+                        "later, keeping room for the sections after them, are skipped)")
+    parser.add_argument("--out-dir", default=None,
+                        help="folder of the results (default: $OUT when set, else benchmarks/results)")
+    parser.add_argument("--out-json", default="gpu_flux.json", help="JSON results (relative: inside --out-dir)")
+    parser.add_argument("--out-md", default="gpu_flux.md", help="markdown results (relative: inside --out-dir)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and analytic FLOPs; no GPU needed")
-    parser.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)  # tiny model on CPU
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="every section's code path on tiny configs on the CPU (a test of the script, not a "
+                        "benchmark)")
     args = parser.parse_args(argv)
     args.batch_sizes = _int_list(parser, "--batch-sizes", args.batch_sizes)
     args.steps = _int_list(parser, "--steps", args.steps)
     for name in ("height", "width"):
         if getattr(args, name) % (VAE_SCALE * PACK):
             parser.error(f"--{name}: received {getattr(args, name)}, allowed: a multiple of {VAE_SCALE * PACK}")
-    if args.timed_steps < 1 or args.warmup_steps < 0:
-        parser.error("--timed-steps must be >= 1 and --warmup-steps >= 0")
+    if args.timed_steps < 1 or args.warmup_steps < 1:
+        parser.error("--timed-steps and --warmup-steps: allowed: integers >= 1")
+    for name in ("e2e_prompts", "e2e_rounds", "e2e_steps", "e2e_batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: received {getattr(args, name)}, allowed: an integer >= 1")
+    if args.cpu_smoke:  # tiny and quick: a handful of steps, a 0.05 s verifier
+        args.e2e_steps, args.verifier_latency_s = min(args.e2e_steps, 2), min(args.verifier_latency_s, 0.05)
     return args
 
 
@@ -164,7 +237,7 @@ def parameter_count(config: dict) -> int:
             + embed + final)
 
 
-# ----- the run -----
+# ----- the set-up -----
 
 @dataclass(frozen=True)
 class Setup:
@@ -179,6 +252,9 @@ class Setup:
     def image_tokens(self) -> int:
         return (self.height // (VAE_SCALE * PACK)) * (self.width // (VAE_SCALE * PACK))
 
+    def flops(self, batch: int) -> float:
+        return total_flops(self.config, batch, self.image_tokens, self.text_len)
+
 
 @dataclass
 class Row:
@@ -186,8 +262,44 @@ class Row:
     batch: int
     step_s: float | None = None
     warmup_s: float | None = None
-    peak_gib: float | None = None
+    peak_gib: float | None = None  # this model's weights + the row's activations
+    peak_all_gib: float | None = None  # torch.cuda.max_memory_allocated: other models kept resident too
     note: str = ""
+
+
+@dataclass
+class Held:
+    """A model kept for later rows and the end-to-end run: its resident bytes, whether compiled."""
+    model: object
+    bytes: int
+    compiled: bool = False
+
+
+@dataclass
+class State:
+    args: argparse.Namespace
+    setup: Setup
+    rows: list[Row] = field(default_factory=list)
+    models: dict[str, Held] = field(default_factory=dict)
+    peaks: dict = field(default_factory=dict)
+    numerics: dict = field(default_factory=dict)
+    e2e: dict = field(default_factory=dict)
+    low_vram: dict = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)  # skipped and failed things, one line each
+    environment: dict = field(default_factory=dict)
+    fp8_ready: bool = False
+    globals_before_fp8: dict = field(default_factory=dict)
+    e2e_done: bool = False
+    low_vram_done: bool = False
+    failed: bool = False
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+        progress(line)
+
+
+def progress(line: str) -> None:
+    print(f"[{time.perf_counter() - T0:6.1f} s] {line}", file=sys.stderr, flush=True)
 
 
 def make_setup(args: argparse.Namespace) -> Setup:
@@ -197,9 +309,9 @@ def make_setup(args: argparse.Namespace) -> Setup:
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, int]]:
-    """(mode, batch) in the order run: every eager configuration first, then the compiled ones."""
-    modes = ["eager"] + ([f"compiled ({args.compile_scope})"] if args.compile else [])
-    return [(mode, batch) for mode in modes for batch in args.batch_sizes]
+    """(mode, batch) in the order run."""
+    wanted = {"eager": True, "compiled": args.compile, "fp8+compiled": args.fp8 and args.compile, "fp8": args.fp8}
+    return [(mode, batch) for mode in MODES if wanted[mode] for batch in args.batch_sizes]
 
 
 def sync(device: str) -> None:
@@ -207,6 +319,21 @@ def sync(device: str) -> None:
 
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def free_memory(device: str) -> None:
+    import torch
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def allocated(device: str) -> int:
+    import torch
+
+    return torch.cuda.memory_allocated() if device == "cuda" else 0
 
 
 def build_transformer(config: dict, device: str, dtype):
@@ -219,6 +346,7 @@ def build_transformer(config: dict, device: str, dtype):
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
+            torch.manual_seed(0)
             model = FluxTransformer2DModel(**config)
     finally:
         torch.set_default_dtype(previous)
@@ -249,6 +377,8 @@ def make_inputs(setup: Setup, batch: int, dtype) -> dict:
 def denoise(model, inputs: dict, steps: int, device: str) -> float:
     """Run `steps` flow-matching Euler steps (as FlowMatchEulerDiscreteScheduler); seconds taken.
 
+    Called as FluxPipeline.__call__ calls it (under torch.no_grad, joint_attention_kwargs {}), so that
+    the compiled graphs are reused end to end, not compiled again.
     The sigmas run from 1 down as in a real 50-step schedule; the cost of a step does not depend on
     them, only on the shapes."""
     import torch
@@ -259,40 +389,250 @@ def denoise(model, inputs: dict, steps: int, device: str) -> float:
     sigmas = torch.linspace(1.0, 0.0, 51).tolist()
     sync(device)
     start = time.perf_counter()
-    for index in range(steps):
-        sigma, sigma_next = sigmas[index % 50], sigmas[index % 50 + 1]
-        timestep = torch.full((batch,), sigma, device=device, dtype=latents.dtype)  # the pipeline's t / 1000
-        noise_pred = model(hidden_states=latents, timestep=timestep, return_dict=False, **fixed)[0]
-        latents = latents + (sigma_next - sigma) * noise_pred
+    with torch.no_grad():
+        for index in range(steps):
+            sigma, sigma_next = sigmas[index % 50], sigmas[index % 50 + 1]
+            timestep = torch.full((batch,), sigma, device=device, dtype=latents.dtype)  # the pipeline's t / 1000
+            noise_pred = model(hidden_states=latents, timestep=timestep, joint_attention_kwargs={}, return_dict=False,
+                               **fixed)[0]
+            latents = latents + (sigma_next - sigma) * noise_pred
     sync(device)
     return time.perf_counter() - start
 
 
-def matmul_tflops(n: int, device: str, dtype, seconds: float = 2.0) -> float:
-    """The card's own bf16 matmul rate: n x n x n torch.mm, repeated for about `seconds`."""
-    import torch
+# ----- 1. peaks -----
 
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
+def _rate(call, flops: float, device: str, seconds: float) -> float:
+    """TFLOP/s of `call` (flops each), repeated for about `seconds` after three warm-ups."""
     for _ in range(3):
-        torch.mm(a, b, out=out)
+        call()
     sync(device)
     start = time.perf_counter()
-    torch.mm(a, b, out=out)
+    call()
     sync(device)
     once = max(time.perf_counter() - start, 1e-6)
     iterations = max(3, min(200, int(seconds / once)))
     start = time.perf_counter()
     for _ in range(iterations):
-        torch.mm(a, b, out=out)
+        call()
     sync(device)
-    return 2 * n**3 * iterations / (time.perf_counter() - start) / 1e12
+    return flops * iterations / (time.perf_counter() - start) / 1e12
+
+
+def matmul_tflops(n: int, device: str, dtype, seconds: float = 2.0) -> float:
+    """The card's own bf16 matmul rate: n x n x n torch.mm on random data."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    return _rate(lambda: torch.mm(a, b, out=out), 2 * n**3, device, seconds)
+
+
+def fp8_matmul_tflops(n: int, device: str, fast_accum: bool, seconds: float = 2.0) -> float:
+    """torch._scaled_mm on float8_e4m3fn operands (A row-major, B column-major, as cuBLASLt wants),
+    per-tensor float32 scales, bf16 out."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16).to(torch.float8_e4m3fn)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16).to(torch.float8_e4m3fn).t()
+    scale = torch.ones((), device=device, dtype=torch.float32)
+    call = lambda: torch._scaled_mm(a, b, scale_a=scale, scale_b=scale, out_dtype=torch.bfloat16,  # noqa: E731
+                                    use_fast_accum=fast_accum)
+    return _rate(call, 2 * n**3, device, seconds)
+
+
+def peaks_section(state: State) -> None:
+    import torch
+
+    setup = state.setup
+    n = setup.matmul_size
+    state.peaks["matmul_n"] = n
+    state.peaks["bf16_tflops"] = matmul_tflops(n, setup.device, torch.bfloat16)
+    progress(f"bf16 matmul {n}^3: {state.peaks['bf16_tflops']:.4g} TFLOP/s")
+    capability = torch.cuda.get_device_capability() if setup.device == "cuda" else None
+    if capability is not None and capability < FP8_MIN_CAPABILITY:
+        state.say(f"fp8 matmul peak skipped: compute capability {capability[0]}.{capability[1]} has no fp8 tensor "
+                  f"cores (8.9 or newer)")
+        return
+    try:
+        state.peaks["fp8_tflops"] = fp8_matmul_tflops(n, setup.device, fast_accum=True)
+        state.peaks["fp8_tflops_no_fast_accum"] = fp8_matmul_tflops(n, setup.device, fast_accum=False, seconds=1.0)
+        progress(f"fp8 matmul {n}^3: {state.peaks['fp8_tflops']:.4g} TFLOP/s (fast accumulation), "
+                 f"{state.peaks['fp8_tflops_no_fast_accum']:.4g} without")
+    except Exception as error:  # noqa: BLE001 - an old torch or cuBLAS: say so, go on
+        state.say(f"fp8 matmul peak failed: {type(error).__name__}: {first_line(error)}")
+
+
+# ----- 2. transformer rows -----
+
+def first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [""])[0][:160].replace("|", "/")
+
+
+def apply_options(state: State, model, **fields) -> None:
+    """ttsf's own speed options (compile=True, quantize="fp8") on `model`, by apply_speed_options."""
+    from types import SimpleNamespace
+
+    try:
+        from ttsf_core.config import RunConfig
+        from ttsf_core.pipelines.speed import apply_speed_options
+    except ImportError as error:  # ttsf's dependencies (pydantic) missing here: the same calls, directly
+        state.say(f"ttsf_core does not import ({error}): speed options applied by the same calls directly")
+        if fields.get("quantize") == "fp8":
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+            quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        if fields.get("compile"):
+            model.compile_repeated_blocks(fullgraph=True)
+        return
+    config = RunConfig.model_validate({"verifier_args": {"name": "imagestats"}, "device": state.setup.device, **fields})
+    apply_speed_options(SimpleNamespace(transformer=model), config)
+
+
+def fp8_ready(state: State) -> bool:
+    """Whether fp8 rows can run here; if not, one line says why."""
+    import torch
+
+    setup, args = state.setup, state.args
+    if setup.device == "cuda" and torch.cuda.get_device_capability() < FP8_MIN_CAPABILITY:
+        major, minor = torch.cuda.get_device_capability()
+        state.say(f"fp8 rows skipped: compute capability {major}.{minor}; fp8 needs 8.9 or newer")
+        return False
+    if importlib.util.find_spec("torchao") is None and args.install_torchao:
+        progress("torchao is not installed: pip install torchao (--install-torchao)")
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--retries", "0", "--timeout", "10",
+                               "torchao"], capture_output=True, text=True)
+        importlib.invalidate_caches()
+        if done.returncode:
+            state.say(f"pip install torchao failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:160]}")
+    if importlib.util.find_spec("torchao") is None:
+        state.say("fp8 rows skipped: torchao is not installed (pip install torchao, or carry its wheel as "
+                  "BENCHMARKS.md section 3 says; --install-torchao tries pip)")
+        return False
+    try:
+        import torchao
+    except Exception as error:  # noqa: BLE001 - e.g. built for another torch
+        state.say(f"fp8 rows skipped: torchao does not import ({type(error).__name__}: {first_line(error)})")
+        return False
+    state.environment["torchao"] = torchao.__version__
+    if setup.device == "cpu":  # smoke only: torchao refuses fp8 without an fp8 card; run its path anyway
+        try:
+            import torchao.quantization.quant_api as quant_api
+
+            import ttsf_core.pipelines.speed as speed
+
+            quant_api._check_hardware_support = lambda granularity: None
+            speed._check_fp8 = lambda device: None
+        except (ImportError, AttributeError) as error:
+            state.say(f"fp8 rows skipped on the CPU: the fp8 hardware checks could not be bypassed ({error})")
+            return False
+        state.say("cpu-smoke: torchao's and ttsf's fp8 hardware checks bypassed to run the fp8 path on the CPU")
+    return True
+
+
+def step_per_image(state: State, mode: str, batch: int | None = None) -> float:
+    """Best known seconds per image per step for `mode` (at `batch` if measured there): its own rows,
+    else the eager rows, else the analytic FLOPs at PRIOR_MFU of the bf16 peak."""
+    done = [row for row in state.rows if row.step_s is not None]
+    for candidates in ([r for r in done if r.mode == mode and r.batch == batch],
+                       [r for r in done if r.mode == mode],
+                       [r for r in done if r.mode == "eager"]):
+        if candidates:
+            return min(row.step_s / row.batch for row in candidates)
+    peak = state.peaks.get("bf16_tflops") or 100.0
+    return state.setup.flops(1) / (PRIOR_MFU * peak * 1e12)
+
+
+def e2e_estimate(state: State, rounds: int) -> float:
+    args = state.args
+    images = args.e2e_prompts * sum(2 * 2 ** (r - 1) for r in range(1, rounds + 1))
+    mode = args.e2e_mode if args.e2e_mode != "best" else min(
+        {row.mode for row in state.rows if row.step_s is not None} or {"eager"},
+        key=lambda m: step_per_image(state, m, args.e2e_batch))
+    per_step = step_per_image(state, mode, args.e2e_batch)
+    fixed = E2E_FIXED_S if state.setup.device == "cuda" else E2E_FIXED_S / 10  # tiny on the CPU
+    return images * (args.e2e_steps * per_step + DECODE_S_PER_IMAGE) * 1.1 + fixed
+
+
+def low_vram_estimate(state: State) -> float:
+    args = state.args
+    images = args.low_vram_images
+    fixed = LOW_VRAM_FIXED_S if state.setup.device == "cuda" else LOW_VRAM_FIXED_S / 10
+    return images * (args.e2e_steps * step_per_image(state, "eager", images) + DECODE_S_PER_IMAGE) + fixed
+
+
+def reserve_s(state: State) -> float:
+    """Seconds the sections after the transformer rows need (estimated from what was measured so far).
+    The end-to-end search is reserved one round short of --e2e-rounds: the rows come first, and the
+    search drops its last round when they leave too little time (it says so)."""
+    if not state.args.e2e:
+        return 0.0
+    low = low_vram_estimate(state) if state.args.low_vram_images and not state.low_vram_done else 0.0
+    rounds = max(1, state.args.e2e_rounds - 1)
+    return (0.0 if state.e2e_done else e2e_estimate(state, rounds)) + low
+
+
+def row_estimate(state: State, mode: str, batch: int) -> float:
+    """This row's seconds: its steps at the best known per-image step time, plus compilation when the
+    mode has compiled nothing yet (prior) or only its first batch size (once more, as long as that took)."""
+    args = state.args
+    estimate = step_per_image(state, mode, batch) * batch * (args.warmup_steps + args.timed_steps)
+    if mode in COMPILE_PRIOR_S:
+        same = [row for row in state.rows if row.mode == mode and row.step_s is not None]
+        if not same:
+            estimate += COMPILE_PRIOR_S[mode]
+        elif len(same) == 1:
+            estimate += same[0].warmup_s or 0.0
+    return estimate
+
+
+def fits(state: State, seconds: float) -> bool:
+    return time.perf_counter() - T0 + seconds <= state.args.time_budget_s - reserve_s(state)
+
+
+def measure(state: State, model, mode: str, batch: int, model_bytes: int) -> Row:
+    """One row: warm-up steps, then timed steps; peak memory = this model's weights + the row's
+    activations (other models kept resident for later rows are not counted)."""
+    import torch
+
+    setup, args = state.setup, state.args
+    row = Row(mode, batch)
+    inputs = None
+    try:
+        free_memory(setup.device)
+        others = allocated(setup.device) - model_bytes
+        if setup.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        inputs = make_inputs(setup, batch, torch.bfloat16)
+        with sdpa_context(args.sdpa), eager_stance(state, mode):
+            row.warmup_s = denoise(model, inputs, args.warmup_steps, setup.device)
+            row.step_s = denoise(model, inputs, args.timed_steps, setup.device) / args.timed_steps
+        if setup.device == "cuda":
+            row.peak_all_gib = torch.cuda.max_memory_allocated() / 2**30
+            row.peak_gib = row.peak_all_gib - others / 2**30
+    except torch.OutOfMemoryError:
+        row.note = "out of memory"
+    except Exception as error:  # noqa: BLE001 - e.g. a compile failure: report it, go on with the next row
+        row.note = f"failed: {type(error).__name__}: {first_line(error)}"
+        progress(traceback.format_exc())
+    finally:
+        del inputs
+    return row
+
+
+def eager_stance(state: State, mode: str):
+    """An uncompiled mode on a model compiled for an earlier mode (fp8 after fp8+compiled): the same
+    model with its compiled blocks ignored. (set_stance takes effect when constructed: build it in the with.)"""
+    import torch
+
+    held = state.models.get(MODE_PARTS[mode][0])
+    if held is not None and held.compiled and not MODE_PARTS[mode][1]:
+        return torch.compiler.set_stance("force_eager")
+    return contextlib.nullcontext()
 
 
 def sdpa_context(choice: str):
-    import contextlib
-
     if choice == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -302,77 +642,517 @@ def sdpa_context(choice: str):
     return sdpa_kernel(backend)
 
 
-def compiled_copy(model, args: argparse.Namespace):
-    """torch.compile applied in place (regional) or as a wrapper (full); eager rows are done first."""
+def build_held(state: State, kind: str) -> Held:
+    """The model of a weights kind (bf16, or fp8 = bf16 quantized by ttsf's option), measured in memory."""
     import torch
 
-    options = {"mode": args.compile_mode} if args.compile_mode else {}
-    if args.compile_scope == "regional":
-        model.compile_repeated_blocks(fullgraph=True, **options)
-        return model
-    # The top-level forward has Python-side checks (logging, LoRA scale) that may break the graph.
-    return torch.compile(model, fullgraph=False, **options)
+    setup = state.setup
+    free_memory(setup.device)
+    before = allocated(setup.device)
+    model = build_transformer(setup.config, setup.device, torch.bfloat16)
+    if kind == "fp8":
+        before_fp8 = global_settings()
+        apply_options(state, model, quantize="fp8")
+        changed = {name: value for name, value in global_settings().items() if before_fp8.get(name) != value}
+        if changed:
+            state.globals_before_fp8 = before_fp8
+            state.say("ttsf's --quantize fp8 (torchao's quantize_, set_inductor_config=True) changed process-wide "
+                      f"settings: {', '.join(f'{k}={v}' for k, v in changed.items())}; later compiles pay "
+                      "coordinate-descent tuning, and graphs compiled before are compiled again")
+    free_memory(setup.device)
+    held = Held(model, allocated(setup.device) - before)
+    state.models[kind] = held
+    progress(f"built the {kind} transformer ({held.bytes / 2**30:.1f} GiB)")
+    return held
 
 
-def measure(model, setup: Setup, args: argparse.Namespace, mode: str, batch: int, dtype) -> Row:
+# What torchao's recommended_inductor_config_setter (run by quantize_ with set_inductor_config=True) sets.
+INDUCTOR_SETTINGS = ("coordinate_descent_tuning", "coordinate_descent_check_all_directions",
+                     "force_fuse_int_mm_with_mul", "fx_graph_cache", "triton.unique_kernel_names")
+
+
+def global_settings() -> dict:
     import torch
+    import torch._inductor.config as inductor
 
-    row = Row(mode, batch)
-    try:
-        if setup.device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        inputs = make_inputs(setup, batch, dtype)
-        with torch.inference_mode(), sdpa_context(args.sdpa):
-            # The first call pays kernel selection (and, compiled, the compilation) for this shape.
-            row.warmup_s = denoise(model, inputs, max(1, args.warmup_steps), setup.device)
-            row.step_s = denoise(model, inputs, args.timed_steps, setup.device) / args.timed_steps
-        if setup.device == "cuda":
-            row.peak_gib = torch.cuda.max_memory_allocated() / 2**30
-    except torch.OutOfMemoryError:
-        row.note = "out of memory"
-    except Exception as error:  # noqa: BLE001 - e.g. a compile failure: report it, go on with the next row
-        if mode == "eager":
-            raise
-        message = (str(error).splitlines() or [""])[0][:120].replace("|", "/")
-        row.note = f"failed: {type(error).__name__}: {message}"
-    return row
+    settings = {"float32_matmul_precision": torch.get_float32_matmul_precision()}
+    for name in INDUCTOR_SETTINGS:
+        owner, _, attribute = name.rpartition(".")
+        with contextlib.suppress(AttributeError):
+            settings[name] = getattr(getattr(inductor, owner) if owner else inductor, attribute)
+    return settings
 
 
-def should_skip(rows: list[Row], mode: str, batch: int, started: float, budget_s: float, steps_per_row: int) -> bool:
-    """Skip when this row's estimated cost would end past the budget: the last row's per-image step
-    time scaled to this batch, plus (compiled) the last compile time or 150 s for the first."""
-    same_mode = [row for row in rows if row.mode == mode and row.step_s is not None]
-    any_done = [row for row in rows if row.step_s is not None]
-    reference = (same_mode or any_done or [None])[-1]
-    estimate = 0.0 if reference is None else reference.step_s / reference.batch * batch * steps_per_row
-    if mode != "eager":
-        estimate += max((row.warmup_s or 0.0) for row in same_mode) if same_mode else 150.0
-    return time.perf_counter() - started + estimate > budget_s
-
-
-def run(args: argparse.Namespace, setup: Setup, started: float) -> tuple[list[Row], float, str]:
+def restore_settings(settings: dict) -> None:
     import torch
+    import torch._inductor.config as inductor
 
-    dtype = torch.bfloat16
-    device_name = torch.cuda.get_device_name() if setup.device == "cuda" else "CPU (smoke test)"
-    peak = matmul_tflops(setup.matmul_size, setup.device, dtype)
-    model = build_transformer(setup.config, setup.device, dtype)
-    rows: list[Row] = []
-    compiled = False
-    steps_per_row = max(1, args.warmup_steps) + args.timed_steps
+    torch.set_float32_matmul_precision(settings["float32_matmul_precision"])
+    for name in INDUCTOR_SETTINGS:
+        owner, _, attribute = name.rpartition(".")
+        if name in settings:
+            setattr(getattr(inductor, owner) if owner else inductor, attribute, settings[name])
+
+
+def transformer_section(state: State) -> None:
+    args = state.args
     for mode, batch in plan(args):
-        if should_skip(rows, mode, batch, started, args.time_budget_s, steps_per_row):
-            rows.append(Row(mode, batch, note=f"skipped: --time-budget-s {args.time_budget_s:g}"))
+        kind, compiled = MODE_PARTS[mode]
+        if mode != "eager" and "variants" not in state.numerics:
+            numerics_reference(state)  # on the eager bf16 model, before anything compiles it
+        if kind == "fp8" and not state.fp8_ready:
+            state.rows.append(Row(mode, batch, note="skipped: fp8 unavailable here (see the lines below)"))
             continue
-        if mode != "eager" and not compiled:
-            model, compiled = compiled_copy(model, args), True
-        rows.append(measure(model, setup, args, mode, batch, dtype))
-        print(f"  done: {mode} batch {batch} at {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    return rows, peak, device_name
+        setup_cost = FP8_SETUP_PRIOR_S if kind == "fp8" and kind not in state.models else 0.0
+        if not fits(state, row_estimate(state, mode, batch) + setup_cost):
+            state.rows.append(Row(mode, batch, note=f"skipped: --time-budget-s {args.time_budget_s:g}"))
+            state.say(f"{mode} batch {batch} skipped: it would end past the time budget")
+            continue
+        try:
+            held = state.models.get(kind) or build_held(state, kind)
+            if compiled and not held.compiled:
+                apply_options(state, held.model, compile=True)
+                held.compiled = True
+        except Exception as error:  # noqa: BLE001 - e.g. torchao failing: the other modes go on
+            state.rows.append(Row(mode, batch, note=f"failed: {type(error).__name__}: {first_line(error)}"))
+            state.say(f"{mode} could not be set up: {type(error).__name__}: {first_line(error)}")
+            progress(traceback.format_exc())
+            continue
+        row = measure(state, held.model, mode, batch, held.bytes)
+        state.rows.append(row)
+        save(state)  # a run killed at its limit keeps every row measured
+        progress(f"{mode} batch {batch}: " + (f"{row.step_s:.3f} s/step, warm-up {row.warmup_s:.1f} s"
+                                              if row.step_s is not None else row.note))
+        if row.step_s is not None and batch == min(args.batch_sizes) and mode != "eager":
+            numerics_variant(state, mode, held.model)
+    if "variants" not in state.numerics:
+        numerics_reference(state)
+
+
+# ----- 3. numerics -----
+
+def one_forward(model, inputs: dict):
+    import torch
+
+    batch = inputs["hidden_states"].shape[0]
+    timestep = torch.full((batch,), 0.5, device=inputs["hidden_states"].device, dtype=inputs["hidden_states"].dtype)
+    with torch.no_grad():
+        return model(timestep=timestep, joint_attention_kwargs={}, return_dict=False, **inputs)[0]
+
+
+def batch_slice(inputs: dict, size: int) -> dict:
+    per_image = ("hidden_states", "encoder_hidden_states", "pooled_projections", "guidance")
+    return {key: value[:size].contiguous() if key in per_image else value for key, value in inputs.items()}
+
+
+def errors(output, reference) -> dict:
+    diff = (output.float() - reference).flatten()
+    if not bool(diff.isfinite().all()):
+        return {"max_abs_err": None, "rms_err": None, "non_finite": True}
+    return {"max_abs_err": float(diff.abs().max()), "rms_err": float(diff.pow(2).mean().sqrt())}
+
+
+def numerics_reference(state: State) -> None:
+    """On the eager bf16 model: the float32 reference, eager's own error (the bf16 noise floor), the
+    batch-of-2 forward's, and each attention backend's."""
+    import torch
+
+    setup = state.setup
+    state.numerics.setdefault("variants", [])  # tried once
+    held = state.models.get("bf16")
+    if held is None or held.compiled:
+        return
+    model, numerics = held.model, state.numerics
+    try:
+        inputs2 = make_inputs(setup, 2, torch.bfloat16)
+        inputs = batch_slice(inputs2, 1)
+        eager = one_forward(model, inputs)
+        pair = one_forward(model, inputs2)[:1]
+        try:
+            model.float()  # bf16 -> fp32 -> bf16 is exact: the same weights afterwards
+            reference = one_forward(model, {k: v.float() if v.is_floating_point() else v for k, v in inputs.items()})
+        finally:
+            model.to(torch.bfloat16)
+        reference = reference.float()
+        numerics.update({"inputs": inputs, "reference": reference, "eager": eager,
+                         "ref_max_abs": float(reference.abs().max()),
+                         "ref_rms": float(reference.pow(2).mean().sqrt())})
+        eager_row = next((r for r in state.rows if r.mode == "eager" and r.batch == 1 and r.step_s is not None), None)
+        add_variant(state, "eager (bf16, the noise floor)", eager, eager_row.step_s if eager_row else None)
+        add_variant(state, "eager, the same image in a batch of 2", pair)
+        for backend in attention_backends(state.args, setup.device):
+            check_backend(state, model, backend)
+    except Exception as error:  # noqa: BLE001 - numerics are a side result: say so, keep timing
+        state.say(f"numerics failed: {type(error).__name__}: {first_line(error)}")
+        progress(traceback.format_exc())
+    free_memory(setup.device)
+
+
+def add_variant(state: State, name: str, output, step_s: float | None = None) -> None:
+    numerics = state.numerics
+    entry = {"variant": name, **errors(output, numerics["reference"]),
+             "max_abs_diff_vs_eager": float((output.float() - numerics["eager"].float()).abs().max()),
+             "s_per_step_batch1": step_s}
+    variants = numerics["variants"]
+    floor = variants[0] if variants else None
+    if entry["rms_err"] is None:
+        entry["verdict"] = "non-finite output"
+    elif floor is None:
+        entry["verdict"] = "the floor"
+    elif floor["rms_err"] is None:
+        entry["verdict"] = "n/a: the floor is non-finite"
+    else:
+        within = entry["rms_err"] <= 1.25 * floor["rms_err"] and entry["max_abs_err"] <= 2 * floor["max_abs_err"]
+        entry["verdict"] = "within bf16 noise" if within else "outside bf16 noise"
+    variants.append(entry)
+    progress(f"numerics {name}: max abs err {fmt(entry['max_abs_err'])}, rms err {fmt(entry['rms_err'])}, "
+             f"{entry['verdict']}")
+
+
+def attention_backends(args: argparse.Namespace, device: str) -> list[str]:
+    text = args.attention_backends
+    if text is None:
+        text = "_native_cudnn,_native_flash,_native_efficient" if device == "cuda" else "_native_math"
+    return [] if text.strip() == "none" else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def check_backend(state: State, model, backend: str) -> None:
+    """ttsf's --attention_backend on the eager model: refused up front by ttsf's own check where this
+    machine cannot honour it; else one forward against the reference and batch-1 steps timed."""
+    import torch
+
+    setup = state.setup
+    try:
+        from ttsf_core.config import RunConfig
+        from ttsf_core.pipelines.speed import check_speed_options
+
+        check_speed_options(RunConfig.model_validate({"verifier_args": {"name": "imagestats"},
+                                                      "attention_backend": backend}), setup.device)
+    except ImportError:
+        pass  # without ttsf, diffusers says itself what it cannot run
+    except Exception as error:  # noqa: BLE001 - ttsf's one-line refusal
+        state.say(f"attention backend {backend} skipped: {first_line(error)}")
+        return
+    try:
+        model.set_attention_backend(backend)
+        output = one_forward(model, state.numerics["inputs"])
+        inputs = make_inputs(setup, 1, torch.bfloat16)
+        denoise(model, inputs, 1, setup.device)
+        step_s = denoise(model, inputs, state.args.timed_steps, setup.device) / state.args.timed_steps
+        add_variant(state, f"attention backend {backend}", output, step_s)
+    except Exception as error:  # noqa: BLE001
+        state.say(f"attention backend {backend} failed: {type(error).__name__}: {first_line(error)}")
+    finally:
+        model.reset_attention_backend()
+
+
+def numerics_variant(state: State, mode: str, model) -> None:
+    if "reference" not in state.numerics:
+        return
+    try:
+        with eager_stance(state, mode):
+            output = one_forward(model, state.numerics["inputs"])
+        row = next((r for r in state.rows if r.mode == mode and r.batch == 1 and r.step_s is not None), None)
+        add_variant(state, mode, output, row.step_s if row else None)
+    except Exception as error:  # noqa: BLE001
+        state.say(f"numerics of {mode} failed: {type(error).__name__}: {first_line(error)}")
+
+
+# ----- 4. end to end -----
+
+def choose_e2e_mode(state: State) -> str:
+    args = state.args
+    if args.e2e_mode != "best":
+        return args.e2e_mode
+    measured = {row.mode for row in state.rows if row.step_s is not None}
+    return min(measured or {"eager"}, key=lambda mode: step_per_image(state, mode, args.e2e_batch))
+
+
+def take_transformer(state: State, mode: str) -> tuple[object, bool]:
+    """(transformer for `mode`, whether it is fresh: its options still to apply). A model kept from the
+    rows is reused as it is (its compiled graphs too); every other model is freed first."""
+    kind, compiled = MODE_PARTS[mode]
+    if kind == "bf16" and state.globals_before_fp8:  # a bf16 ttsf run never has torchao's settings
+        restore_settings(state.globals_before_fp8)
+    held = state.models.get(kind)
+    keep = held is not None and held.compiled == compiled
+    state.models = {kind: held} if keep else {}
+    del held
+    free_memory(state.setup.device)
+    if keep:
+        return state.models[kind].model, False
+    import torch
+
+    return build_transformer(state.setup.config, state.setup.device, torch.bfloat16), True
+
+
+def e2e_section(state: State) -> None:
+    import torch
+
+    import _gpu_e2e as e2e
+
+    args, setup = state.args, state.setup
+    low = low_vram_estimate(state) if args.low_vram_images else 0.0
+    rounds = args.e2e_rounds
+    while rounds >= 1 and time.perf_counter() - T0 + e2e_estimate(state, rounds) > args.time_budget_s - low:
+        rounds -= 1
+    if rounds < 1:
+        state.e2e = {"note": f"skipped: --time-budget-s {args.time_budget_s:g}"}
+        state.say("end-to-end run skipped: not even one round fits the time budget")
+        return
+    if rounds < args.e2e_rounds:
+        state.say(f"end-to-end run: {rounds} round(s) instead of {args.e2e_rounds}, to fit the time budget")
+    mode = choose_e2e_mode(state)
+    kind, compiled = MODE_PARTS[mode]
+    progress(f"end to end: mode {mode}, {args.e2e_prompts} prompts x {rounds} rounds, {args.e2e_steps} steps")
+    transformer, fresh = take_transformer(state, mode)
+    pipe = e2e.build_pipeline(transformer, e2e.SMOKE_VAE if args.cpu_smoke else e2e.FLUX_DEV_VAE,
+                              setup.device, torch.bfloat16)
+    with tempfile.TemporaryDirectory(prefix="gpu-flux-e2e-") as folder, \
+            e2e.stand_in_registered(args.verifier_latency_s):
+        config = search_config(state, pipe, Path(folder), prompts=args.e2e_prompts, rounds=rounds, pool=2,
+                               compile=compiled, quantize="fp8" if kind == "fp8" else "none", low_vram=False)
+        if fresh:  # as ttsf's loader: options applied to the loaded pipeline
+            from ttsf_core.pipelines.speed import apply_speed_options
+
+            apply_speed_options(pipe, config)
+        result = e2e.run_search(pipe, config, setup.device)
+    state.e2e = {"mode": mode, "transformer": "reused from the rows" if not fresh else "built for this run", **result}
+    progress(f"end to end: {result['images']} images in {result['wall_s']:.1f} s, GPU idle {result['gpu_idle']:.1%}")
+    del pipe, transformer
+    state.models.clear()
+    free_memory(setup.device)
+
+
+def search_config(state: State, pipe, folder: Path, **fields):
+    """The run config of an end-to-end search, after writing the pipeline's weightless folder it names."""
+    import _gpu_e2e as e2e
+
+    args, setup = state.args, state.setup
+    skeleton = e2e.write_skeleton(pipe, folder / ("flux1-dev-random-weights" if not args.cpu_smoke
+                                                  else "tiny-flux-random-weights"))
+    prompts_file = folder / "prompts.txt"
+    prompts_file.write_text("\n".join(_common.PROMPTS) + "\n")
+    return e2e.search_config(skeleton, folder / "output", prompts_file, device=setup.device, height=setup.height,
+                             width=setup.width, text_len=setup.text_len, steps=args.e2e_steps, batch=args.e2e_batch,
+                             **fields)
+
+
+def low_vram_section(state: State) -> None:
+    """ttsf's --use_low_gpu_vram: the loader's enable_model_cpu_offload on a plain bf16 pipeline."""
+    import torch
+
+    import _gpu_e2e as e2e
+
+    args, setup = state.args, state.setup
+    if time.perf_counter() - T0 + low_vram_estimate(state) > args.time_budget_s:
+        state.low_vram = {"note": f"skipped: --time-budget-s {args.time_budget_s:g}"}
+        state.say("--use_low_gpu_vram run skipped: it would end past the time budget")
+        return
+    state.models.clear()
+    if state.globals_before_fp8:  # a plain bf16 ttsf run never has torchao's settings
+        restore_settings(state.globals_before_fp8)
+    free_memory(setup.device)
+    transformer = build_transformer(setup.config, setup.device, torch.bfloat16)
+    pipe = e2e.build_pipeline(transformer, e2e.SMOKE_VAE if args.cpu_smoke else e2e.FLUX_DEV_VAE,
+                              setup.device, torch.bfloat16)
+    with tempfile.TemporaryDirectory(prefix="gpu-flux-low-vram-") as folder, \
+            e2e.stand_in_registered(args.verifier_latency_s):
+        config = search_config(state, pipe, Path(folder), prompts=1, rounds=1, pool=args.low_vram_images,
+                               compile=False, quantize="none", low_vram=True)
+        from ttsf_core.pipelines.speed import apply_speed_options
+
+        if setup.device != "cpu":  # as ttsf's loader (load_pipeline): offload instead of .to(device)
+            pipe.enable_model_cpu_offload(device=setup.device)
+        else:
+            state.say("cpu-smoke: model CPU offload not applied on the CPU (ttsf's loader does not either)")
+        apply_speed_options(pipe, config)
+        del transformer
+        free_memory(setup.device)
+        result = e2e.run_search(pipe, config, setup.device, warm_up=False)
+    eager = next((row for row in state.rows if row.mode == "eager" and row.batch == args.low_vram_images
+                  and row.step_s is not None), None)
+    state.low_vram = {"mode": "eager (bf16), model CPU offload", **result,
+                      "eager_row_s_per_image": eager.step_s * args.e2e_steps / eager.batch if eager else None}
+    progress(f"low VRAM: {result['s_per_image']:.2f} s/image, peak {result['peak_gib'] or 0:.1f} GiB")
+    del pipe
+    free_memory(setup.device)
 
 
 # ----- output -----
+
+def tflops_of(state: State, row: Row) -> float:
+    return state.setup.flops(row.batch) / row.step_s / 1e12
+
+
+def row_dict(state: State, row: Row) -> dict:
+    out = asdict(row)
+    if row.step_s is not None:
+        tflops = tflops_of(state, row)
+        out["s_per_image"] = {str(steps): row.step_s * steps / row.batch for steps in state.args.steps}
+        out["tflops"] = tflops
+        out["pct_bf16_peak"] = 100 * tflops / state.peaks["bf16_tflops"] if state.peaks.get("bf16_tflops") else None
+        out["pct_fp8_peak"] = (100 * tflops / state.peaks["fp8_tflops"]
+                               if "fp8" in row.mode and state.peaks.get("fp8_tflops") else None)
+    return out
+
+
+def best_row(state: State, modes: tuple[str, ...]) -> Row | None:
+    done = [row for row in state.rows if row.mode in modes and row.step_s is not None]
+    return min(done, key=lambda row: row.step_s / row.batch) if done else None
+
+
+def targets(state: State) -> list[dict]:
+    compiled, fp8 = best_row(state, ("compiled",)), best_row(state, ("fp8+compiled", "fp8"))
+    peak = state.peaks.get("bf16_tflops")
+    out = []
+    if compiled is not None and peak:
+        share = tflops_of(state, compiled) / peak
+        out.append({"target": f"transformer >= {TARGET_MFU:.0%} of the measured bf16 peak at the best batch size "
+                              "(bf16, compiled)",
+                    "measured": f"{share:.1%} at batch {compiled.batch}", "verdict": "met" if share >= TARGET_MFU
+                    else "missed"})
+    else:
+        out.append({"target": f"transformer >= {TARGET_MFU:.0%} of bf16 peak (compiled)", "measured": "-",
+                    "verdict": "not measured"})
+    if fp8 is not None and compiled is not None:
+        a, b = fp8.step_s / fp8.batch, compiled.step_s / compiled.batch
+        out.append({"target": "fp8 faster than bf16 compiled (best batch each, s/image)",
+                    "measured": f"{fp8.mode} batch {fp8.batch}: {a:.4f} s/step/image vs {b:.4f} ({b / a:.2f}x)",
+                    "verdict": "met" if a < b else "missed"})
+    else:
+        out.append({"target": "fp8 faster than bf16 compiled", "measured": "-", "verdict": "not measured"})
+    idle = state.e2e.get("gpu_idle")
+    out.append({"target": f"end-to-end GPU idle < {TARGET_IDLE:.0%} with the stand-in verifier "
+                          f"({state.args.verifier_latency_s:g} s a call)",
+                "measured": f"{idle:.1%}" if idle is not None else "-",
+                "verdict": "not measured" if idle is None else "met" if idle < TARGET_IDLE else "missed"})
+    return out
+
+
+def fmt(value, spec: str = ".3g", unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def markdown(state: State, wall_s: float) -> str:
+    args, setup, env, peaks = state.args, state.setup, state.environment, state.peaks
+    lines = [f"## gpu_flux.py: FLUX.1-dev on {env.get('device', '?')}", "",
+             f"torch {env.get('torch')}, diffusers {env.get('diffusers')}, "
+             f"torchao {env.get('torchao') or 'not installed'}, "
+             f"python {env.get('python')}; random bf16 weights; {setup.height}x{setup.width}, {setup.text_len} text "
+             f"tokens; {setup.flops(1) / 1e12:.4g} TFLOP per image per step; wall time {wall_s:.0f} s "
+             f"(budget {args.time_budget_s:g} s)", "",
+             "### Matmul peaks", "", "| operands | TFLOP/s |", "|---|---|",
+             f"| bf16 {peaks.get('matmul_n')}^3 torch.mm | {fmt(peaks.get('bf16_tflops'), '.4g')} |",
+             f"| fp8 e4m3 {peaks.get('matmul_n')}^3 torch._scaled_mm, per-tensor scales, fast accumulation | "
+             f"{fmt(peaks.get('fp8_tflops'), '.4g')} |",
+             f"| the same without fast accumulation | {fmt(peaks.get('fp8_tflops_no_fast_accum'), '.4g')} |", ""]
+    step_cols = [f"s/image @{steps}" for steps in args.steps]
+    header = ["mode", "batch", "s/step (batch)", *step_cols, "TFLOP/s", "% bf16 peak", "% fp8 peak",
+              "warm-up s (incl. compile)", "peak GiB (model / process)", "note"]
+    lines += ["### Transformer denoising loop", "",
+              f"{args.warmup_steps} warm-up + {args.timed_steps} timed steps a row, extrapolated; peak GiB: "
+              "max_memory_allocated after a reset per row, as the row's model (its weights + the row's activations) "
+              "/ the process (with the other model kept for later rows)", "",
+              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in state.rows:
+        data = row_dict(state, row)
+        if row.step_s is None:
+            cells = [row.mode, row.batch, *["-"] * (len(header) - 3), row.note]
+        else:
+            cells = [row.mode, row.batch, f"{row.step_s:.3f}", *[f"{v:.2f}" for v in data["s_per_image"].values()],
+                     f"{data['tflops']:.4g}", fmt(data["pct_bf16_peak"], ".0f", "%"),
+                     fmt(data["pct_fp8_peak"], ".0f", "%"), f"{row.warmup_s:.1f}",
+                     f"{fmt(row.peak_gib, '.1f')} / {fmt(row.peak_all_gib, '.1f')}", row.note]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    best = {mode: best_row(state, (mode,)) for mode in MODES}
+    best_text = ", ".join(f"{mode} batch {row.batch}" for mode, row in best.items() if row is not None)
+    lines += ["", f"best batch size by s/image: {best_text or '-'}", ""]
+    numerics = state.numerics
+    if numerics.get("variants"):
+        lines += ["### Numerics: one forward at batch 1 against float32", "",
+                  f"reference: the same weights in float32 (max abs {numerics['ref_max_abs']:.3g}, rms "
+                  f"{numerics['ref_rms']:.3g}); within bf16 noise = rms error <= 1.25x and max error <= 2x the bf16 "
+                  "eager model's own", "",
+                  "| variant | max abs err | rms err | max abs diff vs eager | verdict | s/step batch 1 |",
+                  "|---|---|---|---|---|---|"]
+        for entry in numerics["variants"]:
+            lines.append(f"| {entry['variant']} | {fmt(entry['max_abs_err'])} | {fmt(entry['rms_err'])} | "
+                         f"{fmt(entry['max_abs_diff_vs_eager'])} | {entry['verdict']} | "
+                         f"{fmt(entry['s_per_step_batch1'], '.3f')} |")
+        lines.append("")
+    if args.e2e:
+        lines += ["### End to end: ttsf's search (runner.run, thread executor), stand-in verifier", "",
+                  "| run | mode | prompts x rounds | images | steps | batch | wall s | images/s | s/image | "
+                  "generating s | GPU idle | NVML busy | peak GiB | verifier calls | note |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, result in (("search", state.e2e), ("--use_low_gpu_vram", state.low_vram)):
+            if "wall_s" not in result:
+                lines.append(f"| {name} | - | - | - | - | - | - | - | - | - | - | - | - | - | "
+                             f"{result.get('note', 'not run')} |")
+                continue
+            note = result.get("transformer", "")
+            if result.get("eager_row_s_per_image"):
+                note = f"eager row at batch {args.low_vram_images}: {result['eager_row_s_per_image']:.2f} s/image"
+            lines.append(
+                f"| {name} | {result['mode']} | {result['prompts']} x {result['rounds']} | {result['images']} | "
+                f"{result['steps']} | {result['batch']} | {result['wall_s']:.1f} | "
+                f"{fmt(result['images_per_s'], '.3f')} | {fmt(result['s_per_image'], '.2f')} | "
+                f"{result['generating_s']:.1f} | {fmt(result['gpu_idle'], '.1%')} | "
+                f"{fmt(result['nvml_utilization'], '.0%')} | {fmt(result['peak_gib'], '.1f')} | "
+                f"{result['verifier_calls']} | {note} |")
+        lines.append("")
+    lines += ["### Targets", "", "| target | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {t['verdict']} |" for t in targets(state)]
+    if state.lines:
+        lines += ["", "### Skipped, failed, notes", ""] + [f"- {line}" for line in state.lines]
+    return "\n".join(lines) + "\n"
+
+
+def finite(value):
+    """JSON has no NaN or infinity: those become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def out_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    folder = Path(args.out_dir or os.environ.get("OUT") or _common.REPO_ROOT / "benchmarks" / "results")
+    resolve = lambda name: Path(name) if Path(name).is_absolute() else folder / name  # noqa: E731
+    return resolve(args.out_json), resolve(args.out_md)
+
+
+def save(state: State, final: bool = False) -> tuple[Path, Path]:
+    """JSON and markdown, rewritten after every section: a run killed at its limit still leaves what it measured."""
+    wall = time.perf_counter() - T0
+    json_path, md_path = out_paths(state.args)
+    numerics = {key: value for key, value in state.numerics.items()
+                if key not in ("inputs", "reference", "eager")}
+    payload = {
+        "script": "benchmarks/gpu_flux.py", "argv": sys.argv[1:], "finished": final, "wall_s": wall,
+        "environment": state.environment,
+        "setup": {"height": state.setup.height, "width": state.setup.width, "text_len": state.setup.text_len,
+                  "tflop_per_image_step": state.setup.flops(1) / 1e12,
+                  "flops_by_part": forward_flops(state.setup.config, 1, state.setup.image_tokens, state.setup.text_len),
+                  "warmup_steps": state.args.warmup_steps, "timed_steps": state.args.timed_steps,
+                  "time_budget_s": state.args.time_budget_s},
+        "peaks": state.peaks,
+        "transformer_rows": [row_dict(state, row) for row in state.rows],
+        "numerics": numerics, "e2e": state.e2e, "e2e_low_vram": state.low_vram,
+        "targets": targets(state), "lines": state.lines,
+    }
+    for path in (json_path, md_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(finite(payload), indent=2, default=str) + "\n")
+    md_path.write_text(markdown(state, wall))
+    return json_path, md_path
+
+
+# ----- dry run -----
 
 def print_flops(args: argparse.Namespace, setup: Setup) -> None:
     parts = forward_flops(setup.config, 1, setup.image_tokens, setup.text_len)
@@ -393,34 +1173,54 @@ def print_flops(args: argparse.Namespace, setup: Setup) -> None:
 
 
 def print_plan(args: argparse.Namespace, setup: Setup) -> None:
-    print(f"plan: {len(plan(args))} configurations, each {max(1, args.warmup_steps)} warm-up + {args.timed_steps} "
-          f"timed steps, per-step time extrapolated to {', '.join(map(str, args.steps))} steps; "
-          f"SDPA backend {args.sdpa}; reference matmul {setup.matmul_size}^3 bf16; budget {args.time_budget_s:g} s")
+    print(f"plan (budget {args.time_budget_s:g} s from the start; rows that would end later are skipped):")
+    print(f"  1. peaks: bf16 {setup.matmul_size}^3 torch.mm; fp8 e4m3 {setup.matmul_size}^3 torch._scaled_mm "
+          "(per-tensor scales, with and without fast accumulation; compute capability >= 8.9)")
+    print(f"  2. transformer: {len(plan(args))} rows, each {args.warmup_steps} warm-up + {args.timed_steps} timed "
+          f"steps, per-step time extrapolated to {', '.join(map(str, args.steps))} steps; SDPA {args.sdpa}")
     for mode, batch in plan(args):
-        flops = total_flops(setup.config, batch, setup.image_tokens, setup.text_len)
-        print(f"  {mode:>20} batch {batch}: {flops / 1e12:.4g} TFLOP per step")
+        print(f"  {mode:>14} batch {batch}: {setup.flops(batch) / 1e12:.4g} TFLOP per step")
+    print("  3. numerics: one batch-1 forward of eager, a batch of 2, attention backends "
+          f"({', '.join(attention_backends(args, setup.device)) or 'none'}) and each mode against float32")
+    if args.e2e:
+        images = args.e2e_prompts * sum(2 * 2 ** (r - 1) for r in range(1, args.e2e_rounds + 1))
+        print(f"  4. end to end: runner.run, {args.e2e_prompts} prompts x {args.e2e_rounds} rounds = {images} images "
+              f"at {setup.height}x{setup.width}, {args.e2e_steps} steps, batch {args.e2e_batch}, mode {args.e2e_mode}, "
+              f"stand-in verifier {args.verifier_latency_s:g} s a call; then --use_low_gpu_vram: "
+              f"{args.low_vram_images} images in one call")
+    json_path, md_path = out_paths(args)
+    print(f"  results: {json_path} and {md_path}")
 
 
-def print_table(args: argparse.Namespace, setup: Setup, rows: list[Row], peak: float) -> None:
-    step_cols = [f"s/image @{steps} steps" for steps in args.steps]
-    header = ["mode", "batch", "s/step (whole batch)", *step_cols, "achieved TFLOP/s", "% of matmul rate",
-              "warm-up s (incl. compile)", "peak GiB (incl. weights)", "note"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        if row.step_s is None:
-            cells = [row.mode, row.batch, *["-"] * (len(header) - 3), row.note]
-        else:
-            tflops = total_flops(setup.config, row.batch, setup.image_tokens, setup.text_len) / row.step_s / 1e12
-            cells = [row.mode, row.batch, f"{row.step_s:.3f}",
-                     *[f"{row.step_s * steps / row.batch:.2f}" for steps in args.steps],
-                     f"{tflops:.3g}", f"{100 * tflops / peak:.0f}%", f"{row.warmup_s:.1f}",
-                     f"{row.peak_gib:.1f}" if row.peak_gib is not None else "-", row.note]
-        print("| " + " | ".join(str(cell) for cell in cells) + " |")
+# ----- main -----
+
+def environment(setup: Setup) -> dict:
+    import diffusers
+    import torch
+    import transformers
+
+    env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+           "python": platform.python_version(), "torchao": None, "cpu_smoke": setup.device == "cpu"}
+    if setup.device == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        env.update({"device": torch.cuda.get_device_name(), "capability": f"{major}.{minor}",
+                    "cuda": torch.version.cuda, "memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30})
+    else:
+        env["device"] = "CPU (smoke test: tiny configs, not a benchmark)"
+    return env
+
+
+def section(state: State, name: str, function) -> None:
+    try:
+        function(state)
+    except Exception as error:  # noqa: BLE001 - one section failing must not lose the others' results
+        state.failed = True
+        state.say(f"{name} failed: {type(error).__name__}: {first_line(error)}")
+        progress(traceback.format_exc())
+    save(state)
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = time.perf_counter()
     args = parse_args(argv)
     setup = make_setup(args)
     if args.dry_run:
@@ -431,7 +1231,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if setup.device == "cuda" and not torch.cuda.is_available():
         print("gpu_flux.py: no CUDA device is available (torch.cuda.is_available() is False); this benchmark "
-              "needs one GPU. Use --dry-run to see the plan and the analytic FLOP count.", file=sys.stderr)
+              "needs one GPU. Use --dry-run to see the plan and the analytic FLOP count, --cpu-smoke to test the "
+              "script.", file=sys.stderr)
         return NO_CUDA_EXIT
     if setup.device == "cuda":
         free, _ = torch.cuda.mem_get_info()
@@ -440,20 +1241,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gpu_flux.py: the GPU has {free / 2**30:.1f} GiB free; the bf16 weights alone take "
                   f"{weights / 2**30:.1f} GiB. Use a card with more free memory.", file=sys.stderr)
             return NO_CUDA_EXIT
-    import diffusers
-
-    rows, peak, device_name = run(args, setup, started)
-    print(f"## FLUX.1-dev transformer denoising loop on {device_name}\n")
-    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, bf16, random weights; "
-          f"measured bf16 matmul rate ({setup.matmul_size}^3 torch.mm): **{peak:.4g} TFLOP/s**\n")
-    print_flops(args, setup)
-    print()
-    print_table(args, setup, rows, peak)
-    print(f"\ns/image = per-step time of the batch x steps / batch, from {args.timed_steps} timed steps after "
-          f"{max(1, args.warmup_steps)} warm-up steps, extrapolated (every step has the same shapes). Transformer "
-          f"loop only: no text encoding, no VAE decode. Wall time for the whole script: "
-          f"{time.perf_counter() - started:.0f} s.")
-    return 0
+    _common.quiet_libraries()
+    # Several models are compiled in one process here (bf16 and fp8, two block types each, static then
+    # dynamic batch): more cache entries than one ttsf run makes; never fall back to eager for that.
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    state = State(args, setup, environment=environment(setup))
+    progress(f"{state.environment['device']}: torch {state.environment['torch']}, diffusers "
+             f"{state.environment['diffusers']}")
+    if args.e2e:
+        try:
+            importlib.import_module("ttsf_core.runner")
+        except ImportError as error:
+            state.say(f"ttsf_core does not import ({error}): the end-to-end runs will fail; carry ttsf's missing "
+                      "packages as wheels (BENCHMARKS.md section 3)")
+    state.fp8_ready = args.fp8 and fp8_ready(state)
+    section(state, "peaks", peaks_section)
+    section(state, "transformer", transformer_section)
+    if args.e2e:
+        section(state, "end to end", e2e_section)
+        state.e2e_done = True
+        if args.low_vram_images:
+            section(state, "--use_low_gpu_vram", low_vram_section)
+        state.low_vram_done = True
+    json_path, md_path = save(state, final=True)
+    print(markdown(state, time.perf_counter() - T0))
+    progress(f"wrote {json_path} and {md_path}")
+    return FAILED_EXIT if state.failed else 0
 
 
 if __name__ == "__main__":
