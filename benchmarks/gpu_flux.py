@@ -656,7 +656,7 @@ def build_held(state: State, kind: str) -> Held:
         changed = {name: value for name, value in global_settings().items() if before_fp8.get(name) != value}
         if changed:
             state.globals_before_fp8 = before_fp8
-            state.say("ttsf's --quantize fp8 (torchao's quantize_, set_inductor_config=True) changed process-wide "
+            state.say("ttsf's --quantize fp8 (torchao's quantize_) changed process-wide "
                       f"settings: {', '.join(f'{k}={v}' for k, v in changed.items())}; later compiles pay "
                       "coordinate-descent tuning, and graphs compiled before are compiled again")
     free_memory(setup.device)
@@ -666,7 +666,7 @@ def build_held(state: State, kind: str) -> Held:
     return held
 
 
-# What torchao's recommended_inductor_config_setter (run by quantize_ with set_inductor_config=True) sets.
+# What torchao's recommended_inductor_config_setter sets (ttsf passes set_inductor_config=False; checked anyway).
 INDUCTOR_SETTINGS = ("coordinate_descent_tuning", "coordinate_descent_check_all_directions",
                      "force_fuse_int_mm_with_mul", "fx_graph_cache", "triton.unique_kernel_names")
 

@@ -71,7 +71,9 @@ def apply_speed_options(pipe, config: RunConfig) -> None:
     if config.quantize == "fp8":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        # set_inductor_config=False: torchao would otherwise switch the whole process to TF32 float32
+        # matmuls, which changes what a float32 verifier in the same process grades.
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False))
     if config.attention_backend is not None:
         model.set_attention_backend(config.attention_backend)
     if config.vae_tiling:
