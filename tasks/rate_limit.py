@@ -16,6 +16,11 @@ def rpm_limit_name(config: RunConfig) -> str | None:
     return f"ttsf-verifier-{config.verifier_args.name}-rpm"
 
 
+def rpm_burst(rpm: int) -> int:
+    """The most requests the limit lets through at once: a tenth of a minute's budget."""
+    return max(1, rpm // 10)
+
+
 def ensure_rpm_limit(config: RunConfig) -> str | None:
     """Create or update the limit so it allows `verifier_rpm` requests a minute; return its name."""
     name = rpm_limit_name(config)
@@ -23,7 +28,7 @@ def ensure_rpm_limit(config: RunConfig) -> str | None:
         return None
     rpm = config.verifier_rpm
     # A burst of at most a tenth of a minute's budget, refilled continuously at rpm/60 a second.
-    slots = max(1, rpm // 10)
+    slots = rpm_burst(rpm)
     decay = rpm / 60.0
     with get_client(sync_client=True) as client:
         try:
@@ -45,5 +50,5 @@ def rpm_description(config: RunConfig) -> str:
         return f"no requests-per-minute cap on {config.verifier_args.name} (set --verifier_rpm to share one)"
     rpm = config.verifier_rpm
     return (f"{rpm} {config.verifier_args.name} requests a minute, shared by every batch and worker (Prefect "
-            f"global concurrency limit `{name}`: bursts of up to {max(1, rpm // 10)}, refilled at "
+            f"global concurrency limit `{name}`: bursts of up to {rpm_burst(rpm)}, refilled at "
             f"{rpm / 60:.2f} a second)")

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import rate_limit
 
 from tasks import runtime
+from tasks.rate_limit import rpm_burst
 from ttsf_core import jobs
 from ttsf_core.config import RunConfig
 from ttsf_core.store import Store
@@ -24,8 +25,12 @@ from ttsf_core.store import Store
       cache_policy=NO_CACHE)
 def verify_task(config: RunConfig, job: jobs.GradeJob, rpm_limit_name: str | None = None) -> jobs.GradeResult:
     def pace(requests: int) -> None:
-        for _ in range(requests):  # one slot a request, taken one at a time: a chunk may exceed the burst
-            rate_limit(rpm_limit_name, strict=True)
+        # One slot a request, taken in as few calls to the server as the burst allows (a chunk may
+        # exceed it): each call is a round trip, and a fleet of workers pays them on every chunk.
+        burst = rpm_burst(config.verifier_rpm)
+        while requests > 0:
+            rate_limit(rpm_limit_name, occupy=min(requests, burst), strict=True)
+            requests -= min(requests, burst)
 
     return jobs.grade(Store(config), runtime.verifier_for(config.verifier_args), job, jobs.RetryPolicy.of(config),
                       logger=get_run_logger(), pace=pace if rpm_limit_name else None)
