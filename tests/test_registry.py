@@ -27,15 +27,19 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def installed_plugin(tmp_path, monkeypatch):
-    """An installed distribution as pip leaves it: a module plus dist-info with entry_points.txt."""
-    (tmp_path / "my_brightness.py").write_text(PLUGIN)
-    info = tmp_path / "my_brightness-0.1.dist-info"
+def _write_plugin(folder):
+    (folder / "my_brightness.py").write_text(PLUGIN)
+    info = folder / "my_brightness-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-brightness\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[ttsf.verifiers]\nbrightness = my_brightness:BrightnessVerifier\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    return folder
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch):
+    """An installed distribution as pip leaves it: a module plus dist-info with entry_points.txt."""
+    monkeypatch.syspath_prepend(str(_write_plugin(tmp_path)))
     yield
     sys.modules.pop("my_brightness", None)
 
@@ -48,6 +52,15 @@ def test_an_installed_plugin_is_found_and_grades_in_input_order(installed_plugin
     dark, bright = Image.new("RGB", (8, 8), (20, 20, 20)), Image.new("RGB", (8, 8), (230, 230, 230))
     grades = verifier.score("anything", [bright, dark])
     assert grades[0].score("overall_score") > 8 > 1 > grades[1].score("overall_score")
+
+
+def test_a_plugin_put_on_the_path_after_a_lookup_is_still_found(tmp_path, monkeypatch):
+    # available_verifiers() keeps what it scanned per import path: a path added later is scanned.
+    assert "brightness" not in available_verifiers()
+    monkeypatch.syspath_prepend(str(_write_plugin(tmp_path)))
+    assert available_verifiers()["brightness"] == "my_brightness:BrightnessVerifier"
+    monkeypatch.undo()
+    assert "brightness" not in available_verifiers()
 
 
 def test_unknown_names_list_what_is_available(installed_plugin):

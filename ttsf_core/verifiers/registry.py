@@ -8,7 +8,9 @@ Its class attributes `metrics` and `default_metric` are read without constructin
 
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
 from importlib.metadata import entry_points
 
 from ttsf_core.config import ConfigError, VerifierArgs
@@ -30,8 +32,14 @@ ENSEMBLE_METRIC = "ensemble"
 
 def available_verifiers() -> dict[str, str]:
     """name -> "module:attribute" for every verifier this installation can build."""
-    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    return {**found, **BUILTIN_VERIFIERS}
+    return {**_installed_verifiers(tuple(sys.path)), **BUILTIN_VERIFIERS}
+
+
+@functools.lru_cache(maxsize=8)
+def _installed_verifiers(search_path: tuple[str, ...]) -> dict[str, str]:
+    # entry_points() reads every installed distribution's metadata (~50 ms on a 2-core VM), and every
+    # round record's identity asks which verifiers read the rubric: scan once per import path.
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def member_names(name: str) -> list[str]:
