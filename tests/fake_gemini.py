@@ -1,8 +1,9 @@
 """A local stand-in for Gemini's generateContent endpoint, over real HTTP, for offline tests.
 
 It answers `POST /v1/models/{model}:generateContent` and `/v1beta/...` the way the Gemini
-Developer API does, with grades derived from the pixels of the inline image (`expected_grades`),
-so a test can tell whether each score came back with its own image. It can delay answers, answer
+Developer API does, with grades derived from the pixels of the inline image (`expected_grades`;
+an inline video/mp4 is graded from the mean of all its frames), so a test can tell whether each
+score came back with its own image. It can delay answers, answer
 a group of requests in reverse arrival order, fail scripted requests with realistic Google error
 JSON, send malformed answers, and check the API key. Every wait in it is bounded.
 
@@ -50,6 +51,7 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -111,9 +113,9 @@ _HOLD_LIMIT_S = 10.0  # no request is held longer than this, whatever the option
 
 
 def expected_grades(png_bytes: bytes) -> Grades:
-    """The grades the fake answers for an image: a pure function of its mean pixel per channel."""
-    with Image.open(io.BytesIO(png_bytes)) as image:
-        means = ImageStat.Stat(image.convert("RGB")).mean
+    """The grades the fake answers for an image (or an mp4): a pure function of its mean pixel per
+    channel (a video's over all its frames)."""
+    means = _mean_rgb(png_bytes)
     red, green, blue = (value / 255.0 for value in means)
     explanation = f"fake grade from mean RGB ({means[0]:.1f}, {means[1]:.1f}, {means[2]:.1f})"
     return Grades(
@@ -125,6 +127,19 @@ def expected_grades(png_bytes: bytes) -> Grades:
             for offset, (metric, (w_r, w_g, w_b)) in enumerate(zip(METRIC_NAMES, _ASPECT_WEIGHTS))
         }
     )
+
+
+def _mean_rgb(blob: bytes) -> list[float]:
+    if blob[4:8] == b"ftyp":  # an ISO media file: an mp4 sent whole (export_args.video_grading: whole)
+        from ttsf_core.video import read_frames
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "video.mp4"
+            path.write_bytes(blob)
+            frames = [ImageStat.Stat(frame.convert("RGB")).mean for frame in read_frames(path)]
+        return [sum(channel) / len(frames) for channel in zip(*frames)]
+    with Image.open(io.BytesIO(blob)) as image:
+        return ImageStat.Stat(image.convert("RGB")).mean
 
 
 def google_error_body(code: int, message: str | None = None, retry_delay: str | None = None) -> dict[str, Any]:

@@ -349,3 +349,15 @@ def test_fake_server_runs_as_a_script(verifiers):
             process.kill()
             process.wait(timeout=10)
     assert process.returncode == 0
+
+
+def test_a_video_over_the_inline_limit_is_ungradeable_and_never_sent(verifiers):
+    from ttsf_core.verifiers.base import UngradeableError
+    from ttsf_core.verifiers.gemini import INLINE_LIMIT_BYTES
+
+    with FakeGeminiServer() as server:
+        verifier = verifiers(server)
+        (result,) = verifier.score_videos_partial("a prompt", [b"\0" * (INLINE_LIMIT_BYTES + 1)])
+        assert server.requests == []
+    assert isinstance(result, UngradeableError)
+    assert "over Gemini's 20 MB inline request limit" in str(result) and "video_grading: frames" in str(result)

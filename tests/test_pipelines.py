@@ -188,6 +188,44 @@ def test_a_search_runs_and_regenerates_byte_identical(name, tmp_path):
         assert "data:image/jpeg;base64," in report.html.read_text()
 
 
+def test_gemini_grades_each_video_whole_when_asked(tmp_path, monkeypatch):
+    from fake_gemini import FakeGeminiServer, expected_grades
+    from ttsf_core.store import Store
+
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+    with FakeGeminiServer() as server:
+        gemini = {"name": "gemini", "options": {"base_url": server.url}}
+        config = _config("wan", tmp_path, verifier_args=gemini, export_args={"video_grading": "whole"},
+                         search_args={"search_rounds": 2})
+        prepared, outcome = runner.run(config, generator=CandidateGenerator(_pipe("wan"), config))
+        outcome.raise_first()
+        requests = server.requests
+    # One request a video (2 + 4), each carrying that mp4 itself: no frames, no PNG.
+    media = [[part.get("inlineData") or part.get("inline_data") for part in request.body["contents"][0]["parts"]
+              if "inlineData" in part or "inline_data" in part] for request in requests]
+    assert len(requests) == 6
+    assert all(len(parts) == 1 and (parts[0].get("mimeType") or parts[0].get("mime_type")) == "video/mp4"
+               for parts in media)
+    records = iter_round_records(prepared.layout.run_dir)
+    for path, record in records:
+        for candidate in record.candidates:
+            video = resolve_image(path, candidate.img_path)
+            assert video.suffix == ".mp4" and candidate.grades == expected_grades(video.read_bytes())
+    # Whole-video grades are other grades than frame-averaged ones: their own folder and run identity.
+    by_frames = _config("wan", tmp_path, verifier_args=gemini, search_args={"search_rounds": 2})
+    assert Store(by_frames).grades_dir != Store(config).grades_dir
+    assert by_frames.identity_hash() != config.identity_hash()
+
+
+def test_whole_video_grading_is_refused_for_a_verifier_that_reads_no_video(tmp_path):
+    from ttsf_core.config import ConfigError
+
+    config = _config("wan", tmp_path, export_args={"video_grading": "whole"})
+    with pytest.raises(ConfigError, match=r"^export_args.video_grading: received 'whole' with "
+                                          r"verifier_args.name='imagestats', allowed: 'frames'"):
+        runner.prepare_run(config)
+
+
 @pytest.mark.parametrize("name", list(CALLS))
 def test_call_arguments_a_config_does_not_set_stay_the_pipelines_own(name, tmp_path, monkeypatch):
     import inspect

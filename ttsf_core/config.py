@@ -129,6 +129,15 @@ class ExportArgs(_Frozen):
     fps: int | None = Field(None, ge=1, le=240)
     # Image verifiers grade this many evenly spaced frames of a video; its grade is their mean per metric.
     grade_frames: int = Field(DEFAULT_GRADE_FRAMES, ge=1, le=64)
+    # "frames": every verifier grades a video by its grade_frames frames. "whole": the mp4 itself goes
+    # to a verifier that reads video (gemini), which then sees motion and timing, not 4 stills.
+    video_grading: Literal["frames", "whole"] = "frames"
+
+    def grading_identity(self) -> dict[str, Any]:
+        """How videos are graded, where it is not the default: image runs' identities never change."""
+        if self.video_grading == "whole":
+            return {"video_grading": "whole"}
+        return {"grade_frames": self.grade_frames} if self.grade_frames != DEFAULT_GRADE_FRAMES else {}
 
 
 class VerifierArgs(_Frozen):
@@ -474,9 +483,8 @@ class RunConfig(_Frozen):
             "search": self.search_args.identity(),
             "verifier": verifier.grading_identity(),
             "choice_of_metric": verifier.choice_of_metric,
-            # Videos are graded by their frames; another count grades (and so selects) differently.
-            **({"grade_frames": self.export_args.grade_frames}
-               if self.export_args.grade_frames != DEFAULT_GRADE_FRAMES else {}),
+            # Another way of grading videos grades (and so selects) differently.
+            **self.export_args.grading_identity(),
         }
 
     def identity_hash(self) -> str:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -166,7 +167,8 @@ def grade_once(store: Store, verifier: Verifier, job: GradeJob, final_invalid: b
     verdicts = {image.sha256: store.find_grade(job.prompt, image.sha256) for image in job.images}
     missing = [image for image in job.images if verdicts[image.sha256] is None]
     if missing:
-        results = _score_media(verifier, job.prompt, missing, getattr(store, "grade_frames", DEFAULT_GRADE_FRAMES))
+        results = _score_media(verifier, job.prompt, missing, getattr(store, "grade_frames", DEFAULT_GRADE_FRAMES),
+                               getattr(store, "whole_videos", False))
         failures = []
         for position, (image, result) in enumerate(zip(missing, results, strict=True)):
             verdict = _verdict(result, final_invalid)
@@ -201,11 +203,15 @@ def _score(verifier: Verifier, prompt: str, images: list[Image.Image]) -> list[G
     return results
 
 
-def _score_media(verifier: Verifier, prompt: str, images: list[StoredImage],
-                 grade_frames: int) -> list[Grades | BaseException]:
+def _score_media(verifier: Verifier, prompt: str, images: list[StoredImage], grade_frames: int,
+                 whole_videos: bool = False) -> list[Grades | BaseException]:
     """One result per stored image or video. A video is graded through `grade_frames` evenly spaced
     frames, all sent with the other images of the chunk, and its grade is their mean per metric (an
-    error on any frame is the video's, the most telling one first)."""
+    error on any frame is the video's, the most telling one first); or, `whole_videos`, as its mp4."""
+    if whole_videos and any(is_video(image.path) for image in images):
+        return _score_whole_videos(verifier, prompt, images, grade_frames)
+    if not images:
+        return []
     flat: list[Image.Image] = []
     spans: list[tuple[int, list[int] | None]] = []
     for image in images:
@@ -227,6 +233,18 @@ def _score_media(verifier: Verifier, prompt: str, images: list[StoredImage],
         else:
             combined.append(part[0] if indices is None else average_grades(part, indices))
     return combined
+
+
+def _score_whole_videos(verifier: Verifier, prompt: str, images: list[StoredImage],
+                        grade_frames: int) -> list[Grades | BaseException]:
+    """Videos sent as their mp4s in one `score_videos_partial` call, any image as usual; input order."""
+    videos = [Path(image.path).read_bytes() for image in images if is_video(image.path)]
+    graded = verifier.score_videos_partial(prompt, videos)
+    if len(graded) != len(videos):
+        raise VerifierError(f"verifier {verifier.name!r} returned {len(graded)} results for {len(videos)} videos")
+    from_videos = iter(graded)
+    others = iter(_score_media(verifier, prompt, [image for image in images if not is_video(image.path)], grade_frames))
+    return [next(from_videos) if is_video(image.path) else next(others) for image in images]
 
 
 def average_grades(grades: list[Grades], frames: list[int]) -> Grades:

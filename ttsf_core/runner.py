@@ -47,6 +47,7 @@ def prepare_run(config: RunConfig, prompts: list[str] | None = None) -> Prepared
     """Every check that can fail on bad input, before any model is loaded; writes config.json.
     `prompts`: already loaded (the dataset is then not read again)."""
     verifier = build_verifier(config.verifier_args)
+    check_video_grading(config, verifier)
     access_warnings = check_verifier_access(verifier)
     check_resolution(config)
     check_devices(config)
@@ -64,6 +65,14 @@ def prepare_run(config: RunConfig, prompts: list[str] | None = None) -> Prepared
     write_config(layout, config)
     return PreparedRun(config=config, layout=layout, prompts=prompts, verifier=verifier,
                        strategy=build_strategy(config), warnings=warnings)
+
+
+def check_video_grading(config: RunConfig, verifier: Verifier) -> None:
+    """Videos graded whole need a verifier that reads an mp4 (`reads_video`, `score_videos_partial`)."""
+    if config.export_args.video_grading == "whole" and not getattr(verifier, "reads_video", False):
+        raise ConfigError(
+            f"export_args.video_grading: received 'whole' with verifier_args.name={config.verifier_args.name!r}, "
+            "allowed: 'frames' (only a verifier that reads video, gemini, grades an mp4 whole)")
 
 
 def check_verifier_access(verifier: Verifier) -> list[str]:

@@ -11,8 +11,8 @@ Each PNG carries its generation recipe (noise, steps, the pipeline call's batch)
 
 A video candidate is `<noise tag>-st<steps>.mp4` (its sha256 is what grades are keyed by) beside its
 poster frame `<noise tag>-st<steps>.poster.png`, which carries the recipe; the poster is written first,
-so an mp4 present means both are complete. Videos are graded by `export_args.grade_frames` frames: a
-count other than the default gets grade folders of its own.
+so an mp4 present means both are complete. Videos are graded by `export_args.grade_frames` frames, or
+whole (`export_args.video_grading`): a way other than the default gets grade folders of its own.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ttsf_core.candidates import Candidate, NoiseSpec
-from ttsf_core.config import DEFAULT_GRADE_FRAMES, RunConfig, digest
+from ttsf_core.config import RunConfig, digest
 from ttsf_core.files import atomic_write_bytes, file_sha256, prompt_dirname, safe_slug, write_json, write_png
 from ttsf_core.verifiers.base import Grades
 from ttsf_core.video import VIDEO_SUFFIX, mp4_bytes, poster_frame, poster_path
@@ -85,8 +85,8 @@ class Store:
         generation = config.generation_identity()
         grading = config.verifier_args.grading_identity()
         self.grade_frames = config.export_args.grade_frames  # frames of a video its grade averages
-        if self.grade_frames != DEFAULT_GRADE_FRAMES:
-            grading = {**grading, "grade_frames": self.grade_frames}
+        self.whole_videos = config.export_args.video_grading == "whole"  # or the mp4 itself is graded
+        grading = {**grading, **config.export_args.grading_identity()}
         model = safe_slug(Path(config.pretrained_model_name_or_path).name or "model", 60)
         self.images_dir = root / "images" / f"{model}-{digest(generation)}"
         self.grades_dir = root / "grades" / f"{safe_slug(config.verifier_args.name)}-{digest(grading)}"

@@ -181,7 +181,9 @@ def verifier_batch_size(verifier: "Verifier") -> int:
 class Verifier(Protocol):
     """Grades images for one prompt. Returns one Grades per image, in INPUT order. Optional class
     attributes: `metrics` (what it scores; the rubric's six aspects when absent), `default_metric`,
-    `batch_size` (images per call); optional method `score_partial` (a result or an error per image)."""
+    `batch_size` (images per call), `reads_video` (then `score_videos_partial(prompt, mp4s)` grades
+    videos whole: export_args.video_grading); optional method `score_partial` (a result or an error per
+    image)."""
 
     name: str
 

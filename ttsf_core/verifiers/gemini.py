@@ -1,4 +1,5 @@
-"""Gemini as a verifier: one structured-output request per image, through the google-genai SDK.
+"""Gemini as a verifier: one structured-output request per image, through the google-genai SDK
+(or per video, sent whole as its mp4, under export_args.video_grading: whole).
 
 Requests run on the SDK's async client, on one event loop per verifier: at most max_concurrency at
 once (shared by every thread that calls it), each with a deadline on the whole request
@@ -50,6 +51,7 @@ class GeminiVerifier(RemoteGrader):
 
     name = "gemini"
     reads_rubric = True  # its grades follow the rubric: the rubric is part of its grading identity
+    reads_video = True  # export_args.video_grading "whole": an mp4 is sent as it is (score_videos_partial)
     DEFAULT_MODEL = "gemini-2.0-flash"
 
     def __init__(self, args: VerifierArgs):
@@ -104,11 +106,24 @@ class GeminiVerifier(RemoteGrader):
         images = checked_images(images)  # before anything is sent
         if not images:
             return []
-        return self._event_loop().run(self._ask_all(prompt, images))
+        return self._event_loop().run(self._ask_all(prompt, [_image_part(image) for image in images]))
+
+    def score_videos_partial(self, prompt: str, videos: Sequence[bytes]) -> list[Grades | BaseException]:
+        """One Grades or typed error per mp4 (its bytes), in input order, each sent whole as inline
+        video/mp4: Gemini samples it itself (1 frame a second, with the audio track if any). A video over
+        the inline request limit is ungradeable this way, and says how to grade it instead."""
+        parts: list[types.Part | BaseException] = [
+            _video_part(video) if len(video) <= INLINE_LIMIT_BYTES else UngradeableError(
+                f"image {index}: a {len(video) / 2**20:.1f} MB video is over Gemini's {INLINE_LIMIT_BYTES // 2**20} MB "
+                "inline request limit; grade videos by frames (export_args.video_grading: frames)", index)
+            for index, video in enumerate(videos)]
+        if not parts:
+            return []
+        return self._event_loop().run(self._ask_all(prompt, parts))
 
     def score_one(self, prompt: str, image: Image.Image, index: int = 0) -> Grades:
         """Grade one image (`index` only names it in errors)."""
-        result = self._event_loop().run(self._ask(prompt, image, index))
+        result = self._event_loop().run(self._ask(prompt, _image_part(checked_images([image])[0]), index))
         if isinstance(result, BaseException):
             raise result
         return result
@@ -127,16 +142,17 @@ class GeminiVerifier(RemoteGrader):
         except TRANSIENT_ERRORS as error:
             raise RetryableVerifierError(f"Gemini could not be reached: {type(error).__name__}: {error}") from error
 
-    async def _ask_all(self, prompt: str, images: list[Image.Image]) -> list[Grades | BaseException]:
-        return list(await asyncio.gather(*(self._ask(prompt, image, index) for index, image in enumerate(images))))
+    async def _ask_all(self, prompt: str, media: list[types.Part | BaseException]) -> list[Grades | BaseException]:
+        """One request per image or video part (an error in its place is returned as it is)."""
+        async def ask(part: types.Part | BaseException, index: int) -> Grades | BaseException:
+            return part if isinstance(part, BaseException) else await self._ask(prompt, part, index)
 
-    async def _ask(self, prompt: str, image: Image.Image, index: int) -> Grades | BaseException:
+        return list(await asyncio.gather(*(ask(part, index) for index, part in enumerate(media))))
+
+    async def _ask(self, prompt: str, media: types.Part, index: int) -> Grades | BaseException:
         """One request, at most max_concurrency at once, each bounded by request_timeout_s from its
         first byte to its last; every failure is returned as one of the typed errors of `base`."""
-        contents = [
-            types.Part.from_text(text=grading_text(self.rubric, prompt)),
-            types.Part.from_bytes(data=png_bytes(image), mime_type="image/png"),
-        ]
+        contents = [types.Part.from_text(text=grading_text(self.rubric, prompt)), media]
         async with self._semaphore():
             if self._refusal is not None:
                 return VerifierConfigError(f"{self._refusal} (request for image {index} not sent)", index)
@@ -170,6 +186,16 @@ class GeminiVerifier(RemoteGrader):
 
 
 CHECK_TIMEOUT_MS = 15_000
+# Gemini's limit on a whole generateContent request with inline data (larger files need its File API).
+INLINE_LIMIT_BYTES = 20 * 2**20
+
+
+def _image_part(image: Image.Image) -> types.Part:
+    return types.Part.from_bytes(data=png_bytes(image), mime_type="image/png")
+
+
+def _video_part(mp4: bytes) -> types.Part:
+    return types.Part.from_bytes(data=mp4, mime_type="video/mp4")
 
 
 def classify(error: BaseException, index: int | None, model: str, deadline_s: float) -> BaseException:
