@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ttsf_core.config import ConfigError, RunConfig
+from ttsf_core.files import probe_writable
 
 LOCAL_RESULTS_DIRNAME = ".prefect-results"
 
@@ -36,10 +37,7 @@ def check_result_storage(config: RunConfig) -> None:
         _check_block(storage)
         return
     try:
-        storage.mkdir(parents=True, exist_ok=True)
-        probe = storage / ".write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(storage)
     except OSError as error:
         raise ConfigError(f"result_storage: received {str(config.result_storage or storage)!r} ({error.strerror}), "
                           "allowed: a folder this user can write, or a Prefect storage block slug") from None

@@ -16,7 +16,7 @@ for _name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from ttsf_core.config import ConfigError, build_config, merge, read_config_file
-from ttsf_core.verifiers.base import METRIC_NAMES, VerifierConfigError
+from ttsf_core.verifiers.base import METRIC_NAMES
 
 # flag -> (path in RunConfig, help). Values reach pydantic as given, so every flag is validated,
 # and reported, the same way as the same field in a config file.

@@ -15,7 +15,7 @@ import click
 from tqdm import tqdm
 
 from ttsf_core.config import ConfigError, RunConfig
-from ttsf_core.verifiers.base import RetryableVerifierError, VerifierConfigError, VerifierError
+from ttsf_core.verifiers.base import VerifierConfigError
 
 # A fresh embedded server runs its migrations first (10-15 s here); Prefect's default may give up.
 # Flow and task logs go to the API (and so the UI) at INFO; the terminal shows the progress bar and

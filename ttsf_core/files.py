@@ -97,6 +97,14 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def probe_writable(folder: Path) -> None:
+    """Create `folder` if missing and write (then remove) a file in it; OSError if this user cannot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".write-probe"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def write_json(path: Path, payload: dict) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 

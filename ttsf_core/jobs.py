@@ -34,7 +34,6 @@ from ttsf_core.verifiers.base import (
     RetryableVerifierError,
     UngradeableError,
     Verifier,
-    VerifierConfigError,
     VerifierError,
     most_telling,
     score_each,

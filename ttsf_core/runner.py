@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.engine import BatchOutcome, Observer, SearchEngine
 from ttsf_core.executors import ThreadExecutor
-from ttsf_core.files import sweep_temp_files, write_json
+from ttsf_core.files import probe_writable, sweep_temp_files, write_json
 from ttsf_core.pipelines import check_devices, check_resolution, prompt_length_warnings
 from ttsf_core.pipelines.loader import pick_device
 from ttsf_core.pipelines.speed import check_speed_options
@@ -103,10 +103,7 @@ def write_config(layout: RunLayout, config: RunConfig) -> None:
 
 def ensure_writable(run_dir: Path, output_dir: Path) -> None:
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(run_dir)
     except OSError as error:
         raise ConfigError(
             f"output_dir: received {str(output_dir)!r}, allowed: a folder this user can write ({error.strerror})"

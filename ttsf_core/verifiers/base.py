@@ -167,6 +167,15 @@ def most_telling(failures: Sequence[BaseException]) -> BaseException:
     return failures[0]
 
 
+def all_graded(results: Sequence[Grades | BaseException]) -> list[Grades]:
+    """A `score_partial` call's results as `score` returns them: every image's Grades, or the most
+    telling of the failures raised."""
+    failures = [result for result in results if isinstance(result, BaseException)]
+    if failures:
+        raise most_telling(failures)
+    return list(results)
+
+
 # Images per verifier call when a verifier does not say (`batch_size` attribute).
 DEFAULT_BATCH_SIZE = 8
 

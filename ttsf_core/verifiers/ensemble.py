@@ -11,7 +11,7 @@ from typing import Sequence
 from PIL import Image
 
 from ttsf_core.config import VerifierArgs
-from ttsf_core.verifiers.base import Grades, most_telling, score_each, verifier_batch_size, verifier_metrics
+from ttsf_core.verifiers.base import Grades, all_graded, most_telling, score_each, verifier_batch_size, verifier_metrics
 from ttsf_core.verifiers.registry import ENSEMBLE_METRIC, ensemble_metrics, member_names, verifier_class
 
 
@@ -36,11 +36,7 @@ class EnsembleVerifier:
         return min(verifier_batch_size(member) for member in self.members)
 
     def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]:
-        results = self.score_partial(prompt, images)
-        failures = [result for result in results if isinstance(result, BaseException)]
-        if failures:
-            raise most_telling(failures)
-        return results
+        return all_graded(self.score_partial(prompt, images))
 
     def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | BaseException]:
         """Per image: every member's grades merged, or the most telling of its members' errors."""

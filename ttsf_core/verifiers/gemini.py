@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import io
 import json
 import math
 import os
@@ -36,10 +35,9 @@ from ttsf_core.verifiers.base import (
     UngradeableError,
     VerifierConfigError,
     VerifierError,
-    most_telling,
     parse_grades,
 )
-from ttsf_core.verifiers.remote import TRANSIENT_ERRORS, RemoteGrader, checked_images
+from ttsf_core.verifiers.remote import TRANSIENT_ERRORS, RemoteGrader, checked_images, png_bytes
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
 
 API_KEY_ENV = "GEMINI_API_KEY"
@@ -86,19 +84,6 @@ class GeminiVerifier(RemoteGrader):
         self._init_remote()
         # Once Gemini refuses the key or the model, no later request of this verifier is sent.
         self._refusal: VerifierConfigError | None = None
-
-    @property
-    def batch_size(self) -> int:
-        """Images per call: as many as may be in flight at once."""
-        return self.args.max_concurrency
-
-    def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]:
-        """One Grades per image, in input order; raises the typed error of a failed image."""
-        results = self.score_partial(prompt, images)
-        failures = [result for result in results if isinstance(result, BaseException)]
-        if failures:
-            raise most_telling(failures)
-        return results
 
     def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | BaseException]:
         """One Grades or typed error per image, in input order: the answers that did arrive are kept
@@ -233,13 +218,6 @@ def _without_key(node: Any, key: str) -> Any:
         return [_without_key(v, key) for v in node]
     return node
 
-
-def png_bytes(image: Image.Image) -> bytes:
-    if image.mode not in ("RGB", "RGBA", "L", "LA"):
-        image = image.convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _answer_text(response: types.GenerateContentResponse, index: int) -> str:

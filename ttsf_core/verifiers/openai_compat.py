@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
-import io
 import json
 import math
 import os
@@ -67,10 +66,9 @@ from ttsf_core.verifiers.base import (
     UngradeableError,
     VerifierConfigError,
     VerifierError,
-    most_telling,
     parse_grades,
 )
-from ttsf_core.verifiers.remote import RemoteGrader, checked_images
+from ttsf_core.verifiers.remote import RemoteGrader, checked_images, png_bytes
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
 
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -121,19 +119,6 @@ class OpenAIVerifier(RemoteGrader):
         self._init_remote()
         # Once the server refuses the key, the model or the account, no later request is sent.
         self._refusal: VerifierConfigError | None = None
-
-    @property
-    def batch_size(self) -> int:
-        """Images per call: as many as may be in flight at once."""
-        return self.args.max_concurrency
-
-    def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]:
-        """One Grades per image, in input order; raises the typed error of a failed image."""
-        results = self.score_partial(prompt, images)
-        failures = [result for result in results if isinstance(result, BaseException)]
-        if failures:
-            raise most_telling(failures)
-        return results
 
     def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | BaseException]:
         """One Grades or typed error per image, in input order: the answers that did arrive are kept
@@ -404,11 +389,7 @@ def openai_strict_schema() -> dict[str, Any]:
 
 def png_data_url(image: Image.Image) -> str:
     """The image as a data:image/png;base64 URL (lossless: the grader sees the generated pixels)."""
-    if image.mode not in ("RGB", "RGBA", "L", "LA"):
-        image = image.convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def needs_key(base_url: str) -> bool:

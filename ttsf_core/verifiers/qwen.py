@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from ttsf_core.config import VerifierArgs
+from ttsf_core.verifiers._local import resolve_device
 from ttsf_core.verifiers.base import Grades, VerifierConfigError, VerifierError, parse_grades
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
 
@@ -128,7 +129,7 @@ class QwenVerifier:
                 f"verifier_args.model_name: received {self.model_name!r}, allowed: a hub id or an existing local folder"
             )
         self.batch_size = _positive_int(options.get("batch_size", DEFAULT_BATCH_SIZE), "batch_size")
-        self.device = _resolve_device(args.device)
+        self.device = resolve_device(args.device)
         self.dtype_name = _resolve_dtype(options.get("torch_dtype"), self.device)
         self.attn_implementation = options.get("attn_implementation")
         self.image_kwargs: dict[str, int] = {}
@@ -304,24 +305,6 @@ def _positive_int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise VerifierConfigError(f"verifier_args.options.{key}: received {value!r}, allowed: a positive integer")
     return value
-
-
-def _resolve_device(device: str | None) -> str:
-    import torch
-
-    if device is None or device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise VerifierConfigError(f"verifier_args.device: received {device!r}, allowed: cpu, cuda, cuda:N, mps, auto ({error})") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise VerifierConfigError(f"verifier_args.device: received {device!r}, but CUDA is not available here")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise VerifierConfigError(
-            f"verifier_args.device: received {device!r}, allowed: cuda:0..cuda:{torch.cuda.device_count() - 1}"
-        )
-    return str(parsed)
 
 
 def _resolve_dtype(value: Any, device: str) -> str:

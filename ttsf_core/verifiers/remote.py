@@ -12,6 +12,9 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from ttsf_core import files
+from ttsf_core.verifiers.base import Grades, all_graded
+
 
 class EventLoop:
     def __init__(self, name: str):
@@ -29,10 +32,20 @@ class EventLoop:
 
 
 class RemoteGrader:
-    """Mixin: `_event_loop()`, `_semaphore()`, a lock, and `with verifier:` closing it (`close()`)."""
+    """Mixin: `score` from the grader's `score_partial`, `batch_size` (max_concurrency), `_event_loop()`,
+    `_semaphore()`, a lock, and `with verifier:` closing it (`close()`)."""
 
     name: str
     args: Any
+
+    @property
+    def batch_size(self) -> int:
+        """Images per call: as many as may be in flight at once."""
+        return self.args.max_concurrency
+
+    def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]:
+        """One Grades per image, in input order; raises the typed error of a failed image."""
+        return all_graded(self.score_partial(prompt, images))
 
     def _init_remote(self) -> None:
         self._loop: EventLoop | None = None
@@ -65,6 +78,13 @@ class RemoteGrader:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The image as an API grader uploads it: lossless PNG (modes PNG cannot hold become RGB)."""
+    if image.mode not in ("RGB", "RGBA", "L", "LA"):
+        image = image.convert("RGB")
+    return files.png_bytes(image)
 
 
 def checked_images(images: Sequence[Image.Image]) -> list[Image.Image]:
