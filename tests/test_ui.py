@@ -48,7 +48,7 @@ def server(tmp_path_factory):
 def browser():
     playwright = pytest.importorskip("playwright.sync_api")
     if CHROMIUM is None:
-        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.fail("chromium is not installed (the README's `bash scripts/test.sh` installs it)")
     with playwright.sync_playwright() as driver:
         launched = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
