@@ -1,11 +1,16 @@
 """Serve the `search-dataset` flow from this one process: no work pool, no worker.
 
     python deployments/serve.py --tiny                              # on-demand runs, tiny CPU config
+    prefect deployment run 'search-dataset/tiny-cpu' --watch        # trigger a run (another shell)
     python deployments/serve.py --cron "0 2 * * *" --config my.json # nightly at 02:00 UTC
-    prefect deployment run 'search-dataset/serve'                   # trigger a run (another shell)
+    prefect deployment run 'search-dataset/serve'                   # trigger a run of that one
 
-Registers a deployment (default name `serve`) with the server PREFECT_API_URL names, then runs its
-flow runs in subprocesses of this process until Ctrl-C or SIGTERM (which pause its schedule). The
+Registers a deployment with the server PREFECT_API_URL names, then runs its flow runs in subprocesses
+of this process until Ctrl-C or SIGTERM (which pause its schedule). Its name: `--name`; by default
+`tiny-cpu` with `--tiny` (the name the README's walk-through runs, the same search as prefect.yaml's
+`tiny-cpu`), else `serve`. A deployment of that name already on a work pool (prefect.yaml's `tiny-cpu`
+after `prefect deploy`) is refused rather than rewritten: pass another `--name`. A `--cron`
+schedule is created active: asking for it is switching it on. The
 config is read and validated exactly like `ttsf run --config` (JSON, TOML or YAML; tt-scale-flux's
 keys load as they are) and becomes the deployment's default `config` parameter. Relative paths in it
 (output_dir, a local dataset) are relative to the folder this is started in. See
@@ -36,6 +41,9 @@ TINY_CONFIG: dict[str, Any] = {
     "output_dir": "output/tiny-cpu",
     "task_workers": 4,
 }
+FLOW_NAME = "search-dataset"
+TINY_NAME = "tiny-cpu"  # prefect.yaml's CPU deployment: `prefect deployment run 'search-dataset/tiny-cpu'` either way
+DEFAULT_NAME = "serve"
 ENV_DEFAULTS = {
     "TRANSFORMERS_VERBOSITY": "error",
     "DIFFUSERS_VERBOSITY": "error",
@@ -52,8 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Needs a Prefect server: start `prefect server start` and export "
                "PREFECT_API_URL=http://127.0.0.1:4200/api first.",
     )
-    parser.add_argument("--name", default="serve",
-                        help="Deployment name; runs are triggered as 'search-dataset/NAME' [serve].")
+    parser.add_argument("--name", default=None,
+                        help="Deployment name; runs are triggered as 'search-dataset/NAME' "
+                             f"[{TINY_NAME} with --tiny, else {DEFAULT_NAME}].")
     parser.add_argument("--cron", default=None,
                         help='Cron schedule, e.g. "0 2 * * *" for 02:00 every night [none: on demand only].')
     parser.add_argument("--timezone", default="UTC", help="Time zone of --cron (IANA name) [UTC].")
@@ -65,7 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "2 rounds); --config fields override it.")
     parser.add_argument("--limit", type=int, default=None,
                         help="At most this many runs at once in this process [no limit].")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.name is None:
+        args.name = TINY_NAME if args.tiny else DEFAULT_NAME
+    elif not args.name.strip() or "/" in args.name:
+        parser.error(f"--name: received {args.name!r}, allowed: a non-empty deployment name without '/'")
+    return args
 
 
 def build_run_config(args: argparse.Namespace):
@@ -73,6 +87,24 @@ def build_run_config(args: argparse.Namespace):
     base = dict(TINY_CONFIG) if args.tiny else {}
     from_file = read_config_file(args.config) if args.config else {}
     return build_config(merge(base, from_file))
+
+
+def pool_owner(name: str) -> str | None:
+    """The work pool a deployment `search-dataset/NAME` on the server is already bound to, if any.
+    Serving that name here would rewrite that deployment in place: RunnerDeployment.apply updates an
+    existing deployment of the same name (its entrypoint, parameters, and pull steps set to none), keeping
+    its work pool (prefect 3.9.1, deployments/runner.py `apply`/`_update`, read Dec 2026). This process and
+    the pool's worker would then both take its runs, and once this process stops, the worker's runs would
+    have lost the pull step that finds the checkout."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+        except ObjectNotFound:
+            return None
+    return deployment.work_pool_name or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         print("serve.py: warning: PREFECT_API_URL is not set: Prefect starts a temporary server that lives only "
               "while this process does (no UI at :4200, no scheduler for --cron). Run `prefect server start` and "
               "export PREFECT_API_URL=http://127.0.0.1:4200/api first.", file=sys.stderr)
+    else:
+        pool = pool_owner(args.name)
+        if pool is not None:
+            print(f"serve.py: error: --name: received {args.name!r}, but '{FLOW_NAME}/{args.name}' is already "
+                  f"deployed on work pool {pool!r} (prefect deploy); serving it here would rewrite that deployment. "
+                  f"allowed: a name not deployed on a work pool, e.g. --name {args.name}-serve", file=sys.stderr)
+            return 2
 
     from prefect import serve
     from prefect.schedules import Cron
