@@ -245,10 +245,94 @@ def build_wan():
                              scheduler=scheduler))
 
 
+def _image_only_processor_class():
+    """Qwen3VLProcessor without its video processor (which needs torchvision, absent here): what
+    QwenImage21Pipeline uses for text-to-image (the chat template, the tokenizer, the image-pad id).
+    Reached as this module's attribute ImageOnlyQwen3VLProcessor, so a saved pipeline reloads with it."""
+    from transformers import Qwen3VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+        attributes = ["image_processor", "tokenizer"]
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+            for kind in ("image", "video"):
+                token = f"<|{kind}_pad|>"
+                setattr(self, f"{kind}_token", token)
+                setattr(self, f"{kind}_token_id", tokenizer.convert_tokens_to_ids(token))
+            self.vision_start_token, self.vision_end_token = "<|vision_start|>", "<|vision_end|>"
+            self.vision_start_token_id = tokenizer.convert_tokens_to_ids(self.vision_start_token)
+            self.vision_end_token_id = tokenizer.convert_tokens_to_ids(self.vision_end_token)
+
+    ImageOnlyQwen3VLProcessor.__module__ = __name__
+    return ImageOnlyQwen3VLProcessor
+
+
+_PROCESSOR_CLASS: list = []
+
+
+def __getattr__(name: str):
+    if name == "ImageOnlyQwen3VLProcessor":
+        if not _PROCESSOR_CLASS:
+            _PROCESSOR_CLASS.append(_image_only_processor_class())
+        return _PROCESSOR_CLASS[0]
+    raise AttributeError(name)
+
+
+def _image_only_qwen3vl_processor(tokenizer):
+    from transformers import Qwen2VLImageProcessorPil
+
+    image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                               min_pixels=32 * 32, max_pixels=64 * 64)
+    return __getattr__("ImageOnlyQwen3VLProcessor")(image_processor=image_processor, tokenizer=tokenizer,
+                                                    chat_template=tokenizer.chat_template)
+
+
+def build_qwen_image_21():
+    """Qwen-Image 2.1 at diffusers' own test sizes (a 16x VAE of 8 latent channels, a two-layer Qwen3-VL),
+    with the local chat tokenizer; in memory only (its processor class is defined here)."""
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage21,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImage21Pipeline,
+        QwenImage21Transformer2DModel,
+    )
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from ttsf_core.pipelines import tiny
+
+    tokenizer = tiny.chat_tokenizer()
+    ids = tiny.special_ids(tokenizer)
+    width, latent_channels = tiny.TEXT_WIDTH, 8
+    torch.manual_seed(SEED)
+    text_encoder = Qwen3VLForConditionalGeneration(Qwen3VLConfig(
+        text_config={"hidden_size": width, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "head_dim": 8, "vocab_size": len(tokenizer),
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [1, 1, 2]}},
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": width,
+                       "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                       "num_position_embeddings": 64, "deepstack_visual_indexes": [0]},
+        image_token_id=ids["image"], video_token_id=ids["video"], vision_start_token_id=ids["vision_start"],
+        vision_end_token_id=ids["vision_end"]))
+    torch.manual_seed(SEED)
+    transformer = QwenImage21Transformer2DModel(patch_size=1, in_channels=latent_channels, out_channels=latent_channels,
+                                                num_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                                context_in_dim=width, mlp_ratio=2, axes_dims_rope=(4, 6, 6))
+    torch.manual_seed(SEED)
+    vae = AutoencoderKLQwenImage21(base_dim=4, decoder_base_dim=4, z_dim=latent_channels, dim_mult=[1, 1, 1, 1, 1],
+                                   num_res_blocks=1, attn_scales=[], temperal_downsample=[False, True, True, True],
+                                   latents_mean=[0.0] * latent_channels, latents_std=[1.0] * latent_channels)
+    return _eval(QwenImage21Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                                     processor=_image_only_qwen3vl_processor(tokenizer), transformer=transformer))
+
+
 BUILDERS = {
     "sd15": build_sd15,
     "sdxl": build_sdxl,
     "pixart-sigma": build_pixart_sigma,
     "ltx-video": build_ltx_video,
     "wan": build_wan,
+    "qwen-image-2.1": build_qwen_image_21,
 }

@@ -59,6 +59,11 @@ class CandidateGenerator:
         self._passed = {name: value for name, value in given.items() if name not in self.family.consumed()}
         # Taken in by the encoding: a default other than None (PixArt's negative_prompt="") would clash with it.
         self._cleared = {name: None for name in self.family.consumed() if signature.defaults.get(name) is not None}
+        self.family.check(self.arguments)
+        steps = self.config.pipeline_call_args.num_inference_steps
+        self.family.check_steps(self.pipe, steps, "pipeline_call_args.num_inference_steps")
+        if self.config.search_args.draft_steps is not None:
+            self.family.check_steps(self.pipe, self.config.search_args.draft_steps, "search_args.draft_steps")
         self.geometry = self.family.geometry(self.pipe, self.arguments)
         # diffusers walks every module to answer this; it does not change while the pipe is loaded.
         self._device = self.pipe._execution_device
@@ -115,8 +120,7 @@ class CandidateGenerator:
         kwargs = {**self._passed, "num_inference_steps": batch[0].steps, "output_type": "pil"}
         if self.family.explicit:
             latents, generators = draw_batch(self.pipe, batch, self.geometry)
-            dtype = torch.float32 if self.family.float32_latents else encoding["prompt_embeds"].dtype
-            kwargs["latents"] = latents.to(self._device, dtype)
+            kwargs["latents"] = latents.to(self._device, self.family.latents_dtype(encoding))
             kwargs.update({name: _repeat(tensor, len(batch)) for name, tensor in encoding.items()})
             kwargs.update(self._cleared)
             if self.family.pass_generators:
@@ -152,5 +156,9 @@ def seed_candidates(seeds: list[int], steps: int) -> list[Candidate]:
     return [Candidate(noise=NoiseSpec(seed=seed), steps=steps) for seed in seeds]
 
 
-def _repeat(tensor: torch.Tensor, times: int) -> torch.Tensor:
-    return tensor.repeat(times, *([1] * (tensor.dim() - 1)))
+def _repeat(value: torch.Tensor | list, times: int) -> torch.Tensor | list:
+    """One prompt's encoding for a batch of `times` candidates: a tensor repeated along its batch
+    dimension, or a list of per-prompt tensors (Z-Image's variable-length embeddings) repeated as a list."""
+    if isinstance(value, list):
+        return value * times
+    return value.repeat(times, *([1] * (value.dim() - 1)))

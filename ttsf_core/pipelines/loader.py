@@ -6,7 +6,7 @@ from __future__ import annotations
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.pipelines.signature import check_call_args, pipeline_class_name, read_component_config
 from ttsf_core.pipelines.speed import apply_speed_options
-from ttsf_core.pipelines.tiny import TINY_FLUX_NAME, ensure_tiny_flux
+from ttsf_core.pipelines.tiny import ensure_tiny_model
 
 # torch is imported inside the functions that need it: checking a config (or finding a run already
 # finished) never pays for importing it.
@@ -19,8 +19,11 @@ def torch_dtype(name: str):
 
 
 def resolve_model_path(name: str) -> str:
-    """`tiny-flux` builds (once) and returns the offline tiny FLUX folder; anything else as given."""
-    return str(ensure_tiny_flux()) if name == TINY_FLUX_NAME else name
+    """A tiny model's name (`tiny-flux`, `tiny-flux2`, ...) builds (once) and returns its offline folder;
+    anything else (a hub id, a local folder) as given."""
+    from ttsf_core.pipelines.families import family_of_tiny
+
+    return str(ensure_tiny_model(name)) if family_of_tiny(name) is not None else name
 
 
 def pick_device(device: str) -> str:
@@ -131,9 +134,13 @@ def _long_text_tokenizer(model_path: str):
 def check_resolution(config: RunConfig) -> None:
     """The call arguments against the pipeline class's __call__, then height and width against the
     model's multiple (only those given: unset ones are the pipeline's own, valid by construction)."""
+    from ttsf_core.pipelines.families import family_of
+
     path = resolve_model_path(config.pretrained_model_name_or_path)
-    signature = check_call_args(config, pipeline_class_name(path))
+    class_name = pipeline_class_name(path)
+    signature = check_call_args(config, class_name)
     given = config.pipeline_call_args.given()
+    family_of(class_name).check({**signature.defaults, **given})
     multiple = resolution_multiple(path, {**signature.defaults, **given})
     for field in ("height", "width"):
         value = given.get(field)

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ttsf_core.config import RESERVED_CALL_ARGS, TINY_FLUX, ConfigError, RunConfig, shown
+from ttsf_core.config import RESERVED_CALL_ARGS, ConfigError, RunConfig, shown
 
 _lock = threading.Lock()
 _signatures: dict[str, "CallSignature"] = {}
@@ -47,13 +47,16 @@ def read_component_config(model_path: str, subfolder: str, filename: str) -> dic
         return json.loads(Path(hf_hub_download(model_path, filename, subfolder=subfolder or None)).read_text())
     except Exception as error:  # noqa: BLE001 - any hub failure is reported as an unreadable model
         raise ConfigError(f"model: received {model_path!r} (unreadable: {type(error).__name__}), allowed: a diffusers "
-                          "folder, a reachable hub id, or 'tiny-flux'") from None
+                          "folder, a reachable hub id, or a tiny model (tiny-flux, tiny-flux2, ...)") from None
 
 
 def pipeline_class_name(model: str) -> str:
     """The diffusers pipeline class a model loads as (model_index.json's `_class_name`)."""
-    if model == TINY_FLUX:
-        return "FluxPipeline"
+    from ttsf_core.pipelines.families import family_of_tiny
+
+    tiny = family_of_tiny(model)
+    if tiny is not None:  # an offline tiny model: its class is known before it is built
+        return tiny.classes[0]
     index = read_component_config(model, "", "model_index.json")
     if index is None or not isinstance(index.get("_class_name"), str):
         raise ConfigError(f"model: received {model!r}, allowed: a folder holding a diffusers model_index.json")

@@ -1,11 +1,15 @@
-"""A tiny FLUX built entirely offline: local tokenizers, random weights under a fixed seed.
+"""Tiny pipelines built entirely offline: local tokenizers, random weights under a fixed seed.
 
-It is saved with `save_pretrained` and loaded back through the very same `from_pretrained` path as
-FLUX.1-dev, so every code path a real run takes is exercised on a CPU in seconds. Text encoders
-and transformer widths follow diffusers' own FLUX pipeline tests; the latent geometry follows the real
-model (16 latent channels packed 2x2 into 64, a VAE that downsamples 8x), so 1024x1024 gives packed
-latents of shape (1, 4096, 64) exactly as FLUX.1-dev does. `width_multiplier` / `num_layers` scale
-the transformer for benchmarks.
+Each is saved with `save_pretrained` and loaded back through the very same `from_pretrained` path as
+the hub model it stands for, so every code path a real run takes is exercised on a CPU in seconds.
+`--model tiny-flux` is the tiny FLUX.1 built here; `tiny-flux2`, `tiny-flux2-klein`, `tiny-qwen-image`,
+`tiny-sd3` and `tiny-z-image` are built by their family's `build_tiny` (ttsf_core/pipelines/families/)
+from the shared parts below, and `ensure_tiny_model(name)` builds any of them once into TTSF_CACHE_DIR.
+
+Tiny FLUX: text encoders and transformer widths follow diffusers' own FLUX pipeline tests; the latent
+geometry follows the real model (16 latent channels packed 2x2 into 64, a VAE that downsamples 8x), so
+1024x1024 gives packed latents of shape (1, 4096, 64) exactly as FLUX.1-dev does. `width_multiplier` /
+`num_layers` scale the transformer for benchmarks.
 """
 
 from __future__ import annotations
@@ -15,23 +19,49 @@ import os
 from pathlib import Path
 
 from ttsf_core.config import TINY_FLUX as TINY_FLUX_NAME
-_BUILD_SEED = 0
+
+BUILD_SEED = 0
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
+TEXT_WIDTH = 16  # hidden size of the tiny LLM-style text encoders (Qwen3, Qwen2.5-VL, Mistral3)
+# Special tokens of the Qwen/Mistral-style chat tokenizer, as the pipelines' templates spell them.
+_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+            "<|video_pad|>")
+# A ChatML template taking a message's content as text or as a list of {"type": "text"} parts (what
+# FLUX.2's processor is given); `enable_thinking` and the like are accepted and ignored.
+_CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+                  "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+                  "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+                  "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TTSF_CACHE_DIR") or Path.home() / ".cache" / "ttsf")
 
 
 def default_tiny_dir(width_multiplier: int = 1, num_layers: int = 1) -> Path:
-    root = os.environ.get("TTSF_CACHE_DIR") or Path.home() / ".cache" / "ttsf"
     sized = "" if (width_multiplier, num_layers) == (1, 1) else f"-w{width_multiplier}-l{num_layers}"
-    return Path(root) / (TINY_FLUX_NAME + sized)
+    return cache_root() / (TINY_FLUX_NAME + sized)
 
 
-def ensure_tiny_flux(path: str | Path | None = None, width_multiplier: int = 1, num_layers: int = 1) -> Path:
-    """Build and save the tiny FLUX at `path` unless a complete one is already there."""
-    path = Path(path) if path is not None else default_tiny_dir(width_multiplier, num_layers)
+def ensure_tiny_model(name: str) -> Path:
+    """The saved folder of the tiny model `name` (`--model tiny-...`), built once under TTSF_CACHE_DIR.
+    A builder change bumps its family's tiny_version, which names a fresh folder."""
+    from ttsf_core.pipelines.families import family_of_tiny, tiny_models
+
+    family = family_of_tiny(name)
+    if family is None:
+        raise ValueError(f"model: received {name!r}, allowed: one of {', '.join(sorted(tiny_models()))}")
+    if name == TINY_FLUX_NAME:
+        return ensure_tiny_flux()
+    return _build_once(cache_root() / f"{name}-v{family.tiny_version}", family.build_tiny)
+
+
+def _build_once(path: Path, build) -> Path:
     if (path / "model_index.json").is_file():
         return path
     partial = path.with_name(path.name + f".partial-{os.getpid()}")
-    build_tiny_flux(width_multiplier=width_multiplier, num_layers=num_layers).save_pretrained(partial)
+    build().save_pretrained(partial)
     try:
         partial.rename(path)
     except OSError:  # another process finished first: theirs is as good as ours
@@ -41,12 +71,18 @@ def ensure_tiny_flux(path: str | Path | None = None, width_multiplier: int = 1, 
     return path
 
 
+def ensure_tiny_flux(path: str | Path | None = None, width_multiplier: int = 1, num_layers: int = 1) -> Path:
+    """Build and save the tiny FLUX at `path` unless a complete one is already there."""
+    path = Path(path) if path is not None else default_tiny_dir(width_multiplier, num_layers)
+    return _build_once(path, lambda: build_tiny_flux(width_multiplier=width_multiplier, num_layers=num_layers))
+
+
 def build_tiny_flux(width_multiplier: int = 1, num_layers: int = 1):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     import torch
 
-    torch.manual_seed(_BUILD_SEED)
+    torch.manual_seed(BUILD_SEED)
     heads = 2 * width_multiplier
     latent_channels = 16
     transformer = FluxTransformer2DModel(
@@ -99,7 +135,7 @@ def _tiny_clip():
 
     import torch
 
-    torch.manual_seed(_BUILD_SEED)
+    torch.manual_seed(BUILD_SEED)
     config = CLIPTextConfig(
         bos_token_id=0,
         eos_token_id=2,
@@ -135,7 +171,7 @@ def _tiny_t5():
 
     import torch
 
-    torch.manual_seed(_BUILD_SEED)
+    torch.manual_seed(BUILD_SEED)
     config = T5Config(vocab_size=1103, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=5,
                       relative_attention_num_buckets=8, decoder_start_token_id=0)
     model = T5EncoderModel(config).eval()
@@ -148,3 +184,54 @@ def _tiny_t5():
         tokenizer = T5TokenizerFast(tokenizer_file=str(Path(folder, "tokenizer.json")), pad_token="<pad>",
                                     eos_token="</s>", unk_token="<unk>", extra_ids=0, model_max_length=512)
     return model, tokenizer
+
+
+def chat_tokenizer():
+    """A byte-level BPE tokenizer (one token a byte, no merges) with the special tokens and a ChatML chat
+    template, standing in for the Qwen2/Qwen3 and Mistral tokenizers of FLUX.2, Qwen-Image and Z-Image.
+    Built in a folder and loaded with from_pretrained (as DESIGN.md notes for CLIP, constructors given
+    files can silently build a different vocab in transformers 5)."""
+    import tempfile
+
+    from transformers import Qwen2Tokenizer
+
+    vocab = {character: index for index, character in enumerate(_byte_characters())}
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab))
+        Path(folder, "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = Qwen2Tokenizer.from_pretrained(folder, additional_special_tokens=list(_SPECIAL[1:]),
+                                                   model_max_length=4096)
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    return tokenizer
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    """Token ids the tiny text encoders' configs name (bos/eos/pad, the image placeholders)."""
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL}
+    return {"pad": ids["<|endoftext|>"], "bos": ids["<|im_start|>"], "eos": ids["<|im_end|>"],
+            "image": ids["<|image_pad|>"], "video": ids["<|video_pad|>"], "vision_start": ids["<|vision_start|>"],
+            "vision_end": ids["<|vision_end|>"]}
+
+
+def evaluated(pipe):
+    """Every module of `pipe` in eval mode (dropout would otherwise make outputs differ call to call)."""
+    import torch
+
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
+def _byte_characters() -> list[str]:
+    """GPT-2's byte-to-unicode table: the 256 characters a byte-level BPE vocabulary starts from."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+                 *range(ord("\xae"), ord("\xff") + 1)]
+    characters, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            characters[byte] = chr(byte)
+        else:
+            characters[byte] = chr(256 + extra)
+            extra += 1
+    return [characters[byte] for byte in range(256)]
