@@ -1,6 +1,18 @@
-"""FLUX.1-dev on one GPU, in one time-boxed run (< 8 min on an H200): matmul peaks, the transformer's
-denoising loop per speed option and batch size, numerics of each option against float32, and ttsf's
-own search end to end. Results as JSON and markdown (--out-dir; $OUT when set).
+"""FLUX.1-dev (or, with --model, FLUX.2 [klein] 4B or FLUX.2 [dev]) on one GPU, in one time-boxed run
+(< 8 min on an H200): matmul peaks, the transformer's denoising loop per speed option and batch size,
+numerics of each option against float32, and ttsf's own search end to end. Results as JSON and markdown
+(--out-dir; $OUT when set; files named gpu_flux[-<model>].json/.md, so runs of two models sit side by side).
+
+--model flux2-klein-4b / flux2-dev: Flux2Transformer2DModel with that checkpoint's published
+transformer/config.json (read 2026-12-03), fed what Flux2KleinPipeline / Flux2Pipeline feed it: latents
+(B, H/16 * W/16, 128), 512 text tokens of width joint_attention_dim (3 stacked Qwen3 / Mistral hidden
+layers: 7680 / 15360), 4-D position ids, guidance only for [dev] (guidance-distilled; [klein] 4B is
+step-distilled, 4 steps, no guidance input). Their FLOPs per forward are counted by
+torch.utils.flop_counter on the meta device (same convention as the analytic FLUX.1 count: matmuls and
+attention, 2 FLOPs per multiply-add), not derived by hand. The end-to-end search uses a FLUX.2 VAE
+(AutoencoderKLFlux2, its default = released geometry) and a three-layer stand-in text encoder of the
+real width (text_encoder_out_layers (1, 2, 3)). Steps reported default to the model card's (4 for
+[klein] 4B, 28/50 for [dev]).
 
 Sections, in this order (each time-boxed; a row that would end past --time-budget-s, keeping room
 for the sections after it, is skipped and listed as such):
@@ -43,6 +55,8 @@ activations, RoPE, softmax and residual adds are not counted, as usual for MFU):
     python benchmarks/gpu_flux.py --dry-run                              # plan and FLOPs, no GPU
     python benchmarks/gpu_flux.py --cpu-smoke --compile --fp8 --e2e      # every code path, tiny, CPU
     timeout 540 python benchmarks/gpu_flux.py --compile --fp8 --e2e --out-dir $OUT    # one H100/H200
+    # FLUX.2 [klein] 4B beside it (gpu_flux-flux2-klein-4b.json/.md in the same folder):
+    timeout 400 python benchmarks/gpu_flux.py --model flux2-klein-4b --compile --e2e --time-budget-s 330 --out-dir $OUT
 """
 
 from __future__ import annotations
@@ -83,6 +97,51 @@ FLUX_DEV = {
 # --cpu-smoke: the same code path on a model small enough for a CPU (rope axes sum to head_dim).
 SMOKE = {**FLUX_DEV, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
          "joint_attention_dim": 32, "pooled_projection_dim": 32, "axes_dims_rope": (4, 6, 6)}
+# black-forest-labs/FLUX.2-klein-4B transformer/config.json (3 x Qwen3-4B's 2560 = 7680 text width).
+FLUX2_KLEIN_4B = {
+    "patch_size": 1,
+    "in_channels": 128,
+    "num_layers": 5,
+    "num_single_layers": 20,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 7680,
+    "timestep_guidance_channels": 256,
+    "mlp_ratio": 3.0,
+    "axes_dims_rope": (32, 32, 32, 32),
+    "guidance_embeds": False,
+}
+# black-forest-labs/FLUX.2-dev transformer/config.json (diffusers' Flux2Transformer2DModel defaults;
+# 3 x Mistral Small 3's 5120 = 15360 text width), guidance-distilled.
+FLUX2_DEV = {**FLUX2_KLEIN_4B, "num_layers": 8, "num_single_layers": 48, "num_attention_heads": 48,
+             "joint_attention_dim": 15360, "guidance_embeds": True}
+FLUX2_SMOKE = {**FLUX2_KLEIN_4B, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
+               "num_attention_heads": 2, "joint_attention_dim": 48, "axes_dims_rope": (4, 4, 4, 4)}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What differs between the models this script times: the transformer class and config, the inputs'
+    layout, the guidance input, the step counts its card recommends."""
+
+    label: str
+    hub_id: str
+    transformer_class: str
+    config: dict
+    smoke: dict
+    guidance: float | None  # the transformer's guidance input (None: the model has none)
+    steps: str  # default --steps: the model card's step counts
+    flux2: bool = False
+
+
+MODELS = {
+    "flux1-dev": ModelSpec("FLUX.1-dev", "black-forest-labs/FLUX.1-dev", "FluxTransformer2DModel", FLUX_DEV, SMOKE,
+                           3.5, "28,50"),
+    "flux2-klein-4b": ModelSpec("FLUX.2 [klein] 4B", "black-forest-labs/FLUX.2-klein-4B", "Flux2Transformer2DModel",
+                                FLUX2_KLEIN_4B, FLUX2_SMOKE, None, "4", flux2=True),
+    "flux2-dev": ModelSpec("FLUX.2 [dev]", "black-forest-labs/FLUX.2-dev", "Flux2Transformer2DModel", FLUX2_DEV,
+                           {**FLUX2_SMOKE, "guidance_embeds": True}, 4.0, "28,50", flux2=True),
+}
 TIMESTEP_CHANNELS = 256  # diffusers' Timesteps(num_channels=256) in CombinedTimestep*Embeddings
 MLP_RATIO = 4
 VAE_SCALE, PACK = 8, 2  # FLUX's VAE downsamples 8x; latents are packed in 2x2 patches
@@ -105,11 +164,16 @@ TARGET_MFU, TARGET_IDLE = 0.55, 0.10
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="FLUX.1-dev on one GPU (random bf16 weights, no download): bf16/fp8 matmul peaks, the "
+        description="FLUX.1-dev or FLUX.2 on one GPU (random bf16 weights, no download): bf16/fp8 matmul peaks, the "
         "transformer denoising loop per speed option and batch size, numerics vs float32, and ttsf's search "
         "end to end with a stand-in verifier. JSON + markdown in --out-dir; the markdown also on stdout.")
+    parser.add_argument("--model", choices=tuple(MODELS), default="flux1-dev",
+                        help="the transformer timed (published config, random weights): " + ", ".join(
+                            f"{name} ({spec.hub_id})" for name, spec in MODELS.items()))
     parser.add_argument("--batch-sizes", default="1,2,4,8", help="comma list of batch sizes")
-    parser.add_argument("--steps", default="28,50", help="comma list of step counts to report (extrapolated)")
+    parser.add_argument("--steps", default=None,
+                        help="comma list of step counts to report (extrapolated; default: the model card's, "
+                        "28,50 for FLUX.1-dev and FLUX.2 [dev], 4 for FLUX.2 [klein] 4B)")
     parser.add_argument("--height", type=int, default=1024, help="image height in pixels (multiple of 16)")
     parser.add_argument("--width", type=int, default=1024, help="image width in pixels (multiple of 16)")
     parser.add_argument("--text-len", type=int, default=512, help="T5 tokens (max_sequence_length)")
@@ -134,7 +198,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--e2e-rounds", type=int, default=3,
                         help="rounds of the end-to-end search (random search: 2, 4, 8 noises; fewer if the budget "
                         "says so)")
-    parser.add_argument("--e2e-steps", type=int, default=28, help="denoising steps of the end-to-end search")
+    parser.add_argument("--e2e-steps", type=int, default=None,
+                        help="denoising steps of the end-to-end search (default: the first of --steps)")
     parser.add_argument("--e2e-batch", type=int, default=4, help="batch_size_for_img_gen of the end-to-end search")
     parser.add_argument("--verifier-latency-s", type=float, default=1.0, help="the stand-in verifier's time per call")
     parser.add_argument("--low-vram-images", type=int, default=2,
@@ -145,15 +210,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "later, keeping room for the sections after them, are skipped)")
     parser.add_argument("--out-dir", default=None,
                         help="folder of the results (default: $OUT when set, else benchmarks/results)")
-    parser.add_argument("--out-json", default="gpu_flux.json", help="JSON results (relative: inside --out-dir)")
-    parser.add_argument("--out-md", default="gpu_flux.md", help="markdown results (relative: inside --out-dir)")
+    parser.add_argument("--out-json", default=None,
+                        help="JSON results (relative: inside --out-dir; default gpu_flux.json, gpu_flux-<model>.json "
+                        "for another --model)")
+    parser.add_argument("--out-md", default=None, help="markdown results (relative: inside --out-dir; default as "
+                        "--out-json, .md)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and analytic FLOPs; no GPU needed")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="every section's code path on tiny configs on the CPU (a test of the script, not a "
                         "benchmark)")
     args = parser.parse_args(argv)
+    spec = MODELS[args.model]
     args.batch_sizes = _int_list(parser, "--batch-sizes", args.batch_sizes)
-    args.steps = _int_list(parser, "--steps", args.steps)
+    args.steps = _int_list(parser, "--steps", args.steps or spec.steps)
+    args.e2e_steps = args.e2e_steps if args.e2e_steps is not None else args.steps[0]
+    stem = "gpu_flux" if args.model == "flux1-dev" else f"gpu_flux-{args.model}"
+    args.out_json, args.out_md = args.out_json or f"{stem}.json", args.out_md or f"{stem}.md"
     for name in ("height", "width"):
         if getattr(args, name) % (VAE_SCALE * PACK):
             parser.error(f"--{name}: received {getattr(args, name)}, allowed: a multiple of {VAE_SCALE * PACK}")
@@ -206,19 +278,26 @@ def total_flops(config: dict, batch: int, image_tokens: int, text_tokens: int) -
     return sum(forward_flops(config, batch, image_tokens, text_tokens).values())
 
 
+_COUNTED: dict[tuple, tuple[int, int]] = {}
+
+
 def counted_flops(setup: "Setup") -> tuple[int, int]:
     """(FLOPs, parameters) of one batch-1 forward as torch.utils.flop_counter counts them, on the
-    meta device: no memory, no GPU, the same diffusers code. Checks forward_flops/parameter_count."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    meta device: no memory, no GPU, the same diffusers code. Checks forward_flops/parameter_count for
+    FLUX.1; is the count for FLUX.2 (no hand formula)."""
+    key = (setup.model, json.dumps(setup.config, sort_keys=True), setup.height, setup.width, setup.text_len)
+    if key not in _COUNTED:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
 
-    meta = Setup(setup.config, "meta", setup.height, setup.width, setup.text_len, setup.matmul_size)
-    model = build_transformer(setup.config, "meta", torch.bfloat16)
-    inputs = make_inputs(meta, 1, torch.bfloat16)
-    timestep = torch.ones(1, device="meta", dtype=torch.bfloat16)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(timestep=timestep, return_dict=False, **inputs)
-    return counter.get_total_flops(), sum(parameter.numel() for parameter in model.parameters())
+        meta = Setup(setup.config, "meta", setup.height, setup.width, setup.text_len, setup.matmul_size, setup.model)
+        model = build_transformer(setup.config, "meta", torch.bfloat16, setup.model)
+        inputs = make_inputs(meta, 1, torch.bfloat16)
+        timestep = torch.ones(1, device="meta", dtype=torch.bfloat16)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            model(timestep=timestep, return_dict=False, **inputs)
+        _COUNTED[key] = counter.get_total_flops(), sum(parameter.numel() for parameter in model.parameters())
+    return _COUNTED[key]
 
 
 def parameter_count(config: dict) -> int:
@@ -247,13 +326,28 @@ class Setup:
     width: int
     text_len: int
     matmul_size: int
+    model: str = "flux1-dev"
+
+    @property
+    def spec(self) -> ModelSpec:
+        return MODELS[self.model]
 
     @property
     def image_tokens(self) -> int:
         return (self.height // (VAE_SCALE * PACK)) * (self.width // (VAE_SCALE * PACK))
 
     def flops(self, batch: int) -> float:
+        if self.spec.flux2:  # counted once at batch 1; every part of a forward is linear in the batch
+            return batch * counted_flops(self)[0]
         return total_flops(self.config, batch, self.image_tokens, self.text_len)
+
+    def flops_by_part(self) -> dict[str, float]:
+        if self.spec.flux2:
+            return {"counted (torch.utils.flop_counter)": float(counted_flops(self)[0])}
+        return forward_flops(self.config, 1, self.image_tokens, self.text_len)
+
+    def parameters(self) -> int:
+        return counted_flops(self)[1] if self.spec.flux2 else parameter_count(self.config)
 
 
 @dataclass
@@ -303,9 +397,10 @@ def progress(line: str) -> None:
 
 
 def make_setup(args: argparse.Namespace) -> Setup:
+    spec = MODELS[args.model]
     if args.cpu_smoke:
-        return Setup(SMOKE, "cpu", 128, 128, 16, 256)
-    return Setup(FLUX_DEV, "cuda", args.height, args.width, args.text_len, args.matmul_size)
+        return Setup(spec.smoke, "cpu", 128, 128, 16, 256, args.model)
+    return Setup(spec.config, "cuda", args.height, args.width, args.text_len, args.matmul_size, args.model)
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, int]]:
@@ -336,29 +431,31 @@ def allocated(device: str) -> int:
     return torch.cuda.memory_allocated() if device == "cuda" else 0
 
 
-def build_transformer(config: dict, device: str, dtype):
+def build_transformer(config: dict, device: str, dtype, model_name: str = "flux1-dev"):
     """Random weights created directly on `device` in `dtype`: FLUX.1-dev is 24 GB in bf16 and would
     be 48 GB as an fp32 CPU copy, so no module is ever materialised anywhere else."""
+    import diffusers
     import torch
-    from diffusers import FluxTransformer2DModel
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
             torch.manual_seed(0)
-            model = FluxTransformer2DModel(**config)
+            model = getattr(diffusers, MODELS[model_name].transformer_class)(**config)
     finally:
         torch.set_default_dtype(previous)
     return model.eval().requires_grad_(False)
 
 
 def make_inputs(setup: Setup, batch: int, dtype) -> dict:
-    """What FluxPipeline passes the transformer at each step (see pipeline_flux.py), random."""
+    """What FluxPipeline (Flux2Pipeline, Flux2KleinPipeline) passes the transformer at each step, random."""
     import torch
 
     device, config = setup.device, setup.config
     h, w = setup.height // (VAE_SCALE * PACK), setup.width // (VAE_SCALE * PACK)
+    if setup.spec.flux2:
+        return _flux2_inputs(setup, batch, dtype, h, w)
     img_ids = torch.zeros(h, w, 3)
     img_ids[..., 1] += torch.arange(h)[:, None]
     img_ids[..., 2] += torch.arange(w)[None, :]
@@ -372,6 +469,27 @@ def make_inputs(setup: Setup, batch: int, dtype) -> dict:
         "img_ids": img_ids.reshape(h * w, 3).to(device=device, dtype=dtype),
         "txt_ids": torch.zeros(setup.text_len, 3, device=device, dtype=dtype),
     }
+
+
+def _flux2_inputs(setup: Setup, batch: int, dtype, h: int, w: int) -> dict:
+    """As pipeline_flux2(_klein).py: packed latents (B, h*w, in_channels), stacked text hidden states
+    (B, L, joint_attention_dim), 4-D (T, H, W, L) position ids per sample, guidance for [dev] only."""
+    import torch
+
+    device, config = setup.device, setup.config
+    img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(h), torch.arange(w), torch.arange(1))
+    txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(setup.text_len))
+    generator = None if device == "meta" else torch.Generator(device).manual_seed(0)
+    randn = lambda *shape: torch.randn(*shape, generator=generator, device=device, dtype=dtype)  # noqa: E731
+    inputs = {
+        "hidden_states": randn(batch, h * w, config["in_channels"]),
+        "encoder_hidden_states": randn(batch, setup.text_len, config["joint_attention_dim"]),
+        "img_ids": img_ids.unsqueeze(0).expand(batch, -1, -1).to(device),
+        "txt_ids": txt_ids.unsqueeze(0).expand(batch, -1, -1).to(device),
+    }
+    if setup.spec.guidance is not None:
+        inputs["guidance"] = torch.full((batch,), setup.spec.guidance, device=device, dtype=torch.float32)
+    return inputs
 
 
 def denoise(model, inputs: dict, steps: int, device: str) -> float:
@@ -649,7 +767,7 @@ def build_held(state: State, kind: str) -> Held:
     setup = state.setup
     free_memory(setup.device)
     before = allocated(setup.device)
-    model = build_transformer(setup.config, setup.device, torch.bfloat16)
+    model = build_transformer(setup.config, setup.device, torch.bfloat16, setup.model)
     if kind == "fp8":
         before_fp8 = global_settings()
         apply_options(state, model, quantize="fp8")
@@ -742,7 +860,8 @@ def one_forward(model, inputs: dict):
 
 def batch_slice(inputs: dict, size: int) -> dict:
     per_image = ("hidden_states", "encoder_hidden_states", "pooled_projections", "guidance")
-    return {key: value[:size].contiguous() if key in per_image else value for key, value in inputs.items()}
+    return {key: value[:size].contiguous() if key in per_image or (key.endswith("_ids") and value.dim() == 3)
+            else value for key, value in inputs.items()}
 
 
 def errors(output, reference) -> dict:
@@ -883,12 +1002,10 @@ def take_transformer(state: State, mode: str) -> tuple[object, bool]:
         return state.models[kind].model, False
     import torch
 
-    return build_transformer(state.setup.config, state.setup.device, torch.bfloat16), True
+    return build_transformer(state.setup.config, state.setup.device, torch.bfloat16, state.setup.model), True
 
 
 def e2e_section(state: State) -> None:
-    import torch
-
     import _gpu_e2e as e2e
 
     args, setup = state.args, state.setup
@@ -906,8 +1023,7 @@ def e2e_section(state: State) -> None:
     kind, compiled = MODE_PARTS[mode]
     progress(f"end to end: mode {mode}, {args.e2e_prompts} prompts x {rounds} rounds, {args.e2e_steps} steps")
     transformer, fresh = take_transformer(state, mode)
-    pipe = e2e.build_pipeline(transformer, e2e.SMOKE_VAE if args.cpu_smoke else e2e.FLUX_DEV_VAE,
-                              setup.device, torch.bfloat16)
+    pipe = build_e2e_pipeline(state, transformer)
     with tempfile.TemporaryDirectory(prefix="gpu-flux-e2e-") as folder, \
             e2e.stand_in_registered(args.verifier_latency_s):
         config = search_config(state, pipe, Path(folder), prompts=args.e2e_prompts, rounds=rounds, pool=2,
@@ -924,18 +1040,101 @@ def e2e_section(state: State) -> None:
     free_memory(setup.device)
 
 
+def build_e2e_pipeline(state: State, transformer):
+    """The end-to-end pipeline around `transformer`: _gpu_e2e's FluxPipeline for FLUX.1-dev, else a
+    Flux2Pipeline / Flux2KleinPipeline with a FLUX.2 VAE (full size, or the smoke test's 4-channel
+    blocks) and a three-layer stand-in text encoder as wide as the real one (its three stacked layers
+    are the transformer's joint_attention_dim), with the offline chat tokenizer of ttsf's tiny FLUX.2."""
+    import torch
+
+    import _gpu_e2e as e2e
+
+    setup, device, dtype = state.setup, state.setup.device, torch.bfloat16
+    if not setup.spec.flux2:
+        return e2e.build_pipeline(transformer, e2e.SMOKE_VAE if state.args.cpu_smoke else e2e.FLUX_DEV_VAE,
+                                  device, dtype)
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline
+
+    from ttsf_core.pipelines import tiny
+
+    with e2e.built_on(device, dtype):
+        vae = AutoencoderKLFlux2(**FLUX2_SMOKE_VAE) if state.args.cpu_smoke else AutoencoderKLFlux2()
+    tokenizer = tiny.chat_tokenizer()
+    ids = tiny.special_ids(tokenizer)
+    width = transformer.config.joint_attention_dim // len(E2E_TEXT_LAYERS)
+    torch.manual_seed(0)
+    if setup.spec.guidance is None:  # [klein]: Qwen3
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        text_encoder = Qwen3ForCausalLM(Qwen3Config(
+            hidden_size=width, intermediate_size=256, num_hidden_layers=len(E2E_TEXT_LAYERS), num_attention_heads=4,
+            num_key_value_heads=4, head_dim=64, vocab_size=len(tokenizer), max_position_embeddings=1024,
+            bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"]))
+        pipeline_class, extra = Flux2KleinPipeline, {"is_distilled": True}
+    else:  # [dev]: Mistral 3
+        from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+        text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
+            text_config={"model_type": "mistral", "vocab_size": len(tokenizer), "hidden_size": width,
+                         "intermediate_size": 256, "num_hidden_layers": len(E2E_TEXT_LAYERS), "num_attention_heads": 4,
+                         "num_key_value_heads": 4, "head_dim": 64, "max_position_embeddings": 1024,
+                         "sliding_window": None, "bos_token_id": ids["bos"], "eos_token_id": ids["eos"],
+                         "pad_token_id": ids["pad"]},
+            vision_config={"model_type": "pixtral", "hidden_size": 16, "num_hidden_layers": 1,
+                           "num_attention_heads": 4, "intermediate_size": 37, "image_size": 30, "patch_size": 6},
+            bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"], image_seq_length=4,
+            image_token_index=ids["image"]))
+        pipeline_class, extra = Flux2Pipeline, {}
+    pipe = pipeline_class(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval().requires_grad_(False),
+                          text_encoder=text_encoder.eval().requires_grad_(False).to(device, dtype),
+                          tokenizer=tokenizer, transformer=transformer, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# The stand-in text encoder's layers stacked into the transformer's text input (the pipelines' default
+# text_encoder_out_layers need a 28- or 31-layer encoder; three of the real width give the same shapes).
+E2E_TEXT_LAYERS = (1, 2, 3)
+# --cpu-smoke: the FLUX.2 VAE's geometry (32 latent channels, 8x) with 4 channels a block.
+FLUX2_SMOKE_VAE = {"block_out_channels": (4, 4, 4, 4), "layers_per_block": 1, "norm_num_groups": 1,
+                   "sample_size": 32}
+
+
 def search_config(state: State, pipe, folder: Path, **fields):
     """The run config of an end-to-end search, after writing the pipeline's weightless folder it names."""
     import _gpu_e2e as e2e
 
     args, setup = state.args, state.setup
-    skeleton = e2e.write_skeleton(pipe, folder / ("flux1-dev-random-weights" if not args.cpu_smoke
-                                                  else "tiny-flux-random-weights"))
+    name = f"{args.model}-random-weights" if not args.cpu_smoke else f"tiny-{args.model}-random-weights"
+    write = write_flux2_skeleton if setup.spec.flux2 else e2e.write_skeleton
+    skeleton = write(pipe, folder / name)
     prompts_file = folder / "prompts.txt"
     prompts_file.write_text("\n".join(_common.PROMPTS) + "\n")
-    return e2e.search_config(skeleton, folder / "output", prompts_file, device=setup.device, height=setup.height,
-                             width=setup.width, text_len=setup.text_len, steps=args.e2e_steps, batch=args.e2e_batch,
-                             **fields)
+    config = e2e.search_config(skeleton, folder / "output", prompts_file, device=setup.device, height=setup.height,
+                               width=setup.width, text_len=setup.text_len, steps=args.e2e_steps, batch=args.e2e_batch,
+                               **fields)
+    if not setup.spec.flux2:
+        return config
+    from ttsf_core.config import build_config
+
+    call = {**config.pipeline_call_args.given(), "num_inference_steps": args.e2e_steps,
+            "text_encoder_out_layers": list(E2E_TEXT_LAYERS)}
+    if setup.spec.guidance is None:  # [klein] 4B is step-distilled: the card's guidance 1.0 (no CFG)
+        call["guidance_scale"] = 1.0
+    else:
+        call["guidance_scale"] = setup.spec.guidance
+    return build_config({**config.model_dump(mode="json"), "pipeline_call_args": call})
+
+
+def write_flux2_skeleton(pipe, folder: Path) -> Path:
+    """As _gpu_e2e.write_skeleton, for FLUX.2's one text encoder and tokenizer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe.save_config(folder)
+    for name in ("transformer", "vae", "scheduler"):
+        getattr(pipe, name).save_config(folder / name)
+    pipe.tokenizer.save_pretrained(folder / "tokenizer")
+    pipe.text_encoder.config.save_pretrained(folder / "text_encoder")
+    return folder
 
 
 def low_vram_section(state: State) -> None:
@@ -953,9 +1152,8 @@ def low_vram_section(state: State) -> None:
     if state.globals_before_fp8:  # a plain bf16 ttsf run never has torchao's settings
         restore_settings(state.globals_before_fp8)
     free_memory(setup.device)
-    transformer = build_transformer(setup.config, setup.device, torch.bfloat16)
-    pipe = e2e.build_pipeline(transformer, e2e.SMOKE_VAE if args.cpu_smoke else e2e.FLUX_DEV_VAE,
-                              setup.device, torch.bfloat16)
+    transformer = build_transformer(setup.config, setup.device, torch.bfloat16, setup.model)
+    pipe = build_e2e_pipeline(state, transformer)
     with tempfile.TemporaryDirectory(prefix="gpu-flux-low-vram-") as folder, \
             e2e.stand_in_registered(args.verifier_latency_s):
         config = search_config(state, pipe, Path(folder), prompts=1, rounds=1, pool=args.low_vram_images,
@@ -1036,7 +1234,7 @@ def fmt(value, spec: str = ".3g", unit: str = "") -> str:
 
 def markdown(state: State, wall_s: float) -> str:
     args, setup, env, peaks = state.args, state.setup, state.environment, state.peaks
-    lines = [f"## gpu_flux.py: FLUX.1-dev on {env.get('device', '?')}", "",
+    lines = [f"## gpu_flux.py: {setup.spec.label} on {env.get('device', '?')}", "",
              f"torch {env.get('torch')}, diffusers {env.get('diffusers')}, "
              f"torchao {env.get('torchao') or 'not installed'}, "
              f"python {env.get('python')}; random bf16 weights; {setup.height}x{setup.width}, {setup.text_len} text "
@@ -1137,7 +1335,8 @@ def save(state: State, final: bool = False) -> tuple[Path, Path]:
         "environment": state.environment,
         "setup": {"height": state.setup.height, "width": state.setup.width, "text_len": state.setup.text_len,
                   "tflop_per_image_step": state.setup.flops(1) / 1e12,
-                  "flops_by_part": forward_flops(state.setup.config, 1, state.setup.image_tokens, state.setup.text_len),
+                  "model": state.setup.model, "hub_id": state.setup.spec.hub_id,
+                  "flops_by_part": state.setup.flops_by_part(),
                   "warmup_steps": state.args.warmup_steps, "timed_steps": state.args.timed_steps,
                   "time_budget_s": state.args.time_budget_s},
         "peaks": state.peaks,
@@ -1155,15 +1354,17 @@ def save(state: State, final: bool = False) -> tuple[Path, Path]:
 # ----- dry run -----
 
 def print_flops(args: argparse.Namespace, setup: Setup) -> None:
-    parts = forward_flops(setup.config, 1, setup.image_tokens, setup.text_len)
+    parts = setup.flops_by_part()
     total = sum(parts.values())
     counted, parameters = counted_flops(setup)
-    print(f"transformer: {parameters / 1e9:.2f} B parameters ({parameters * 2 / 2**30:.1f} GiB in bf16; "
-          f"formula: {parameter_count(setup.config) / 1e9:.2f} B); {setup.height}x{setup.width} -> "
+    print(f"{setup.spec.label} transformer: {parameters / 1e9:.2f} B parameters ({parameters * 2 / 2**30:.1f} GiB in "
+          f"bf16; formula: {setup.parameters() / 1e9:.2f} B); {setup.height}x{setup.width} -> "
           f"{setup.image_tokens} image tokens + {setup.text_len} text tokens")
     print(f"FLOP check: torch.utils.flop_counter counts {counted / 1e12:.6g} TFLOP for one batch-1 forward of the "
-          f"model on the meta device; the analytic formula gives {total / 1e12:.6g} TFLOP")
-    print("analytic FLOPs of one forward, per image (2 FLOPs per multiply-add):")
+          f"model on the meta device; the {'count' if setup.spec.flux2 else 'analytic formula'} used gives "
+          f"{total / 1e12:.6g} TFLOP")
+    print(f"{'counted' if setup.spec.flux2 else 'analytic'} FLOPs of one forward, per image (2 FLOPs per "
+          "multiply-add):")
     print("| part | TFLOP | share |\n|---|---|---|")
     for name, value in parts.items():
         print(f"| {name} | {value / 1e12:.4g} | {100 * value / total:.1f}% |")
@@ -1236,7 +1437,7 @@ def main(argv: list[str] | None = None) -> int:
         return NO_CUDA_EXIT
     if setup.device == "cuda":
         free, _ = torch.cuda.mem_get_info()
-        weights = parameter_count(setup.config) * 2
+        weights = setup.parameters() * 2
         if free < weights * 1.15:  # weights plus room for a batch-1 step
             print(f"gpu_flux.py: the GPU has {free / 2**30:.1f} GiB free; the bf16 weights alone take "
                   f"{weights / 2**30:.1f} GiB. Use a card with more free memory.", file=sys.stderr)
