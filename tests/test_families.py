@@ -14,7 +14,6 @@ with the model swapped for its tiny version; the README's support table is the f
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -126,30 +125,33 @@ def _own_call(pipe, config, seed: int, output_type: str):
 
 # Each family with its default guidance, and with the other prompt path of its pipeline (negative
 # prompts, true CFG on or off, klein Base's CFG against the empty prompt, the second and third prompts).
-VARIANTS = [
-    ("tiny-flux2", {}, {}),
-    ("tiny-flux2", {"guidance_scale": 2.5, "max_sequence_length": 300}, {}),
-    ("tiny-flux2-klein", {}, {}),
-    ("tiny-flux2-klein", {"guidance_scale": 4.0}, {"is_distilled": False}),  # [klein] Base: true CFG
-    ("tiny-qwen-image", {}, {}),  # true CFG against " "
-    ("tiny-qwen-image", {"true_cfg_scale": 1.0}, {}),
-    ("tiny-sd3", {}, {}),
-    ("tiny-sd3", {"negative_prompt": "blurry", "negative_prompt_2": "dark", "prompt_3": "an egg on the moon"}, {}),
-    ("tiny-z-image", {}, {}),  # Turbo: no CFG
-    ("tiny-z-image", {"guidance_scale": 3.0, "negative_prompt": "blurry"}, {}),
-    (QWEN21, {}, {}),
-    (QWEN21, {"true_cfg_scale": 3.0, "negative_prompt": "blurry"}, {}),
+VARIANTS = [  # (tiny model, call arguments, load overrides, whether the pipeline runs CFG with a negative)
+    ("tiny-flux2", {}, {}, False),
+    ("tiny-flux2", {"guidance_scale": 2.5, "max_sequence_length": 300}, {}, False),
+    ("tiny-flux2-klein", {}, {}, False),
+    ("tiny-flux2-klein", {"guidance_scale": 4.0}, {"is_distilled": False}, True),  # [klein] Base: true CFG
+    ("tiny-qwen-image", {}, {}, True),  # true CFG against " "
+    ("tiny-qwen-image", {"true_cfg_scale": 1.0}, {}, False),
+    ("tiny-sd3", {}, {}, True),
+    ("tiny-sd3", {"negative_prompt": "blurry", "negative_prompt_2": "dark", "prompt_3": "an egg on the moon"}, {},
+     True),
+    ("tiny-z-image", {}, {}, False),  # Turbo: no CFG
+    ("tiny-z-image", {"guidance_scale": 3.0, "negative_prompt": "blurry"}, {}, True),
+    (QWEN21, {}, {}, False),
+    (QWEN21, {"true_cfg_scale": 3.0, "negative_prompt": "blurry"}, {}, True),
 ]
 
 
-@pytest.mark.parametrize(("name", "arguments", "load"), VARIANTS)
-def test_first_fresh_seed_image_is_the_pipelines_own(name, arguments, load, tmp_path):
+@pytest.mark.parametrize(("name", "arguments", "load", "cfg"), VARIANTS)
+def test_first_fresh_seed_image_is_the_pipelines_own(name, arguments, load, cfg, tmp_path):
     pipe = _pipe(name, **load)
     assert type(pipe).__name__ == CLASSES[name]
     config = _config(name, tmp_path, pipeline_call_args=arguments)
     generator = CandidateGenerator(pipe, config)
     (ours,) = generator.generate(PROMPT, seed_candidates([5], 2))
     assert generator.counts.prompt_encodings == 1
+    # The negative prompt is encoded (once) exactly when the pipeline itself runs CFG.
+    assert ("negative_prompt_embeds" in generator.encode(PROMPT)) == cfg
     own = _own_call(pipe, config, 5, "pil")
     assert ours.size == own.size and np.array_equal(_pixels(ours), _pixels(own))
     # The float image too: the README's tolerance (float32 on the CPU) is 1e-6; measured 0.
@@ -383,4 +385,5 @@ def test_adding_a_family_is_one_module():
 
     modules = {path.stem for path in Path(families.__file__).parent.glob("*.py")} - {"__init__", "base"}
     assert {type(family).__module__.rsplit(".", 1)[1] for family in families.FAMILIES} == modules
-    assert re.search(r"one module of this package per family", families.__doc__)
+    assert len({name for family in families.FAMILIES for name in family.classes}) == \
+        sum(len(family.classes) for family in families.FAMILIES)
