@@ -27,6 +27,7 @@ from prefect.utilities.slugify import slugify
 from flows.runs import align_subflow_key
 from flows.search_batch import BatchSummary, read_summary, search_batch
 from flows.storage import result_storage_for
+from ttsf_core.budget import Allowance
 from ttsf_core.config import ConfigError, RunConfig
 
 POLL_S = 2.0
@@ -48,16 +49,20 @@ class BatchResult:
 
 
 class LocalBatches:
-    def __init__(self, config: RunConfig, prompt_list: str, rpm_name: str | None, view_for: Callable):
+    def __init__(self, config: RunConfig, prompt_list: str, rpm_name: str | None, view_for: Callable,
+                 allowance: Allowance | None = None, spent: Callable[[], tuple[int, float]] = lambda: (0, 0.0)):
         self.config, self.prompt_list, self.rpm_name, self.view_for = config, prompt_list, rpm_name, view_for
+        self.allowance, self.spent = allowance, spent
         self.flow = search_batch.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.task_workers),
                                               result_storage=result_storage_for(config))
 
     def run(self, batches: list[Batch]) -> Iterator[BatchResult]:
-        for batch in batches:
+        for position, batch in enumerate(batches):
             align_subflow_key(search_batch, batch.index)  # batch-N is batch N's run again on a retry
+            later = [index for other in batches[position + 1:] for index in range(other.start, other.stop)]
+            allowance = _batch_allowance(self.allowance, batch, later, *self.spent())
             state = self.flow(self.config, batch.index, self.prompt_list, batch.start, batch.stop, self.rpm_name,
-                              self.view_for(), return_state=True)
+                              self.view_for(), allowance, return_state=True)
             yield BatchResult(batch, read_summary(self.config, batch.index),
                               None if state.is_completed() else state.message)
 
@@ -65,9 +70,18 @@ class LocalBatches:
         """Batches run one after another here: stopping is not starting the next (the caller's loop)."""
 
 
+def _batch_allowance(allowance: Allowance | None, batch: Batch, others: list[int], spent_requests: int = 0,
+                     spent_cost: float = 0.0) -> Allowance | None:
+    if allowance is None:
+        return None
+    return allowance.for_batch(range(batch.start, batch.stop), others, spent_requests, spent_cost)
+
+
 class PoolBatches:
-    def __init__(self, config: RunConfig, prompt_list: str, rpm_name: str | None, on_tick: Callable[[], None]):
+    def __init__(self, config: RunConfig, prompt_list: str, rpm_name: str | None, on_tick: Callable[[], None],
+                 allowance: Allowance | None = None):
         self.config, self.prompt_list, self.rpm_name, self.on_tick = config, prompt_list, rpm_name, on_tick
+        self.allowance = allowance
         self.deployment = config.dispatch.deployment
         self.runs: dict[UUID, Batch] = {}
 
@@ -85,12 +99,15 @@ class PoolBatches:
 
     def run(self, batches: list[Batch]) -> Iterator[BatchResult]:
         self.check()
+        every = [index for batch in batches for index in range(batch.start, batch.stop)]
         for batch in batches:
             _align_deployment_key(self.deployment, batch.index)
+            allowance = _batch_allowance(self.allowance, batch, every)  # the others run beside it
             flow_run = run_deployment(self.deployment, timeout=0, parameters={
                 "config": self.config.model_dump(mode="json"), "batch_index": batch.index,
                 "prompt_list": self.prompt_list, "start": batch.start, "stop": batch.stop,
-                "rpm_limit_name": self.rpm_name, "view": None})
+                "rpm_limit_name": self.rpm_name, "view": None,
+                "allowance": allowance.model_dump(mode="json") if allowance is not None else None})
             self.runs[flow_run.id] = batch
         deadline = time.monotonic() + self.config.dispatch.batch_timeout_s
         while self.runs:

@@ -63,6 +63,7 @@ class RunView(BaseModel):
     counts_before: dict[str, int | float]  # this run's counts before this batch
     batches_failed: int
     rpm_text: str
+    budget: dict[str, float | int | None] = {}  # the run's budget (BudgetArgs as data): shown with what it spent
     progress_id: UUID | None = None  # None only while the artifacts are being created
     status_id: UUID | None = None
 
@@ -92,6 +93,14 @@ class RunView(BaseModel):
             ("verifier requests rate limited (429)", counts.rate_limited), ("grading retries", counts.retries),
             ("time waited before retries", duration(counts.retry_wait_s)), ("batches failed", self.batches_failed),
         ]
+        if counts.verifier_requests:
+            rows += [("verifier requests billed", counts.verifier_requests),
+                     ("tokens: prompt / thought / answer", f"{counts.prompt_tokens:,} / {counts.thought_tokens:,} / "
+                                                          f"{counts.output_tokens:,}"),
+                     ("cost so far (USD, price table)", f"{counts.cost_usd:.4f}" + (
+                         f" + {counts.unpriced_requests} requests without a price" if counts.unpriced_requests else ""))]
+        if any(value is not None for value in self.budget.values()):
+            rows.append(("budget", budget_text(self.budget, counts)))
         return "\n".join([
             f"### {md_text(self.run_name)}",
             f"**Prompts finished: {done} of {self.total_prompts}** ({100 * done / max(self.total_prompts, 1):.0f}%) "
@@ -140,7 +149,8 @@ class RunMonitor:
         return RunView(run_name=self.run_name, total_prompts=len(self.prompts), done_at_start=self.done_at_start,
                        done_before=len(self.finished), started_at=self.started_at, counts_before=vars(self.counts),
                        batches_failed=sum(row["status"] == "failed" for row in self.batches.values()),
-                       rpm_text=self.rpm_text, progress_id=getattr(self, "progress_id", None),
+                       rpm_text=self.rpm_text, budget=self.config.budget.model_dump(),
+                       progress_id=getattr(self, "progress_id", None),
                        status_id=getattr(self, "status_id", None))
 
     def tick(self) -> None:
@@ -171,7 +181,8 @@ class RunMonitor:
             "prompts finished": f"{finished_here} of {stop - start}", "images generated": counts.images_generated,
             "images graded": counts.images_graded, "ungradeable": counts.images_ungradeable,
             "rate limited (429)": counts.rate_limited, "retries": counts.retries,
-            "waited (s)": round(counts.retry_wait_s, 1), "ran on": worker,
+            "waited (s)": round(counts.retry_wait_s, 1), "verifier requests": counts.verifier_requests,
+            "cost (USD)": round(counts.cost_usd, 4), "rounds over budget": counts.rounds_over_budget, "ran on": worker,
         }
         _update(self.batches_id, json.dumps([self.batches[index] for index in sorted(self.batches)]))
         done = len(self.finished)
@@ -186,8 +197,21 @@ class RunMonitor:
         """The status once the run stops: no time-left estimate for a run that is over."""
         how = ("ended: the verifier refused its configuration" if fatal else
                f"ended with {failed} failed batch{'es' if failed != 1 else ''} (re-run to resume)" if failed else
-               "finished")
+               "finished: budget reached (re-run with a larger budget, or none, to go on)"
+               if self.counts.rounds_over_budget else "finished")
         _update(self.status_id, self.view().status_markdown(len(self.finished), self.counts, ended=f"run {how}"))
+
+
+def budget_text(budget: dict, counts: BatchCounts) -> str:
+    """What a budgeted run spent of its limits, and whether it stopped prompts ("budget reached")."""
+    parts = []
+    if budget.get("max_verifier_requests") is not None:
+        parts.append(f"{counts.verifier_requests} of {budget['max_verifier_requests']} requests")
+    if budget.get("max_verifier_cost_usd") is not None:
+        parts.append(f"${counts.cost_usd:.4f} of ${budget['max_verifier_cost_usd']:g}")
+    reached = (f" · **budget reached**: {counts.prompts_over_budget} prompts stopped before a round, "
+               f"{counts.rounds_over_budget} rounds not run") if counts.rounds_over_budget else ""
+    return " and ".join(parts) + reached
 
 
 def prompt_rows(config: RunConfig, prompt: str) -> list[tuple[Path, RoundRecord]]:

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from flows.monitor import RunView, gallery_markdown
 from tasks import runtime
 from tasks.executor import PrefectExecutor
+from ttsf_core.budget import Allowance
 from ttsf_core.config import RunConfig
 from ttsf_core.engine import BatchCounts, Observer, SearchEngine
 from ttsf_core.files import write_json
@@ -89,11 +90,13 @@ def search_batch(
     stop: int,
     rpm_limit_name: str | None = None,
     view: RunView | None = None,
+    allowance: Allowance | None = None,
 ):
     logger = get_run_logger()
     # A batch run twice at once (a retry while its first run still lives) waits for neither: refused.
     with RunLock(RunLayout(config).run_dir, f".batch-{batch_index}.lock"):
-        summary, outcome = _search_batch(config, batch_index, prompt_list, start, stop, rpm_limit_name, view, logger)
+        summary, outcome = _search_batch(config, batch_index, prompt_list, start, stop, rpm_limit_name, view, logger,
+                                         allowance)
     write_json(summary_path(config, batch_index), summary.model_dump(mode="json"))
     if outcome.failures:
         for failure in summary.failures:
@@ -102,7 +105,7 @@ def search_batch(
     return summary
 
 
-def _search_batch(config, batch_index, prompt_list, start, stop, rpm_limit_name, view, logger):
+def _search_batch(config, batch_index, prompt_list, start, stop, rpm_limit_name, view, logger, allowance):
     prompts = list(enumerate(read_prompt_list(prompt_list)))[start:stop]
     layout, rounds = RunLayout(config), config.search_args.search_rounds
     recorded = {i: sum(layout.record_path(p, r).is_file() for r in range(1, rounds + 1)) for i, p in prompts}
@@ -110,7 +113,9 @@ def _search_batch(config, batch_index, prompt_list, start, stop, rpm_limit_name,
     verifier = runtime.verifier_for(config.verifier_args)
     engine = SearchEngine(config, PrefectExecutor(config, rpm_limit_name), grade_chunk=verifier_batch_size(verifier),
                           observer=observer)
-    outcome = engine.run_batch(prompts)
+    outcome = engine.run_batch(prompts, allowance)
+    for index, search_round in outcome.over_budget.items():
+        logger.info("prompt %d stops before round %d: the budget would not cover it", index, search_round)
     failures = [_describe(f) for f in outcome.failures]
     _show_batch(config, batch_index, outcome.records, failures, [p for _, p in prompts])
     summary = BatchSummary(batch_index=batch_index, counts=vars(outcome.counts), failures=failures,

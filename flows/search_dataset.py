@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 
-from flows.monitor import RunMonitor, artifact_key, md_text
+from flows.monitor import RunMonitor, artifact_key, budget_text, md_text
 from flows.dispatch import Batch, LocalBatches, PoolBatches
 from flows.runs import crash_orphaned_children
 from flows.search_batch import counts_of
@@ -77,8 +77,10 @@ def _search(prepared, logger) -> dict:
     where = "on work pool deployment " + config.dispatch.deployment if config.dispatch.mode == "pool" else "here"
     logger.info("%d prompts in %d batches (%d to run, %s) -> %s", total, -(-total // size), len(batches), where,
                 run_dir)
-    runner = PoolBatches(config, prompt_list, rpm_name, monitor.tick) if config.dispatch.mode == "pool" else \
-        LocalBatches(config, prompt_list, rpm_name, monitor.view)
+    runner = PoolBatches(config, prompt_list, rpm_name, monitor.tick, prepared.allowance) \
+        if config.dispatch.mode == "pool" else \
+        LocalBatches(config, prompt_list, rpm_name, monitor.view, prepared.allowance,
+                     lambda: (monitor.counts.verifier_requests, monitor.counts.cost_usd))
     failed, fatal = [], False
     for result in runner.run(batches):
         batch, summary = result.batch, result.summary
@@ -113,6 +115,10 @@ def _publish_summary(config: RunConfig, run_dir, monitor: RunMonitor, failed: li
         if fatal:
             lines.append("- the verifier refused its configuration, so no further batch was started")
         lines.append("")
+    if monitor.counts.rounds_over_budget:
+        lines += [f"**Budget reached**: {md_text(budget_text(config.budget.model_dump(), monitor.counts))}. "
+                  "Finished rounds are kept; run again with a larger budget, or none, to pay only for the rounds "
+                  "not yet done.", ""]
     try:
         build_report(run_dir, only_if_changed=True)
         lines.append(summary_markdown(report_dataframe(run_dir), run_dir))

@@ -23,8 +23,22 @@ so a run under the same schedule meets the same faults however its threads inter
         ...
         server.fault_counts()  # {"429": 4, "503": 2, ...}; each request's `fault` is in server.requests
 
-It answers the SDK's models.get (`GET /v1/models/{model}` or `/v1beta/...`) too, recorded in
-`server.metadata_requests`.
+It answers the SDK's models.get (`GET /v1/models/{model}` or `/v1beta/...`) with the model's metadata,
+and models.list (`GET /v1beta/models`), both recorded in `server.metadata_requests`.
+
+It answers as the service does today (read 2026-12-03, see ttsf_core/verifiers/gemini_models.py):
+- models Google shut down (`shut_down_models`, by default the Gemini 2.0 Flash family) get today's
+  404 NOT_FOUND body, on generateContent and models.get alike;
+- an alias (`aliases`, by default gemini-3.5-flash -> gemini-3.6-flash and the retired 2.5 models ->
+  their replacements) is answered by its target, which `modelVersion` names; a test may move an alias
+  while a run goes on (`server.aliases[...] = ...`);
+- every answer carries `modelVersion` and `usageMetadata`: prompt tokens (text at 4 characters a token
+  plus the image at `mediaResolution`: 280/560/1120 on Gemini 3, 258 before), thought tokens by the
+  `thinkingConfig` sent (MINIMAL 0, LOW 96, MEDIUM 384, HIGH 1024; a budget: min(budget, 512); none
+  sent: the model's default level), answer tokens (its text at 4 characters a token). What each request
+  was billed is kept in its record (`record.usage`);
+- a thinking level the model does not take (3.7/3.8 Flash refuse MINIMAL), a thinking level sent to a
+  2.5 model, or a media resolution sent to a 2.0 model get 400 INVALID_ARGUMENT.
 
 As a script (for end-to-end tests in another process), it prints its URL and serves until killed:
 
@@ -110,6 +124,51 @@ _ASPECT_WEIGHTS = (
     (0.2, 0.3, 0.5),
 )
 _HOLD_LIMIT_S = 10.0  # no request is held longer than this, whatever the options say
+_LIST_PATH = re.compile(r"^/(v1|v1beta)/models(?:\?.*)?$")
+
+
+@dataclass(frozen=True)
+class FakeModel:
+    """How the fake treats a model: its thinking (levels it takes, lowest first, and its default;
+    "budget" for 2.5; None for 2.0), whether it is Gemini 3 (image tokens, media resolution)."""
+
+    levels: tuple[str, ...] | None = ("MINIMAL", "LOW", "MEDIUM", "HIGH")
+    default_level: str = "MEDIUM"
+    budget: bool = False
+    gemini3: bool = True
+    media_resolution: bool = True
+
+
+_ALL = ("MINIMAL", "LOW", "MEDIUM", "HIGH")
+_NO_MINIMAL = ("LOW", "MEDIUM", "HIGH")
+# What the service serves today (2026-12-03), as the fake knows it. A model not listed is served with
+# the defaults above unless `known_models` says otherwise.
+CATALOGUE: dict[str, FakeModel] = {
+    "gemini-3.8-flash": FakeModel(_NO_MINIMAL, "HIGH"),
+    "gemini-3.7-flash": FakeModel(_NO_MINIMAL, "HIGH"),
+    "gemini-3.6-flash": FakeModel(_ALL, "MEDIUM"),
+    "gemini-3.5-flash-lite": FakeModel(_ALL, "MINIMAL"),
+    "gemini-3.1-flash-lite": FakeModel(_ALL, "MINIMAL"),
+    "gemini-3.1-pro-preview": FakeModel(_NO_MINIMAL, "HIGH"),
+    "gemini-2.5-flash-lite": FakeModel(None, budget=True, gemini3=False),
+}
+SHUT_DOWN_MODELS = frozenset({"gemini-2.0-flash", "gemini-2.0-flash-001", "gemini-2.0-flash-lite",
+                              "gemini-2.0-flash-lite-001"})
+ALIASES = {"gemini-3.5-flash": "gemini-3.6-flash", "gemini-2.5-flash": "gemini-3.5-flash-lite",
+           "gemini-2.5-pro": "gemini-3.8-flash"}
+IMAGE_TOKENS = {"MEDIA_RESOLUTION_LOW": 280, "MEDIA_RESOLUTION_MEDIUM": 560, "MEDIA_RESOLUTION_HIGH": 1120}
+OLDER_IMAGE_TOKENS = 258
+VIDEO_TOKENS = 300
+THOUGHT_TOKENS = {"MINIMAL": 0, "LOW": 96, "MEDIUM": 384, "HIGH": 1024}
+BUDGET_THOUGHT_CAP = 512
+
+
+def _tokens(text: str) -> int:
+    return -(-len(text) // 4)
+
+
+def fake_model(name: str) -> FakeModel:
+    return CATALOGUE.get(name, FakeModel())
 
 
 def expected_grades(png_bytes: bytes) -> Grades:
@@ -331,6 +390,8 @@ class RecordedRequest:
     delivered: bool | None = None  # False when the client had gone (e.g. it timed out) or got no whole answer
     attempt: int | None = None  # 0-based: how many requests for this image arrived before this one
     fault: str | None = None  # the FaultSchedule kind injected, if any
+    model_version: str | None = None  # the model that answered (an alias's target)
+    usage: dict[str, int] | None = None  # the usageMetadata answered (None: nothing billed)
 
 
 @dataclass
@@ -397,6 +458,9 @@ class FakeGeminiServer:
         wrong_key_status: int = 403,
         faults: FaultSchedule | None = None,
         known_models: Iterable[str] | None = None,
+        shut_down_models: Iterable[str] = SHUT_DOWN_MODELS,
+        aliases: Mapping[str, str] | None = None,
+        retire_after: tuple[str, int] | None = None,
     ):
         self._check(latency_s, reverse_groups, group_wait_s, malformed, wrong_key_status)
         if faults is not None and not isinstance(faults, FaultSchedule):
@@ -405,6 +469,10 @@ class FakeGeminiServer:
         self.known_models = (
             None if known_models is None else frozenset(name.removeprefix("models/") for name in known_models)
         )
+        self.shut_down_models = frozenset(name.removeprefix("models/") for name in shut_down_models)
+        self.aliases = dict(ALIASES if aliases is None else aliases)  # a test may move one mid-run
+        # (model, n): Google shuts `model` down after its first n generateContent requests (404 after).
+        self.retire_after = retire_after
         self.latency_s = float(latency_s)
         self.reverse_groups = reverse_groups
         self.group_wait_s = float(group_wait_s)
@@ -512,6 +580,9 @@ class FakeGeminiServer:
             if handler.path.split("?")[0] == _REQUESTS_PATH:
                 handler.reply(_json_answer(200, self._requests_summary()))
                 return
+            if _LIST_PATH.match(handler.path):
+                self._handle_model_list(handler)
+                return
             model_match = _MODEL_PATH.match(handler.path)
             if model_match is not None:
                 self._handle_model_get(handler, model_match)
@@ -554,8 +625,38 @@ class FakeGeminiServer:
             record.status = answer.status
         handler.reply(answer)
 
+    def _handle_model_list(self, handler: "_Handler") -> None:
+        """models.list: every model served today (never a shut-down one), one page."""
+        with self._lock:
+            record = MetadataRequest(path=handler.path, api_version=handler.path.split("/")[1], model="",
+                                     api_key=handler.headers.get("x-goog-api-key"), arrived_at=time.monotonic())
+            self._metadata.append(record)
+        if self.api_key is not None and record.api_key != self.api_key:
+            answer = _json_answer(self.wrong_key_status, _bad_key_body(self.wrong_key_status))
+        else:
+            names = sorted(self.known_models if self.known_models is not None else CATALOGUE)
+            answer = _json_answer(200, {"models": [_model_body(name) for name in names
+                                                   if name not in self.shut_down_models]})
+        with self._lock:
+            record.status = answer.status
+        handler.reply(answer)
+
     def _model_known(self, model: str) -> bool:
-        return self.known_models is None or model in self.known_models
+        if model in self.shut_down_models:
+            return False
+        return self.known_models is None or model in self.known_models or model in self.aliases
+
+    def _retired(self, record: RecordedRequest) -> bool:
+        if self.retire_after is None or record.model != self.retire_after[0]:
+            return False
+        with self._lock:
+            earlier = sum(other.model == record.model for other in self._records[: record.call_index])
+        return earlier >= self.retire_after[1]
+
+    def served_by(self, model: str) -> str:
+        """The model that answers for `model` (an alias's target, else itself)."""
+        with self._lock:
+            return self.aliases.get(model, model)
 
     def _requests_summary(self) -> dict[str, Any]:
         fields = ("call_index", "model", "image_sha256", "attempt", "fault", "status", "delivered", "arrived_at")
@@ -615,12 +716,30 @@ class FakeGeminiServer:
             return _json_answer(self.wrong_key_status, _bad_key_body(self.wrong_key_status))
         if image is None:
             return _json_answer(400, google_error_body(400, "The request holds no inline image."))
-        if not self._model_known(record.model):
+        if not self._model_known(record.model) or self._retired(record):
             return _json_answer(404, _unknown_model_body(record.model, record.api_version))
+        record.model_version = self.served_by(record.model)
+        refused = _refused_setting(record.body, record.model_version)
+        if refused is not None:
+            return _json_answer(400, google_error_body(400, refused))
         if record.fault is not None:
-            return _fault_answer(record.fault, self.faults, image, record.model)
-        mode = self.malformed.get(record.call_index) or self.malformed.get(record.image_sha256 or "")
-        return _json_answer(200, _success_body(image, mode, record.model))
+            answer = _fault_answer(record.fault, self.faults, image, record.model_version)
+        else:
+            mode = self.malformed.get(record.call_index) or self.malformed.get(record.image_sha256 or "")
+            answer = _json_answer(200, _success_body(image, mode, record.model_version))
+        return self._billed(record, image, answer)
+
+    def _billed(self, record: RecordedRequest, image: bytes, answer: _Answer) -> _Answer:
+        """A 200 JSON answer gets its usageMetadata (and the record what was billed)."""
+        if answer.status != 200 or answer.action in ("hang", "reset", "cut"):
+            return answer
+        try:
+            body = json.loads(answer.body)
+        except (ValueError, UnicodeDecodeError):
+            return answer  # a proxy's page: nothing billed
+        body["usageMetadata"] = record.usage = _usage(record.body, record.model_version, image, _answer_text(body))
+        answer.body = json.dumps(body).encode()
+        return answer
 
     def _wait_for_turn(self, group: _Group, slot: int) -> None:
         """Wait until the group closes, then until every later arrival of it has been answered."""
@@ -878,15 +997,22 @@ def _text_body(text: str, model: str) -> dict[str, Any]:
 
 
 def _model_body(model: str) -> dict[str, Any]:
-    """A minimal Model resource, as models.get answers it."""
+    """A Model resource, as models.get and models.list answer it today."""
+    entry = fake_model(model)
     return {
         "name": f"models/{model}",
+        "baseModelId": model,
         "version": "001",
         "displayName": " ".join(part.capitalize() for part in model.split("-")),
         "description": "A fake Gemini model served by tests/fake_gemini.py.",
         "inputTokenLimit": 1048576,
-        "outputTokenLimit": 8192,
-        "supportedGenerationMethods": ["generateContent"],
+        "outputTokenLimit": 65536,
+        "supportedGenerationMethods": ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"],
+        "temperature": 1.0,
+        "maxTemperature": 2.0,
+        "topP": 0.95,
+        "topK": 64,
+        "thinking": entry.levels is not None or entry.budget,
     }
 
 
@@ -908,6 +1034,88 @@ def _success_body(image: bytes, mode: str | None, model: str) -> dict[str, Any]:
         del grades["emotional_or_thematic_resonance"]
     text = "The image looks lovely, I would give it 8 out of 10." if mode == "not_json" else json.dumps(grades)
     return _text_body(text, model)
+
+
+def _generation_config(body: Any) -> dict[str, Any]:
+    """The request's generationConfig with every key in lowerCamelCase: like the real service (proto3
+    JSON), the fake reads a field by either of its names (google-genai 3.6.1 sends thinkingConfig's
+    fields as thinking_level / thinking_budget)."""
+    config = body.get("generationConfig") if isinstance(body, dict) else None
+    return _camel_keys(config) if isinstance(config, dict) else {}
+
+
+def thinking_config(body: Any) -> dict[str, Any]:
+    """The thinkingConfig a request sent, keys in lowerCamelCase ({} when none)."""
+    return _generation_config(body).get("thinkingConfig") or {}
+
+
+def _camel_keys(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {_camel(key): _camel_keys(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_camel_keys(value) for value in node]
+    return node
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _refused_setting(body: Any, model: str) -> str | None:
+    """Google's 400 message for a setting the model does not take, or None."""
+    config = _generation_config(body)
+    thinking = thinking_config(body)
+    entry = fake_model(model)
+    level = thinking.get("thinkingLevel")
+    if level is not None:
+        if entry.levels is None or entry.budget:
+            return f"Thinking level is not supported for this model: models/{model}. Use thinking_budget instead."
+        if level not in entry.levels:
+            return (f"Thinking level {level} is not supported for models/{model}. Supported thinking levels: "
+                    f"{', '.join(entry.levels)}.")
+    if "thinkingBudget" in thinking and entry.levels is not None and not entry.budget and entry.gemini3 is False:
+        return f"Thinking budget is not supported for this model: models/{model}."
+    if config.get("mediaResolution") and not entry.media_resolution:
+        return f"media_resolution is not supported for models/{model}."
+    return None
+
+
+def _usage(body: Any, model: str, image: bytes | None, answer_text: str) -> dict[str, Any]:
+    """usageMetadata as the service reports it for this request (see the module docstring)."""
+    config = _generation_config(body)
+    entry = fake_model(model)
+    text = _tokens(_prompt_text(body))
+    if image is not None and image[4:8] == b"ftyp":
+        modality, media = "VIDEO", VIDEO_TOKENS
+    elif entry.gemini3:
+        modality, media = "IMAGE", IMAGE_TOKENS.get(config.get("mediaResolution"), IMAGE_TOKENS["MEDIA_RESOLUTION_HIGH"])
+    else:
+        modality, media = "IMAGE", OLDER_IMAGE_TOKENS
+    thinking = thinking_config(body)
+    if entry.budget:
+        budget = thinking.get("thinkingBudget", -1)
+        thoughts = BUDGET_THOUGHT_CAP if budget < 0 else min(budget, BUDGET_THOUGHT_CAP)
+    elif entry.levels is None:
+        thoughts = 0
+    else:
+        thoughts = THOUGHT_TOKENS[thinking.get("thinkingLevel") or entry.default_level]
+    output = _tokens(answer_text)
+    usage = {
+        "promptTokenCount": text + media,
+        "candidatesTokenCount": output,
+        "totalTokenCount": text + media + output + thoughts,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": text}, {"modality": modality, "tokenCount": media}],
+    }
+    if thoughts:
+        usage["thoughtsTokenCount"] = thoughts
+    return usage
+
+
+def _answer_text(body: dict[str, Any]) -> str:
+    candidates = body.get("candidates") or []
+    parts = (candidates[0].get("content") or {}).get("parts") or [] if candidates else []
+    return "".join(part.get("text", "") for part in parts if isinstance(part, dict))
 
 
 def _parts(body: Any) -> list[dict[str, Any]]:

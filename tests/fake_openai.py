@@ -106,6 +106,7 @@ class RecordedRequest:
     answered_at: float | None = None
     delivered: bool | None = None
     fault: str | None = None
+    usage: dict[str, Any] | None = None  # the completion's `usage` answered (None: nothing billed)
 
 
 @dataclass
@@ -296,6 +297,7 @@ class FakeOpenAIServer:
             self._lock.notify_all()
         try:
             answer = _scripted(scripted) if scripted is not None else self._answer(record, body, image)
+            answer = _billed(record, answer)
         except Exception as error:  # a broken request is still answered, and leaves the count
             answer = _json(400, error_body(400, f"Could not process the request: {error}"))
         if self.latency_s > 0:
@@ -444,6 +446,33 @@ class FakeOpenAIServer:
                 if remaining <= 0:
                     break
                 self._lock.wait(remaining)
+
+
+IMAGE_TOKENS = 765  # OpenAI's high-detail price of a 1024 px square image (85 + 4 tiles x 170)
+
+
+def _billed(record: RecordedRequest, answer: _Answer) -> _Answer:
+    """A completion answered in full gets the usage the service would bill: the text at 4 characters a
+    token plus the image, and the answer's text at 4 characters a token (kept in the record)."""
+    if answer.status != 200 or answer.action in ("hang", "reset", "cut"):
+        return answer
+    try:
+        body = json.loads(answer.body)
+    except (ValueError, UnicodeDecodeError):
+        return answer  # a proxy's page: nothing billed
+    if not isinstance(body, dict) or body.get("object") != "chat.completion":
+        return answer
+    content = "".join((choice.get("message") or {}).get("content") or "" for choice in body.get("choices") or [])
+    prompt = -(-len(record.text) // 4) + (IMAGE_TOKENS if record.image_sha256 else 0)
+    completion_tokens = -(-len(content) // 4)
+    body["usage"] = record.usage = {
+        "prompt_tokens": prompt, "completion_tokens": completion_tokens, "total_tokens": prompt + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0},
+    }
+    answer.body = json.dumps(body).encode()
+    return answer
 
 
 def completion(model: str | None, content: str | None, *, finish_reason: str = "stop",

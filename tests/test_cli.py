@@ -29,7 +29,7 @@ def _invoke(args, env=None):
     return CliRunner().invoke(main, ["run", *args], env=env)
 
 
-ERROR_LINE = re.compile(r"^ttsf: error: (--[a-z_]+ \([a-z_.]+\)|[A-Za-z_.]+( \([^)]*\))?): received .+, allowed: .+$")
+ERROR_LINE = re.compile(r"^ttsf: error: (--[a-z_]+ \([a-z_.]+\)|[A-Za-z0-9_.-]+( \([^)]*\))?): received .+, allowed: .+$")
 PYDANTIC_WORDING = ("Input should", "input should", "valid integer", "For further information", "pydantic")
 OK = ["--prompt", PROMPT, "--verifier_to_use", "imagestats"]  # a valid rest of the command line
 NO_KEY = {"GEMINI_API_KEY": ""}
@@ -51,6 +51,27 @@ def config(name, text, *expected, env=None):
 
 INT_1_16 = "allowed: an integer >= 1 and <= 16"
 BAD_INPUTS = [
+    # the verifier's settings and the budget
+    case([*OK, "--verifier_thinking_level", "low"], "--verifier_thinking_level (verifier_args.thinking_level): "
+         "received 'low' with verifier_args.name='imagestats', allowed: unset (only gemini takes it)"),
+    case([*OK, "--verifier_thinking_level", "deep"], "--verifier_thinking_level (verifier_args.thinking_level): "
+         "received 'deep', allowed: one of minimal, low, medium, high"),
+    case([*OK, "--verifier_media_resolution", "4k"], "--verifier_media_resolution (verifier_args.media_resolution): "
+         "received '4k', allowed: one of low, medium, high"),
+    case(["--prompt", PROMPT, "--verifier_thinking_level", "minimal"], "--verifier_thinking_level "
+         "(verifier_args.thinking_level): received 'minimal', allowed: low, medium, high (the levels gemini-3.8-flash "
+         "takes)", env={"GEMINI_API_KEY": "a-key"}),
+    case(["--prompt", PROMPT, "--verifier_model", "gemini-2.0-flash", "--verifier_media_resolution", "low"],
+         "--verifier_media_resolution (verifier_args.media_resolution): received 'low', allowed: unset "
+         "(gemini-2.0-flash takes no media resolution)", env={"GEMINI_API_KEY": "a-key"}),
+    case([*OK, "--max_verifier_requests", "0"],
+         "--max_verifier_requests (budget.max_verifier_requests): received '0', allowed: an integer >= 1"),
+    case([*OK, "--max_verifier_cost", "-2"],
+         "--max_verifier_cost (budget.max_verifier_cost_usd): received '-2', allowed: a number > 0"),
+    case([*OK, "--max_verifier_cost", "lots"],
+         "--max_verifier_cost (budget.max_verifier_cost_usd): received 'lots', allowed: a number > 0"),
+    config("prices.json", '{"prices": {"gemini-3.8-flash": {"input_per_1m_usd": -1, "output_per_1m_usd": 1}}}',
+           "prices.gemini-3.8-flash.input_per_1m_usd: received -1, allowed: a number >= 0"),
     # flags: out of range, wrong type, not one of the choices
     case([*OK, "--search_rounds", "0"], f"--search_rounds (search_args.search_rounds): received '0', {INT_1_16}"),
     case([*OK, "--search_rounds", "17"], f"--search_rounds (search_args.search_rounds): received '17', {INT_1_16}"),

@@ -2,7 +2,7 @@
 
 Every fault kind of `fake_gemini.FaultSchedule` is sent to the real client
 (`genai.Client(api_key=..., http_options=types.HttpOptions(base_url=..., timeout=ms))`,
-`client.models.generate_content(model="gemini-2.0-flash", contents=[text part, PNG part],
+`client.models.generate_content(model=DEFAULT_GEMINI_MODEL, contents=[text part, PNG part],
 config=<the verifier's JSON-schema config>)`), and what comes back is asserted exactly: the
 verifier's error classification is built on these observations. The SDK's own retry is off (its
 default), so each call is one request. Transport errors come from the HTTP library the SDK runs
@@ -69,10 +69,11 @@ from fake_gemini import (
     expected_grades,
 )
 from ttsf_core.verifiers.base import METRIC_NAMES, Grades
+from ttsf_core.verifiers.gemini_models import DEFAULT_GEMINI_MODEL
 
 pytestmark = pytest.mark.timeout(60)
 KEY = "fault-test-key"
-MODEL = "gemini-2.0-flash"
+MODEL = DEFAULT_GEMINI_MODEL
 
 
 # ----- helpers -----
@@ -558,7 +559,8 @@ def test_models_get(api_version):
         [record] = server.metadata_requests
         assert server.requests == [] and server.call_count == 0  # not a generateContent request
     assert model.name == f"models/{MODEL}"
-    assert model.display_name and model.supported_actions == ["generateContent"]
+    assert model.display_name and "generateContent" in model.supported_actions
+    assert model.thinking is True  # today's models say whether they think
     assert record.path == f"/{api_version or 'v1'}/models/{MODEL}"  # the SDK's default version is v1
     assert (record.model, record.api_key, record.status) == (MODEL, KEY, 200)
 
@@ -577,10 +579,10 @@ def test_models_get_checks_the_key(status, name):
 
 
 def test_unknown_model_is_404_for_models_get_and_generate_content():
-    with FakeGeminiServer(known_models=[MODEL, "models/gemini-2.5-pro"]) as server:
+    with FakeGeminiServer(known_models=[MODEL, "models/gemini-3.1-pro-preview"]) as server:
         client = client_for(server)
         try:
-            assert client.models.get(model="gemini-2.5-pro").name == "models/gemini-2.5-pro"
+            assert client.models.get(model="gemini-3.1-pro-preview").name == "models/gemini-3.1-pro-preview"
             with pytest.raises(errors.ClientError) as caught:
                 client.models.get(model="gemini-nope")
             with pytest.raises(errors.ClientError) as generating:

@@ -47,12 +47,13 @@ def _report(run_dir) -> pd.DataFrame:
     return frame.drop(columns=["best_img_path"])
 
 
-def _read_artifact(key: str):
+def _read_artifact(key: str, flow_run_id=None):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
+    run = ArtifactFilterFlowRunId(any_=[flow_run_id]) if flow_run_id is not None else None
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]), flow_run_id=run))
     return found[0] if found else None
 
 
@@ -220,3 +221,23 @@ def test_generation_overlaps_verification(tmp_path, monkeypatch):
                for v_start, v_end in SleepyVerifier.intervals for g_start, g_end in generating)
     # ...so the whole takes well under generating then grading, round after round.
     assert wall < 0.75 * (generation + verification)
+
+
+def test_a_budget_ends_the_flow_completed_with_budget_reached_and_costs_shown(tmp_path):
+    from prefect.context import FlowRunContext  # noqa: F401 - the flow runs under the session's harness
+
+    with FakeGeminiServer() as server:
+        config = _config(tmp_path, server, budget={"max_verifier_requests": 10})
+        state = search_dataset(config, return_state=True)
+        asked = server.call_count
+        billed = [r.usage for r in server.requests if r.usage]
+    assert state.is_completed(), state.message
+    # Rounds in order over both batches: every prompt's round 1 (2 each: 6), then round 2 (4 each) fits once.
+    assert asked == len(billed) == 10
+    counts = state.result()["counts"]
+    assert (counts["verifier_requests"], counts["rounds_over_budget"], counts["prompts_over_budget"]) == (10, 2, 2)
+    key = f"ttsf-{config.identity_hash()}"  # the same search as other tests here: this run's own artifacts
+    status = _read_artifact(f"{key}-status", state.state_details.flow_run_id).data
+    assert "budget reached" in status and "10 of 10 requests" in status and "cost so far" in status
+    summary = _read_artifact(f"{key}-summary", state.state_details.flow_run_id).data
+    assert "**Budget reached**" in summary and "Grading cost: 10 verifier requests" in summary

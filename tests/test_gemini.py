@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fake_gemini import FakeGeminiServer, expected_grades, google_error_body
+from fake_gemini import FakeGeminiServer, expected_grades, google_error_body, thinking_config
 from ttsf_core.config import VerifierArgs
 from ttsf_core.verifiers.base import (
     METRIC_NAMES,
@@ -147,12 +147,16 @@ def test_default_model_and_generation_config(verifiers):
     with FakeGeminiServer() as server:
         verifiers(server, max_new_tokens=321).score("a lighthouse at dusk", distinct_images(1))
         [record] = server.requests
-    assert record.model == GeminiVerifier.DEFAULT_MODEL == "gemini-2.0-flash"
+    assert record.model == GeminiVerifier.DEFAULT_MODEL == "gemini-3.8-flash"
     assert "<prompt>a lighthouse at dusk</prompt>" in record.prompt_text
     assert "0 to 10" in record.prompt_text
     config = record.body["generationConfig"]
     assert config["responseMimeType"] == "application/json"
-    assert config["temperature"] == 0
+    # Gemini 3: temperature left at its default (Google's guidance), the lowest thinking level it takes
+    # (3.8 Flash refuses MINIMAL), the model's own media resolution.
+    assert "temperature" not in config
+    assert thinking_config(record.body) == {"thinkingLevel": "LOW"}
+    assert "mediaResolution" not in config
     assert config["maxOutputTokens"] == 321
     schema = json.dumps(config["responseSchema"])
     # The Gemini Developer API rejects additionalProperties in responseSchema with a 400.

@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from ttsf_core.config import ConfigError, build_config, merge, read_config_file
 from ttsf_core.verifiers.base import METRIC_NAMES
+from ttsf_core.verifiers.gemini_models import DEFAULT_GEMINI_MODEL
 
 # flag -> (path in RunConfig, help). Values reach pydantic as given, so every flag is validated,
 # and reported, the same way as the same field in a config file.
@@ -49,7 +50,18 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "verifier_to_use": (("verifier_args", "name"), "gemini, qwen, openai, imagestats, clip, pickscore, "
                         "laion_aesthetic, image_reward, an installed plugin, or several comma-separated (an "
                         "ensemble) [gemini]."),
-    "verifier_model": (("verifier_args", "model_name"), "The verifier's model [its own default]."),
+    "verifier_model": (("verifier_args", "model_name"), "The verifier's model [its own default; gemini: "
+                       f"{DEFAULT_GEMINI_MODEL}]."),
+    "verifier_thinking_level": (("verifier_args", "thinking_level"), "gemini: minimal, low, medium or high: how much "
+                                "the model thinks before grading (thought tokens are billed as output) [the lowest "
+                                "level the model takes]."),
+    "verifier_media_resolution": (("verifier_args", "media_resolution"), "gemini: low, medium or high: the tokens an "
+                                  "image costs (about 280/560/1120 on Gemini 3) [the model's own]."),
+    "max_verifier_requests": (("budget", "max_verifier_requests"), "Stop each prompt before the first round that "
+                              "would take the verifier requests this run makes past N (rounds in order; finished "
+                              "rounds are kept) [no limit]."),
+    "max_verifier_cost": (("budget", "max_verifier_cost_usd"), "The same, in US dollars at the price table's prices "
+                          "(ttsf estimate shows them) [no limit]."),
     "choice_of_metric": (("verifier_args", "choice_of_metric"),
                          "Metric that picks each round's best: one the verifier scores (VLM graders: "
                          f"{', '.join(METRIC_NAMES)}; clip: clip_score; an ensemble: ensemble) [its default]."),
@@ -188,6 +200,21 @@ def run_command(executor: str, **options: Any) -> None:
     except ConfigError as error:
         fail(str(error))
     run_and_print(config, executor)
+
+
+@main.command("estimate", cls=RunCommand, context_settings={"allow_extra_args": True})
+@run_options
+@click.option("--executor", default="prefect", show_default=True, help="As for `ttsf run` (ignored here).")
+def estimate_command(executor: str, **options: Any) -> None:
+    """Print what `ttsf run` with the same flags would spend (images, denoiser evaluations, verifier
+    requests, tokens, cost), before anything runs: nothing is generated, graded or sent."""
+    from ttsf.cli_estimate import estimate_and_print
+
+    try:
+        config = config_from_options(options)
+    except ConfigError as error:
+        fail(str(error))
+    estimate_and_print(config)
 
 
 @main.command("report")

@@ -79,11 +79,38 @@ def _run_locked(prepared, executor: str, fail) -> None:
         click.echo(f"This run generated {counts['images_generated']} images and graded {counts['images_graded']} "
                    f"({counts['images_found']} images and {counts['grades_found']} grades were already stored; "
                    f"{counts['rounds_skipped']} rounds already recorded)."
-                   + _grading_trouble(counts))
+                   + _grading_trouble(counts) + billed_line(counts))
     from ttsf_core.report import build_report
 
-    build_report(prepared.layout.run_dir, only_if_changed=True)
-    print_summary(prepared.layout.run_dir)
+    if pending_rounds(prepared) < len(prepared.prompts) * config.search_args.search_rounds:  # a round to report
+        build_report(prepared.layout.run_dir, only_if_changed=True)
+        print_summary(prepared.layout.run_dir)
+    if pending and counts.get("rounds_over_budget"):
+        click.echo(budget_line(config, counts))
+
+
+def billed_line(counts: dict) -> str:
+    """What this run was billed for by API graders (nothing for a verifier that is not billed)."""
+    if not counts.get("verifier_requests"):
+        return ""
+    cost = f"${counts['cost_usd']:.4f}" + (f" (and {counts['unpriced_requests']} requests of a model without a price)"
+                                          if counts.get("unpriced_requests") else "")
+    return (f" Billed: {counts['verifier_requests']} verifier requests, {counts['prompt_tokens']:,} prompt, "
+            f"{counts['thought_tokens']:,} thought and {counts['output_tokens']:,} answer tokens: {cost}.")
+
+
+def budget_line(config: RunConfig, counts: dict) -> str:
+    """The last line of a run the budget stopped: what it spent of what, what was not run, how to go on."""
+    budget, spent = config.budget, []
+    if budget.max_verifier_requests is not None:
+        spent.append(f"{counts.get('verifier_requests', 0)} of {budget.max_verifier_requests} verifier requests")
+    if budget.max_verifier_cost_usd is not None:
+        spent.append(f"${counts.get('cost_usd', 0.0):.4f} of ${budget.max_verifier_cost_usd:g}")
+    rounds, prompts = counts["rounds_over_budget"], counts.get("prompts_over_budget", 0)
+    return (f"Budget reached: this run spent {' and '.join(spent)}; {rounds} round{'s' * (rounds != 1)} of {prompts} "
+            f"prompt{'s' * (prompts != 1)} not run (each stopped before the first round that would go over). "
+            "Finished rounds are kept: run again with a larger --max_verifier_requests / --max_verifier_cost, or "
+            "none, to pay only for the rounds not yet done.")
 
 
 def _grading_trouble(counts: dict) -> str:
@@ -214,7 +241,7 @@ def _preload(runtime, config: RunConfig) -> None:
 
 
 def print_summary(run_dir: Path) -> None:
-    from ttsf_core.report import REPORT_DIRNAME, report_dataframe
+    from ttsf_core.report import REPORT_DIRNAME, cost_lines, report_dataframe
 
     frame = report_dataframe(run_dir)
     by_round = frame.groupby("search_round").agg(images=("images_generated", "mean"), nfe=("nfe_so_far", "mean"),
@@ -224,6 +251,8 @@ def print_summary(run_dir: Path) -> None:
     for search_round, row in by_round.iterrows():
         click.echo(f"  round {search_round}: {row['images']:g} images ({row['nfe']:g} NFEs) a prompt so far, "
                    f"mean best score {row['mean_best']:.3f}")
+    for line in cost_lines(frame):
+        click.echo(line)
     click.echo(f"Report: {run_dir / REPORT_DIRNAME}")
     click.echo(f"Output: {run_dir}")
 

@@ -164,7 +164,7 @@ class VerifierArgs(_Frozen):
 
     # One verifier, or an ensemble of several, comma-separated ("clip,image_reward,laion_aesthetic").
     name: str = "gemini"
-    # None: the verifier's own default model (gemini-2.0-flash for gemini, Qwen2.5-VL-7B for qwen).
+    # None: the verifier's own default model (gemini: gemini_models.DEFAULT_GEMINI_MODEL; qwen: Qwen2.5-VL-7B).
     model_name: str | None = None
     # None: the verifier's own default metric (overall_score for VLM graders, its one metric for a
     # scalar reward, "ensemble" for an ensemble); checked against the verifier's metrics up front.
@@ -182,6 +182,11 @@ class VerifierArgs(_Frozen):
     # Sampling seed for graders whose API takes one (tt-scale-flux's `seed`; gemini, openai); qwen decodes
     # greedily and needs none.
     seed: int | None = Field(None, ge=0, lt=2**63)
+    # Gemini: how much the model thinks before it grades (thinking_level on Gemini 3, a thinking budget
+    # on 2.5). None: the lowest level the model takes (grading one picture needs no long reasoning).
+    thinking_level: Literal["minimal", "low", "medium", "high"] | None = None
+    # Gemini: the tokens an image costs (about 280/560/1120 on Gemini 3). None: the model's own.
+    media_resolution: Literal["low", "medium", "high"] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("device", mode="before")
@@ -199,7 +204,14 @@ class VerifierArgs(_Frozen):
             identity["rubric_sha256"] = hashlib.sha256(self._rubric_bytes()).hexdigest()
         if self.seed is not None:
             identity["seed"] = self.seed
-        return identity
+        return identity | self._sent_settings()
+
+    def _sent_settings(self) -> dict[str, Any]:
+        """What the verifier resolves from these args and sends beyond them (a default model, the
+        thinking and media settings it sends): they change grades, so they are part of the identity."""
+        from ttsf_core.verifiers.registry import grading_settings_for  # the registry imports this module
+
+        return grading_settings_for(self)
 
     def _reads_rubric(self) -> bool:
         """A grader that reads the rubric (gemini, qwen, openai, or an ensemble holding one): its grades
@@ -360,6 +372,28 @@ class DispatchArgs(_Frozen):
     batch_timeout_s: float = Field(24 * 3600, gt=0)
 
 
+class BudgetArgs(_Frozen):
+    """What one invocation may spend on the verifier. Rounds are taken in order (every prompt's round 1,
+    then round 2, ...); a prompt stops before the first round that would go over, finished rounds are
+    recorded and the report written. None: no limit."""
+
+    # Answers billed by an API grader (an answer asked again because it did not fit counts too).
+    max_verifier_requests: int | None = Field(None, ge=1)
+    # US dollars at the price table's prices (ttsf_core/prices.toml and `prices`).
+    max_verifier_cost_usd: float | None = Field(None, gt=0)
+
+    def limited(self) -> bool:
+        return self.max_verifier_requests is not None or self.max_verifier_cost_usd is not None
+
+
+class PriceOverride(_Frozen):
+    """A model's price per 1M tokens, over the shipped table (ttsf_core/prices.toml)."""
+
+    input_per_1m_usd: float = Field(ge=0)
+    output_per_1m_usd: float = Field(ge=0)  # answer and thought tokens
+    batch_discount: float = Field(0.0, ge=0, lt=1)
+
+
 class RunConfig(_Frozen):
     """Everything one run needs. Only `search_identity()` fields decide what the images are."""
 
@@ -394,6 +428,10 @@ class RunConfig(_Frozen):
     verifier_retry_backoff_s: float = Field(2.0, ge=0, le=600)
     task_workers: int = Field(16, ge=1, le=256)
     dispatch: DispatchArgs = Field(default_factory=DispatchArgs)
+    # What this invocation may spend on the verifier, and the prices it is counted at (neither changes
+    # an image or a grade).
+    budget: BudgetArgs = Field(default_factory=BudgetArgs)
+    prices: dict[str, PriceOverride] = Field(default_factory=dict)
     # Where OUTPUT_DIR is served over HTTP (e.g. by `ttsf serve`), so the Prefect UI can link full-size
     # images; without it the UI shows thumbnails only. Decides nothing about images or grades.
     output_url: str | None = None
@@ -559,10 +597,15 @@ def _locate(loc: tuple) -> tuple[str, FieldInfo | None, type[BaseModel]]:
     model: type[BaseModel] = RunConfig
     names: list[str] = []
     info = None
-    for part in loc:
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
         names.append(str(part))
         info = model.model_fields.get(str(part))
         annotation = info.annotation if info else None
+        if get_origin(annotation) is dict and parts:  # {name: Model}: the key, then the model's fields
+            names.append(str(parts.pop(0)))
+            annotation = get_args(annotation)[1]
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             break
         model = annotation

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ttsf_core.budget import Allowance
 from ttsf_core.candidates import Candidate
 from ttsf_core.config import RunConfig
 from ttsf_core.jobs import FinishJob, GenerateJob, GradeJob, GradeResult
@@ -64,10 +65,34 @@ class BatchCounts:
     rate_limited: int = 0  # verifier requests refused with a 429
     retries: int = 0  # grading attempts beyond each chunk's first
     retry_wait_s: float = 0.0  # time grading waited before asking again
+    # What this run was billed for by API graders (answers that did not fit included).
+    verifier_requests: int = 0
+    prompt_tokens: int = 0
+    image_tokens: int = 0
+    thought_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0  # at the price table's prices
+    unpriced_requests: int = 0  # billed answers of a model without a price (not in cost_usd)
+    rounds_over_budget: int = 0  # rounds not started because the budget would not cover them
+    prompts_over_budget: int = 0  # prompts stopped before one of their rounds by the budget
 
     def add(self, other: "BatchCounts") -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.cost_usd = round(self.cost_usd, 9)
+
+    def bill(self, usage, cost_usd: float | None) -> None:
+        """Count a grade job's billed answers (ttsf_core.verifiers.base.Usage) and their price."""
+        for entry in usage:
+            self.verifier_requests += entry.requests
+            self.prompt_tokens += entry.prompt_tokens
+            self.image_tokens += entry.image_tokens
+            self.thought_tokens += entry.thought_tokens
+            self.output_tokens += entry.output_tokens
+        if cost_usd is None:
+            self.unpriced_requests += sum(entry.requests for entry in usage)
+        else:
+            self.cost_usd = round(self.cost_usd + cost_usd, 9)
 
 
 @dataclass
@@ -83,6 +108,8 @@ class BatchOutcome:
     failures: list[RoundFailure]
     counts: BatchCounts
     unfinished_prompts: list[int]
+    # prompt index -> the first round it did not run because of the budget (its later ones neither)
+    over_budget: dict[int, int] = field(default_factory=dict)
 
     def raise_first(self) -> None:
         if self.failures:
@@ -117,14 +144,18 @@ class SearchEngine:
         self.layout = RunLayout(config)
         self.store = Store(config)
 
-    def run_batch(self, prompts: list[tuple[int, str]]) -> BatchOutcome:
-        return _BatchRun(self, prompts).run()
+    def run_batch(self, prompts: list[tuple[int, str]], allowance: Allowance | None = None) -> BatchOutcome:
+        """Search the prompts. `allowance` (ttsf_core.budget): the rounds the budget gives each prompt,
+        and the most this batch may spend (a hard stop should estimates prove low)."""
+        return _BatchRun(self, prompts, allowance).run()
 
 
 class _BatchRun:
-    def __init__(self, engine: SearchEngine, prompts: list[tuple[int, str]]):
+    def __init__(self, engine: SearchEngine, prompts: list[tuple[int, str]], allowance: Allowance | None):
         self.engine, self.strategy, self.store = engine, engine.strategy, engine.store
         self.prompts = dict(prompts)
+        self.allowance = allowance
+        self.over_budget: dict[int, int] = {}
         self.events: queue.Queue = queue.Queue()
         self.generation_queue: deque[tuple[_Round, GenerateJob]] = deque()
         self.generating = 0
@@ -142,7 +173,10 @@ class _BatchRun:
         for index, prompt in self.prompts.items():
             for search_round in rounds:
                 record = read_round_record(self.engine.layout.record_path(prompt, search_round))
-                if record is None:
+                if record is None and not self._allowed(index, search_round):
+                    self.over_budget.setdefault(index, search_round)
+                    self.counts.rounds_over_budget += 1
+                elif record is None:
                     self.todo.setdefault(index, deque()).append(search_round)
                 else:
                     self.history[index].append(record)
@@ -169,7 +203,14 @@ class _BatchRun:
         unfinished = sorted(index for index in self.prompts
                             if len({r.search_round for r in self.history[index]}) < len(rounds))
         records = sorted(self.records, key=lambda r: (r.prompt_index, r.search_round))
-        return BatchOutcome(records, self.failures, self.counts, unfinished)
+        self.counts.prompts_over_budget = len(self.over_budget)
+        return BatchOutcome(records, self.failures, self.counts, unfinished, dict(sorted(self.over_budget.items())))
+
+    def _allowed(self, prompt_index: int, search_round: int) -> bool:
+        return self.allowance is None or self.allowance.allows(prompt_index, search_round)
+
+    def _budget_spent(self) -> bool:
+        return self.allowance is not None and self.allowance.spent_out(self.counts)
 
     # -- plan ----------------------------------------------------------------------------------
 
@@ -218,6 +259,9 @@ class _BatchRun:
     # -- generate ------------------------------------------------------------------------------
 
     def _pump(self) -> None:
+        if self.generation_queue and self._budget_spent():
+            while self.generation_queue:  # no image is made that could not be graded
+                self._stop_for_budget(self.generation_queue.popleft()[0])
         while self.generation_queue and self.generating < GENERATIONS_IN_FLIGHT and not self.aborted:
             work, job = self.generation_queue.popleft()
             self.generating += 1
@@ -246,6 +290,9 @@ class _BatchRun:
             return
         work.verdicts = [self.store.find_grade(work.prompt, image.sha256) for image in work.images]
         missing = [position for position, verdict in enumerate(work.verdicts) if verdict is None]
+        if missing and self._budget_spent():
+            self._stop_for_budget(work)
+            return
         self.counts.grades_found += len(work.verdicts) - len(missing)
         size = self.engine.grade_chunk
         chunks = [missing[start : start + size] for start in range(0, len(missing), size)]
@@ -263,13 +310,17 @@ class _BatchRun:
         try:
             result: GradeResult = future.result()
         except Exception as error:  # noqa: BLE001 - recorded; the batch goes on
-            self._count_attempts(**getattr(error, "grading_stats", {}))
+            stats = dict(getattr(error, "grading_stats", {}))
+            usage = stats.pop("usage", ())
+            self.counts.bill(usage, self.store.prices.cost(usage))
+            self._count_attempts(**stats)
             self._fail(work, error)
             return
         for position, verdict in zip(positions, result.verdicts, strict=True):
             work.verdicts[position] = verdict
         self.counts.images_graded += result.asked
         self.counts.grades_found += len(positions) - result.asked
+        self.counts.bill(result.usage, result.cost_usd)
         self._count_attempts(result.attempts, result.rate_limited, result.waited_s)
         self.engine.observer.images_graded(len(positions))
         if work.outstanding == 0 and not work.failed:
@@ -281,7 +332,8 @@ class _BatchRun:
         self.counts.retry_wait_s = round(self.counts.retry_wait_s + waited_s, 3)
 
     def _stage_graded(self, work: _Round) -> None:
-        work.graded += [GradedCandidate(candidate=c, image=i, grades=v.grades, ungradeable=v.ungradeable)
+        work.graded += [GradedCandidate(candidate=c, image=i, grades=v.grades, ungradeable=v.ungradeable,
+                                        usage=v.usage, cost_usd=v.cost_usd)
                         for c, i, v in zip(work.stage, work.images, work.verdicts, strict=True)]
         self.counts.images_ungradeable += sum(v.ungradeable is not None for v in work.verdicts)
         self._advance(work)
@@ -306,6 +358,18 @@ class _BatchRun:
     def _submit(self, future: Future, handler: Callable, work: Any) -> None:
         self.in_flight += 1
         future.add_done_callback(lambda done: self.events.put((handler, work, done)))
+
+    def _stop_for_budget(self, work: _Round) -> None:
+        """The budget is spent (estimates proved low): this round and the prompt's later ones are not
+        graded. Its images and any grades already made are stored, so a later run pays only the rest."""
+        if work.failed:
+            return
+        work.failed = True
+        rounds = self.engine.config.search_args.search_rounds
+        self.over_budget[work.prompt_index] = min(self.over_budget.get(work.prompt_index, rounds + 1),
+                                                  work.search_round)
+        later = self.todo.pop(work.prompt_index, deque())
+        self.counts.rounds_over_budget += 1 + len(later)
 
     def _fail(self, work: _Round, error: BaseException) -> None:
         if work.failed:

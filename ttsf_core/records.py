@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from ttsf_core.candidates import Candidate, NoiseSpec, Role, Seed, Stage
 from ttsf_core.config import RunConfig
 from ttsf_core.files import prompt_dirname, safe_slug, write_json
-from ttsf_core.verifiers.base import Grades
+from ttsf_core.verifiers.base import Grades, Usage
 
 RECORD_GLOB = "prompts/*/round_*.json"
 
@@ -43,6 +43,10 @@ class CandidateRecord(BaseModel):
     ungradeable: str | None = None  # why the verifier never graded it (then score and grades are None)
     batch: tuple[NoiseSpec, ...] = ()
     batch_position: int = 0
+    # What grading it cost: the model version that answered, its tokens, and their price when graded
+    # (None: a verifier without a price, or a grade made before ttsf recorded usage).
+    usage: tuple[Usage, ...] = ()
+    cost_usd: float | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -41,6 +41,18 @@ BASE_COLUMNS: tuple[str, ...] = (
     "choice_of_metric",
     "best_img_path",
     "ungradeable",
+    # What grading the round's new images cost (an image already graded in an earlier round of the
+    # prompt, a carried zero-order pivot, is counted there): billed requests, tokens, dollars at the
+    # prices of the day each grade was made (NaN when a model had no price), and the models that answered
+    # with their requests ("gemini-3.8-flash:16").
+    "verifier_requests",
+    "prompt_tokens",
+    "image_tokens",
+    "thought_tokens",
+    "output_tokens",
+    "verifier_cost_usd",
+    "verifier_cost_so_far",
+    "model_versions",
 )
 # Then one column per metric the verifier scores (the rubric's six aspects for VLM graders).
 COLUMNS: tuple[str, ...] = BASE_COLUMNS + METRIC_NAMES
@@ -71,7 +83,7 @@ def report_dataframe(run_dir: str | Path) -> pd.DataFrame:
     found = iter_round_records(run_dir)
     if not found:
         raise ValueError(f"no round records under {run_dir} (looked for {run_dir}/prompts/*/round_*.json)")
-    rows = [_row(path, record) for path, record in found]
+    rows = [_row(path, record) | cost for (path, record), cost in zip(found, _round_costs([r for _, r in found]))]
     metrics = list(dict.fromkeys(name for row in rows for name in row if name not in BASE_COLUMNS))
     frame = pd.DataFrame(rows, columns=list(BASE_COLUMNS) + metrics)
     _check_unique_rounds(frame, run_dir)
@@ -83,6 +95,8 @@ def report_dataframe(run_dir: str | Path) -> pd.DataFrame:
     for column in ("best_noise_seed", "best_index"):  # 63-bit seeds stay exact; a missing best is <NA>
         frame[column] = frame[column].astype("Int64")
     frame["best_so_far"] = by_prompt["best_score"].cummax()
+    frame["verifier_cost_so_far"] = by_prompt["verifier_cost_usd"].cumsum(skipna=False)
+    frame["model_versions"] = frame["model_versions"].astype("str")
     return frame
 
 
@@ -108,6 +122,78 @@ def _row(path: Path, record: RoundRecord) -> dict:
         "ungradeable": record.ungradeable,
         **(best.grades.scores() if best and best.grades else {}),
     }
+
+
+def _round_costs(records: list[RoundRecord]) -> list[dict]:
+    """For each record (in prompt, round order): what grading its prompt's images new in this round cost."""
+    seen: dict[int, set] = {}
+    costs = []
+    for record in records:
+        graded = seen.setdefault(record.prompt_index, set())
+        new = [c for c in record.candidates if c.image_sha256 not in graded]
+        graded.update(c.image_sha256 for c in new)
+        usage = [entry for candidate in new for entry in candidate.usage]
+        unpriced = any(candidate.usage and candidate.cost_usd is None for candidate in new)
+        costs.append({
+            "verifier_requests": sum(entry.requests for entry in usage),
+            **{name: sum(getattr(entry, name) for entry in usage) for name in _TOKEN_COLUMNS},
+            "verifier_cost_usd": float("nan") if unpriced else round(sum(c.cost_usd or 0.0 for c in new), 9),
+            "verifier_cost_so_far": 0.0,
+            "model_versions": _versions_text(usage),
+        })
+    return costs
+
+
+_TOKEN_COLUMNS = ("prompt_tokens", "image_tokens", "thought_tokens", "output_tokens")
+
+
+def _versions_text(usage) -> str:
+    """"model:requests, ..." for the models that answered (sorted by name)."""
+    counts: dict[str, int] = {}
+    for entry in usage:
+        counts[entry.billed_model] = counts.get(entry.billed_model, 0) + entry.requests
+    return ", ".join(f"{name}:{count}" for name, count in sorted(counts.items())) or None
+
+
+def cost_summary(frame: pd.DataFrame) -> dict:
+    """A run's grading cost: requests, tokens, dollars (None when some model had no price), the models
+    that answered with their requests, and the dollars per point of best score gained after round 1."""
+    priced = bool(frame["verifier_cost_usd"].notna().all())
+    total = round(float(frame["verifier_cost_usd"].sum()), 9) if priced else None
+    versions: dict[str, int] = {}
+    for text in frame["model_versions"].dropna():
+        for item in filter(None, str(text).split(", ")):
+            name, _, count = item.rpartition(":")
+            versions[name] = versions.get(name, 0) + int(count)
+    by_prompt = frame.sort_values("search_round").groupby("prompt_index")
+    first, last = by_prompt.first(), by_prompt.last()
+    gain = float((last["best_so_far"] - first["best_score"]).sum())
+    after_first = float((last["verifier_cost_so_far"] - first["verifier_cost_so_far"]).sum()) if priced else None
+    return {"requests": int(frame["verifier_requests"].sum()),
+            **{name: int(frame[name].sum()) for name in _TOKEN_COLUMNS},
+            "cost_usd": total, "model_versions": versions,
+            "usd_per_point": (round(after_first / gain, 6) if after_first is not None and gain > 0 else None),
+            "points_gained": round(gain / max(frame["prompt_index"].nunique(), 1), 6)}
+
+
+def cost_lines(frame: pd.DataFrame) -> list[str]:
+    """The cost summary in plain sentences (terminal, markdown and HTML alike)."""
+    found = cost_summary(frame)
+    if not found["requests"]:
+        return []
+    cost = "unknown (a model without a price: add it to the config's prices)" if found["cost_usd"] is None \
+        else f"${found['cost_usd']:.4f}"
+    lines = [f"Grading cost: {found['requests']} verifier requests, {found['prompt_tokens']:,} prompt tokens "
+             f"({found['image_tokens']:,} of them images), {found['thought_tokens']:,} thought and "
+             f"{found['output_tokens']:,} answer tokens: {cost}."]
+    if found["usd_per_point"] is not None:
+        lines.append(f"After round 1: ${found['usd_per_point']:.4f} per point of best score gained "
+                     f"({found['points_gained']:+.3f} points a prompt).")
+    if len(found["model_versions"]) > 1:
+        shown = ", ".join(f"{name} ({count} requests)" for name, count in found["model_versions"].items())
+        lines.append(f"Warning: the grades come from {len(found['model_versions'])} model versions ({shown}): an "
+                     "alias moved during the run, so its scores are not all comparable.")
+    return lines
 
 
 def _distinct_images_so_far(records: list[RoundRecord]) -> list[int]:
@@ -324,6 +410,7 @@ td.prompt {{ text-align: left; max-width: 28em; white-space: pre-wrap; }}
 <h1>ttsf report</h1>
 <p class="meta">run folder: <code>{esc(str(run_dir.absolute()))}</code> · metric: {esc(_metric_label(frame))} ·
 prompts: {frame["prompt_index"].nunique()}</p>
+{_html_costs(frame)}
 <h2>Scaling curve</h2>
 <img src="{curve}" alt="scaling curve">
 <h2>Best image per round</h2>
@@ -334,6 +421,13 @@ prompts: {frame["prompt_index"].nunique()}</p>
 </tbody></table>
 </body></html>
 """
+
+
+def _html_costs(frame: pd.DataFrame) -> str:
+    lines = cost_lines(frame)
+    if not lines:
+        return ""
+    return "<h2>What grading cost</h2>\n" + "\n".join(f"<p>{html.escape(line)}</p>" for line in lines)
 
 
 def _html_prompt_row(prompt_rows: pd.DataFrame, rounds: list[int]) -> str:
@@ -383,6 +477,7 @@ def summary_markdown(frame: pd.DataFrame, run_dir: str | Path) -> str:
         f"Gain from round {per_round.index[0]} to round {per_round.index[-1]}: "
         f"{first['best_score']:.3f} → {last['best_score']:.3f} ({gain:+.3f}); "
         f"best so far reaches {last['best_so_far']:.3f}.",
+        *(["", *cost_lines(frame)] if cost_lines(frame) else []),
         "",
         f"Files in `{folder}`: report.html, report.csv, report.parquet, scaling_curve.png, "
         "best_images.zip, collages/",

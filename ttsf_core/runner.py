@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ttsf_core.config import ConfigError, RunConfig
+from ttsf_core.budget import Allowance
 from ttsf_core.engine import BatchOutcome, Observer, SearchEngine
+from ttsf_core.estimate import budget_allowance
 from ttsf_core.executors import ThreadExecutor
 from ttsf_core.files import probe_writable, sweep_temp_files, write_json
 from ttsf_core.pipelines import check_devices, check_resolution, prompt_length_warnings
@@ -38,6 +40,7 @@ class PreparedRun:
     verifier: Verifier
     strategy: Strategy
     warnings: list[str] = field(default_factory=list)  # worth saying, not worth stopping for
+    allowance: Allowance | None = None  # the rounds the budget gives each prompt (None: no budget)
 
     def indexed_prompts(self) -> list[tuple[int, str]]:
         return list(enumerate(self.prompts))
@@ -62,9 +65,19 @@ def prepare_run(config: RunConfig, prompts: list[str] | None = None) -> Prepared
     store = Store(config)
     for folder in (layout.run_dir, store.images_dir, store.grades_dir):
         sweep_temp_files(folder)  # leftovers of writes a kill interrupted
+    strategy = build_strategy(config)
+    allowance = budget_allowance(config, prompts, strategy, store, config.budget.limited() and is_video_model(config))
     write_config(layout, config)
-    return PreparedRun(config=config, layout=layout, prompts=prompts, verifier=verifier,
-                       strategy=build_strategy(config), warnings=warnings)
+    return PreparedRun(config=config, layout=layout, prompts=prompts, verifier=verifier, strategy=strategy,
+                       warnings=warnings, allowance=allowance)
+
+
+def is_video_model(config: RunConfig) -> bool:
+    """Whether the model makes videos (its pipeline class, read from model_index.json without weights)."""
+    from ttsf_core.pipelines.families import family_of
+    from ttsf_core.pipelines.signature import pipeline_class_name
+
+    return family_of(pipeline_class_name(config.pretrained_model_name_or_path)).video
 
 
 def check_video_grading(config: RunConfig, verifier: Verifier) -> None:
@@ -77,15 +90,17 @@ def check_video_grading(config: RunConfig, verifier: Verifier) -> None:
 
 def check_verifier_access(verifier: Verifier) -> list[str]:
     """A verifier that can check its credentials cheaply (`check_access`) does so now: a rejected key
-    stops the run before any model loads; an unreachable service is only a warning (grading retries)."""
+    or a model no longer served stops the run before any model loads; an unreachable service is only a
+    warning (grading retries), as is what the verifier itself says is worth knowing (`access_warnings`)."""
+    said = list(getattr(verifier, "access_warnings", lambda: [])())
     check = getattr(verifier, "check_access", None)
     if check is None:
-        return []
+        return said
     try:
         check()
     except RetryableVerifierError as error:
-        return [f"the verifier could not be checked now ({error}); grading will retry"]
-    return []
+        return said + [f"the verifier could not be checked now ({error}); grading will retry"]
+    return said
 
 
 def write_config(layout: RunLayout, config: RunConfig) -> None:
@@ -126,5 +141,5 @@ def run(config: RunConfig | PreparedRun, generator: "CandidateGenerator | None" 
     with ThreadExecutor(config, prepared.verifier, load_generator, prepared.strategy) as executor:
         engine = SearchEngine(config, executor, grade_chunk=verifier_batch_size(prepared.verifier),
                               observer=observer, strategy=prepared.strategy)
-        outcome = engine.run_batch(prepared.indexed_prompts())
+        outcome = engine.run_batch(prepared.indexed_prompts(), prepared.allowance)
     return prepared, outcome

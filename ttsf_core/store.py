@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 from PIL import Image
@@ -26,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.config import RunConfig, digest
+from ttsf_core.costs import price_table
 from ttsf_core.files import atomic_write_bytes, file_sha256, prompt_dirname, safe_slug, write_json, write_png
-from ttsf_core.verifiers.base import Grades
+from ttsf_core.verifiers.base import Grades, Usage
 from ttsf_core.video import VIDEO_SUFFIX, mp4_bytes, poster_frame, poster_path
 
 STORE_DIRNAME = "store"
@@ -56,11 +58,14 @@ class StoredImage(BaseModel):
 
 
 class Verdict(BaseModel):
-    """What the verifier made of one image: its grades, or why it never will grade it."""
+    """What the verifier made of one image: its grades, or why it never will grade it; and what that
+    cost (the usage of every billed answer for it, and their price when the price is known)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     grades: Grades | None = None
     ungradeable: str | None = None
+    usage: tuple[Usage, ...] = ()
+    cost_usd: float | None = None
 
     @model_validator(mode="after")
     def _one_of_the_two(self) -> "Verdict":
@@ -75,6 +80,9 @@ class StoredGrade(BaseModel):
     image_sha256: str
     grades: Grades | None = None
     ungradeable: str | None = None
+    usage: tuple[Usage, ...] = ()
+    cost_usd: float | None = None
+    graded_at: str | None = None  # UTC, ISO 8601: the day decides the price
 
 
 class Store:
@@ -91,6 +99,7 @@ class Store:
         self.images_dir = root / "images" / f"{model}-{digest(generation)}"
         self.grades_dir = root / "grades" / f"{safe_slug(config.verifier_args.name)}-{digest(grading)}"
         self._identities = {self.images_dir: generation, self.grades_dir: grading}
+        self.prices = price_table({model: price.model_dump() for model, price in config.prices.items()})
 
     # -- images ------------------------------------------------------------------------------
 
@@ -144,19 +153,26 @@ class Store:
             return None
         try:
             stored = StoredGrade.model_validate_json(path.read_text(encoding="utf-8"))
-            verdict = Verdict(grades=stored.grades, ungradeable=stored.ungradeable)
+            verdict = Verdict(grades=stored.grades, ungradeable=stored.ungradeable, usage=stored.usage,
+                              cost_usd=stored.cost_usd)
         except ValidationError as error:
             raise ValueError(f"stored grade {path} is not a valid ttsf grade: {error}") from None
         if stored.prompt != prompt or stored.image_sha256 != image_sha256:
             raise ValueError(f"stored grade {path} belongs to another prompt or image")
         return verdict
 
-    def write_grade(self, prompt: str, image_sha256: str, verdict: Verdict | Grades) -> None:
+    def write_grade(self, prompt: str, image_sha256: str, verdict: Verdict | Grades) -> Verdict:
+        """Store a verdict, priced at today's prices when it carries usage; returns it as stored."""
         if isinstance(verdict, Grades):
             verdict = Verdict(grades=verdict)
+        now = datetime.now(timezone.utc)
+        if verdict.usage and verdict.cost_usd is None:
+            verdict = verdict.model_copy(update={"cost_usd": self.prices.cost(verdict.usage, now.date())})
         self._note_identity(self.grades_dir)
-        stored = StoredGrade(prompt=prompt, image_sha256=image_sha256, **verdict.model_dump())
-        write_json(self.grade_path(prompt, image_sha256), stored.model_dump(mode="json", exclude_none=True))
+        stored = StoredGrade(prompt=prompt, image_sha256=image_sha256, graded_at=now.isoformat(timespec="seconds"),
+                             **verdict.model_dump())
+        write_json(self.grade_path(prompt, image_sha256), stored.model_dump(mode="json", exclude_defaults=True))
+        return verdict
 
     def _note_identity(self, folder: Path) -> None:
         path = folder / "identity.json"

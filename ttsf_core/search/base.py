@@ -18,7 +18,7 @@ from ttsf_core.candidates import Candidate
 from ttsf_core.config import RunConfig
 from ttsf_core.records import RoundRecord
 from ttsf_core.store import StoredImage
-from ttsf_core.verifiers.base import Grades
+from ttsf_core.verifiers.base import Grades, Usage
 
 
 class GradedCandidate(BaseModel):
@@ -29,6 +29,8 @@ class GradedCandidate(BaseModel):
     image: StoredImage
     grades: Grades | None
     ungradeable: str | None = None
+    usage: tuple[Usage, ...] = ()  # what grading it cost (when it was graded, in whichever run)
+    cost_usd: float | None = None
 
     def score(self, metric: str) -> float | None:
         return None if self.grades is None else self.grades.score(metric)
@@ -62,6 +64,11 @@ class Strategy(ABC):
         """Strategy-specific record fields, from the final stage and the index of its best (None:
         no final image could be graded)."""
         return {}
+
+    def later_stage_bound(self, first: Sequence[Candidate]) -> int:
+        """The most candidates a round's stages after `first` (its first stage) may hold: what a budget
+        reserves for them before they are planned."""
+        return 0
 
 
 def select_best(grades: Sequence[Grades], metric: str) -> int:

@@ -48,3 +48,10 @@ class DraftSearch(Strategy):
 
     def round_fields(self, final: Sequence[GradedCandidate], best: int | None) -> dict[str, Any]:
         return self.inner.round_fields(final, best)
+
+    def later_stage_bound(self, first: Sequence[Candidate]) -> int:
+        """Drafts: the kept ones (and every pivot) again at full steps; none when nothing was drafted."""
+        if not any(candidate.stage == "draft" for candidate in first):
+            return 0
+        pivots = sum(candidate.role == "pivot" for candidate in first)
+        return min(len(first), self.search.draft_keep + pivots)

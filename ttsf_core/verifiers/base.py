@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Callable
+from typing import NamedTuple, Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
@@ -91,6 +92,63 @@ if tuple(RubricGrades.model_fields) != RUBRIC_METRICS:  # pragma: no cover - imp
     raise RuntimeError("RubricGrades fields and RUBRIC_METRICS disagree")
 
 
+class Usage(BaseModel):
+    """What verifier answers cost, as the API reported them: one entry per model that answered.
+
+    `model` is the model asked, `model_version` the one the API says answered (an alias may move);
+    `requests` the answers billed (an answer that did not fit the schema is billed too). Input tokens
+    are `prompt_tokens` (text and media; `image_tokens` of them for images or video), output tokens are
+    `output_tokens` (the answer) plus `thought_tokens` (thinking, billed as output)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str
+    model_version: str | None = None
+    requests: int = Field(1, ge=0)
+    prompt_tokens: int = Field(0, ge=0)
+    image_tokens: int = Field(0, ge=0)
+    thought_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+
+    @property
+    def billed_model(self) -> str:
+        """The model an answer is billed as: the one that answered, when the API said."""
+        return self.model_version or self.model
+
+
+_TOKEN_FIELDS = ("requests", "prompt_tokens", "image_tokens", "thought_tokens", "output_tokens")
+
+
+def add_usage(*groups: Sequence[Usage]) -> tuple[Usage, ...]:
+    """Several answers' usage as one: summed per (model asked, model that answered), in first-seen order."""
+    totals: dict[tuple[str, str | None], dict[str, int]] = {}
+    for group in groups:
+        for usage in group:
+            found = totals.setdefault((usage.model, usage.model_version), dict.fromkeys(_TOKEN_FIELDS, 0))
+            for name in _TOKEN_FIELDS:
+                found[name] += getattr(usage, name)
+    return tuple(Usage(model=model, model_version=version, **counts) for (model, version), counts in totals.items())
+
+
+def usage_of(result: object) -> tuple[Usage, ...]:
+    """The usage a grading result carries: a Graded's, or a billed error's (`usage` attribute)."""
+    if isinstance(result, Graded):
+        return result.usage
+    return tuple(getattr(result, "usage", ()) or ())
+
+
+def with_usage(error: BaseException, usage: Sequence[Usage]) -> BaseException:
+    """`error`, remembering that its answer was billed (an answer that did not fit the schema)."""
+    error.usage = add_usage(usage_of(error), usage)
+    return error
+
+
+class Graded(NamedTuple):
+    """One image's grades and what grading it cost (empty for verifiers that are not billed)."""
+
+    grades: Grades
+    usage: tuple[Usage, ...] = ()
+
+
 def grades_from_scores(scores: dict[str, float], explanation: str) -> Grades:
     """Grades from plain numbers (for verifiers that measure rather than explain)."""
     for name, score in scores.items():
@@ -129,20 +187,25 @@ class UngradeableError(VerifierError):
     """The verifier will never grade this image (a safety block): asking again only spends quota."""
 
 
-def with_context(error: BaseException, context: str, image_name: str | None = None,
+def with_context(error: BaseException, context: str | None, image_name: str | None = None,
                  index: int | None = None) -> BaseException:
-    """The same kind of error, its message prefixed with `context`; "image <index>" (a verifier knows
-    an image only by its place in its call) becomes "image <image_name>"."""
+    """The same kind of error (and usage), its message prefixed with `context` when one is given;
+    "image <index>" (a verifier knows an image only by its place in its call) becomes
+    "image <image_name>"."""
     message = str(error)
     if image_name is not None and index is not None:
         message = re.sub(rf"\bimage {index}\b", f"image {image_name}", message)
+    if context:
+        message = f"{context}: {message}"
     if isinstance(error, VerifierError):
-        found = type(error)(f"{context}: {message}", error.image_index)
+        found = type(error)(message, error.image_index)
     elif isinstance(error, RetryableVerifierError):
-        found = type(error)(f"{context}: {message}", error.retry_after)
+        found = type(error)(message, error.retry_after)
     else:
         return error
     found.__cause__ = error.__cause__ or error
+    if usage_of(error):
+        found.usage = usage_of(error)
     return found
 
 
@@ -191,8 +254,9 @@ class Verifier(Protocol):
     """Grades images for one prompt. Returns one Grades per image, in INPUT order. Optional class
     attributes: `metrics` (what it scores; the rubric's six aspects when absent), `default_metric`,
     `batch_size` (images per call), `reads_video` (then `score_videos_partial(prompt, mp4s)` grades
-    videos whole: export_args.video_grading); optional method `score_partial` (a result or an error per
-    image)."""
+    videos whole: export_args.video_grading); optional methods `score_partial` (a result or an error per
+    image) and `grade_partial(prompt, images, on_result)` (a Graded, grades with their usage, or an
+    error per image, each passed to `on_result` as it arrives: billed graders)."""
 
     name: str
 
@@ -238,6 +302,26 @@ def _json_object_text(text: str) -> str | None:
         start = text.find("{")
         return text[start : text.rfind("}") + 1] if start != -1 and text.rfind("}") > start else None
     return json.dumps(found)
+
+
+OnResult = Callable[[int, "Graded | BaseException"], None]
+
+
+def grade_each(verifier: Verifier, prompt: str, images: list[Image.Image],
+               on_result: OnResult | None = None) -> list[Graded | BaseException]:
+    """One result per image, a Graded (grades and their usage) or an error. A verifier with
+    `grade_partial(prompt, images, on_result)` reports usage and calls `on_result(index, result)` as
+    each answer arrives (so it can be stored at once); any other verifier is scored as `score_each`
+    does, without usage, and `on_result` is called for each result once they are all in."""
+    partial = getattr(verifier, "grade_partial", None)
+    if partial is not None:
+        return list(partial(prompt, images, on_result))
+    results = [result if isinstance(result, BaseException) else Graded(result)
+               for result in score_each(verifier, prompt, images)]
+    if on_result is not None:
+        for index, result in enumerate(results):
+            on_result(index, result)
+    return results
 
 
 def score_each(verifier: Verifier, prompt: str, images: list[Image.Image]) -> list[Grades | BaseException]:

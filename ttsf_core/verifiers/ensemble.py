@@ -11,7 +11,18 @@ from typing import Sequence
 from PIL import Image
 
 from ttsf_core.config import VerifierArgs
-from ttsf_core.verifiers.base import Grades, all_graded, most_telling, score_each, verifier_batch_size, verifier_metrics
+from ttsf_core.verifiers.base import (
+    Graded,
+    Grades,
+    OnResult,
+    add_usage,
+    all_graded,
+    grade_each,
+    most_telling,
+    usage_of,
+    verifier_batch_size,
+    verifier_metrics,
+)
 from ttsf_core.verifiers.registry import ENSEMBLE_METRIC, ensemble_metrics, member_names, verifier_class
 
 
@@ -38,19 +49,34 @@ class EnsembleVerifier:
     def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]:
         return all_graded(self.score_partial(prompt, images))
 
+    @property
+    def billed(self) -> bool:
+        return any(getattr(member, "billed", False) for member in self.members)
+
     def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | BaseException]:
-        """Per image: every member's grades merged, or the most telling of its members' errors."""
+        return [result.grades if isinstance(result, Graded) else result for result in self.grade_partial(prompt, images)]
+
+    def grade_partial(self, prompt: str, images: Sequence[Image.Image],
+                      on_result: OnResult | None = None) -> list[Graded | BaseException]:
+        """Per image: every member's grades merged with their usage summed, or the most telling of its
+        members' errors (carrying what the members' billed answers cost)."""
         images = list(images)
-        per_member = [score_each(member, prompt, images) for member in self.members]
-        merged: list[Grades | BaseException] = []
+        per_member = [grade_each(member, prompt, images) for member in self.members]
+        merged: list[Graded | BaseException] = []
         for index in range(len(images)):
             results = [results[index] for results in per_member]
+            usage = add_usage(*(usage_of(result) for result in results))
             failures = [result for result in results if isinstance(result, BaseException)]
             if failures:
-                merged.append(most_telling(failures))
-                continue
-            merged.append(Grades({renames[metric]: grade for renames, grades in zip(self._renames, results)
-                                  for metric, grade in grades.root.items()}))
+                telling = most_telling(failures)
+                if usage:
+                    telling.usage = usage  # every member's billed answers for this image, counted once
+                merged.append(telling)
+            else:
+                merged.append(Graded(Grades({renames[metric]: grade for renames, found in zip(self._renames, results)
+                                             for metric, grade in found.grades.root.items()}), usage))
+            if on_result is not None:
+                on_result(index, merged[-1])
         return merged
 
 

@@ -5,20 +5,20 @@ Requests run on the SDK's async client, on one event loop per verifier: at most 
 once (shared by every thread that calls it), each with a deadline on the whole request
 (request_timeout_s: an answer dripping a byte at a time cannot hold a worker), and results are
 collected by input position, so every score stays with its image however the answers come back.
-Every failure becomes one of the typed errors of `base` (the caller decides about retries): 429 ->
-RateLimitError with Retry-After; 5xx, timeouts, resets, cut bodies, non-JSON bodies ->
-RetryableVerifierError; a rejected key or unknown model -> VerifierConfigError; a safety block ->
+Each answer's usage (the model version that answered, its prompt, image, thought and output tokens)
+comes back with its grades, and each result is handed on as it arrives, so it can be stored at once.
+What is sent follows the model (gemini_models): a thinking level to Gemini 3, a thinking budget to
+2.5, the media resolution when one is chosen, temperature 0 only to models before Gemini 3.
+Every failure becomes one of the typed errors of `base` (gemini_errors): 429 -> RateLimitError with
+Retry-After; 5xx, timeouts, resets, cut bodies, non-JSON bodies -> RetryableVerifierError; a rejected
+key, a model Google no longer serves or a setting it refuses -> VerifierConfigError; a safety block ->
 UngradeableError; an answer that does not fit the schema -> VerifierError. An image never gets a None.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json
-import math
 import os
-import time
 from typing import Any, Sequence
 
 from google import genai
@@ -28,21 +28,29 @@ from PIL import Image
 
 from ttsf_core.config import VerifierArgs
 from ttsf_core.verifiers.base import (
+    Graded,
     Grades,
-    RateLimitError,
+    OnResult,
     RetryableVerifierError,
     RubricGrades,
     UngradeableError,
+    Usage,
     VerifierConfigError,
-    VerifierError,
     parse_grades,
+    with_usage,
 )
+from ttsf_core.verifiers.gemini_errors import API_KEY_ENV, answer_text, classify, map_api_error
+from ttsf_core.verifiers.gemini_models import DEFAULT_GEMINI_MODEL, known_model, sent_settings, typical_tokens
 from ttsf_core.verifiers.remote import TRANSIENT_ERRORS, RemoteGrader, checked_images, png_bytes
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
 
-API_KEY_ENV = "GEMINI_API_KEY"
 BASE_URL_ENV = "GEMINI_BASE_URL"
 ALLOWED_OPTIONS = ("base_url", "api_version")
+CHECK_TIMEOUT_MS = 15_000
+# Gemini's limit on a whole generateContent request with inline data (larger files need its File API).
+INLINE_LIMIT_BYTES = 20 * 2**20
+_MEDIA_MODALITIES = ("IMAGE", "VIDEO")
+
 
 class GeminiVerifier(RemoteGrader):
     """Grades images with a Gemini model. Safe to share between threads: one pool bounds them all."""
@@ -50,12 +58,15 @@ class GeminiVerifier(RemoteGrader):
     name = "gemini"
     reads_rubric = True  # its grades follow the rubric: the rubric is part of its grading identity
     reads_video = True  # export_args.video_grading "whole": an mp4 is sent as it is (score_videos_partial)
-    DEFAULT_MODEL = "gemini-2.0-flash"
+    billed = True  # every answer has a price (ttsf_core.costs)
+    takes_thinking = True  # verifier_args.thinking_level and media_resolution
+    DEFAULT_MODEL = DEFAULT_GEMINI_MODEL
 
     def __init__(self, args: VerifierArgs):
         self.args = args
         self.model_name = (args.model_name or "").strip() or self.DEFAULT_MODEL
         options = _checked_options(args.options)
+        self.sent = self.check_settings(args)
         api_key = os.environ.get(API_KEY_ENV, "").strip()
         if not api_key:
             raise VerifierConfigError(
@@ -74,27 +85,58 @@ class GeminiVerifier(RemoteGrader):
         self._client: genai.Client | None = None
         # The one rubric (rubric.md, or verifier_args.prompt_path); the prompt joins it per request.
         self.rubric = load_rubric(args.prompt_path)
-        self._config = types.GenerateContentConfig(
-            response_mime_type="application/json",
-            response_schema=gemini_response_schema(),
-            max_output_tokens=args.max_new_tokens,
-            temperature=0,
-            seed=args.seed,  # verifier_args.seed; None: not sent
-        )
+        self._config = request_config(self.sent, args)
         self._init_remote()
         # Once Gemini refuses the key or the model, no later request of this verifier is sent.
         self._refusal: VerifierConfigError | None = None
 
+    @classmethod
+    def check_settings(cls, args: VerifierArgs) -> dict[str, Any]:
+        """What will be sent to the model for these args (no network); VerifierConfigError, in one line,
+        for a setting ttsf knows the model does not take."""
+        try:
+            return sent_settings((args.model_name or "").strip() or cls.DEFAULT_MODEL, args.thinking_level,
+                                 args.media_resolution)
+        except ValueError as error:
+            raise VerifierConfigError(str(error)) from None
+
+    @classmethod
+    def grading_settings(cls, args: VerifierArgs) -> dict[str, Any]:
+        """What decides its grades beyond `args` (no network): the model when it is ttsf's default, and
+        every setting sent but a temperature of 0 (sent to every model before there were others)."""
+        model = (args.model_name or "").strip() or cls.DEFAULT_MODEL
+        try:
+            sent = sent_settings(model, args.thinking_level, args.media_resolution)
+        except ValueError:
+            return {}  # refused when the verifier is built
+        own = {name: value for name, value in sent.items() if not (name == "temperature" and value == 0.0)}
+        return ({"model": model} if not (args.model_name or "").strip() else {}) | own
+
+    @classmethod
+    def typical_usage(cls, args: VerifierArgs, prompt: str) -> Usage:
+        """What ttsf expects one request to take, before any grade was measured (`ttsf estimate`)."""
+        model = (args.model_name or "").strip() or cls.DEFAULT_MODEL
+        text = grading_text(load_rubric(args.prompt_path), prompt)
+        return Usage(model=model, **typical_tokens(model, args.thinking_level, args.media_resolution, len(text)))
+
     def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | BaseException]:
-        """One Grades or typed error per image, in input order: the answers that did arrive are kept
-        (a retry then asks only for the rest). A rejected key stops the requests not yet sent."""
+        """One Grades or typed error per image, in input order (grade_partial without the usage)."""
+        return [result.grades if isinstance(result, Graded) else result for result in self.grade_partial(prompt, images)]
+
+    def grade_partial(self, prompt: str, images: Sequence[Image.Image],
+                      on_result: OnResult | None = None) -> list[Graded | BaseException]:
+        """One Graded (grades and usage) or typed error per image, in input order, each also passed to
+        `on_result(index, result)` as it arrives. The answers that did arrive are kept (a retry then asks
+        only for the rest); a rejected key stops the requests not yet sent."""
         images = checked_images(images)  # before anything is sent
         if not images:
             return []
-        return self._event_loop().run(self._ask_all(prompt, [_image_part(image) for image in images]))
+        parts = [_image_part(image) for image in images]
+        return self._event_loop().run(self._ask_all(prompt, parts, on_result))
 
-    def score_videos_partial(self, prompt: str, videos: Sequence[bytes]) -> list[Grades | BaseException]:
-        """One Grades or typed error per mp4 (its bytes), in input order, each sent whole as inline
+    def score_videos_partial(self, prompt: str, videos: Sequence[bytes],
+                             on_result: OnResult | None = None) -> list[Graded | BaseException]:
+        """One Graded or typed error per mp4 (its bytes), in input order, each sent whole as inline
         video/mp4: Gemini samples it itself (1 frame a second, with the audio track if any). A video over
         the inline request limit is ungradeable this way, and says how to grade it instead."""
         parts: list[types.Part | BaseException] = [
@@ -104,39 +146,56 @@ class GeminiVerifier(RemoteGrader):
             for index, video in enumerate(videos)]
         if not parts:
             return []
-        return self._event_loop().run(self._ask_all(prompt, parts))
+        return self._event_loop().run(self._ask_all(prompt, parts, on_result))
 
     def score_one(self, prompt: str, image: Image.Image, index: int = 0) -> Grades:
         """Grade one image (`index` only names it in errors)."""
         result = self._event_loop().run(self._ask(prompt, _image_part(checked_images([image])[0]), index))
         if isinstance(result, BaseException):
             raise result
-        return result
+        return result.grades
 
     def check_access(self) -> None:
-        """Ask for the model's metadata (no generation, no image): a rejected key or an unknown model
-        raises VerifierConfigError now, before any image is made; an unreachable service raises
-        RetryableVerifierError (grading will retry it)."""
+        """Ask for the model's metadata (no generation, no image): a rejected key, or a model Google does
+        not serve (then the models it lists are suggested instead), raises VerifierConfigError now,
+        before any image is made; an unreachable service raises RetryableVerifierError (grading will
+        retry it)."""
         probe = types.HttpOptions(base_url=self._http_options.base_url, api_version=self._http_options.api_version,
                                   timeout=CHECK_TIMEOUT_MS)
         try:
             with genai.Client(api_key=self._api_key, http_options=probe) as client:
-                client.models.get(model=self.model_name)
-        except genai_errors.APIError as error:
-            raise map_api_error(error, None, self.model_name) from error
+                try:
+                    client.models.get(model=self.model_name)
+                except genai_errors.APIError as error:
+                    served = _served_flash_models(client) if error.code == 404 else None
+                    raise map_api_error(error, None, self.model_name, served) from error
         except TRANSIENT_ERRORS as error:
             raise RetryableVerifierError(f"Gemini could not be reached: {type(error).__name__}: {error}") from error
 
-    async def _ask_all(self, prompt: str, media: list[types.Part | BaseException]) -> list[Grades | BaseException]:
-        """One request per image or video part (an error in its place is returned as it is)."""
-        async def ask(part: types.Part | BaseException, index: int) -> Grades | BaseException:
-            return part if isinstance(part, BaseException) else await self._ask(prompt, part, index)
+    def access_warnings(self) -> list[str]:
+        """What is worth saying before a run (not worth stopping it for)."""
+        if known_model(self.model_name) is None and self.args.thinking_level is None:
+            return [f"ttsf does not know how {self.model_name} thinks: it is sent no thinking setting and thinks "
+                    "as much as it does by default (thought tokens are billed as output); "
+                    "--verifier_thinking_level sets it"]
+        return []
+
+    async def _ask_all(self, prompt: str, media: list[types.Part | BaseException],
+                       on_result: OnResult | None) -> list[Graded | BaseException]:
+        """One request per image or video part (an error in its place is returned as it is); each
+        result goes to `on_result` as soon as it is known."""
+        async def ask(part: types.Part | BaseException, index: int) -> Graded | BaseException:
+            result = part if isinstance(part, BaseException) else await self._ask(prompt, part, index)
+            if on_result is not None:
+                on_result(index, result)
+            return result
 
         return list(await asyncio.gather(*(ask(part, index) for index, part in enumerate(media))))
 
-    async def _ask(self, prompt: str, media: types.Part, index: int) -> Grades | BaseException:
+    async def _ask(self, prompt: str, media: types.Part, index: int) -> Graded | BaseException:
         """One request, at most max_concurrency at once, each bounded by request_timeout_s from its
-        first byte to its last; every failure is returned as one of the typed errors of `base`."""
+        first byte to its last; every failure is returned as one of the typed errors of `base` (one
+        whose answer was billed carries its usage)."""
         contents = [types.Part.from_text(text=grading_text(self.rubric, prompt)), media]
         async with self._semaphore():
             if self._refusal is not None:
@@ -145,12 +204,16 @@ class GeminiVerifier(RemoteGrader):
                 request = self._genai_client().aio.models.generate_content(
                     model=self.model_name, contents=contents, config=self._config)
                 response = await asyncio.wait_for(request, timeout=self.args.request_timeout_s)
-                return parse_grades(_answer_text(response, index), index)
             except Exception as error:  # noqa: BLE001 - classified below, never lost
                 found = classify(error, index, self.model_name, self.args.request_timeout_s)
                 if isinstance(found, VerifierConfigError):
                     self._refusal = found
                 return found
+            usage = response_usage(response, self.model_name)
+            try:
+                return Graded(parse_grades(answer_text(response, index), index), usage)
+            except Exception as error:  # noqa: BLE001 - a billed answer that cannot be used
+                return with_usage(classify(error, index, self.model_name, self.args.request_timeout_s), usage)
 
     def close(self) -> None:
         loop = self._take_loop()
@@ -170,9 +233,53 @@ class GeminiVerifier(RemoteGrader):
             return self._client
 
 
-CHECK_TIMEOUT_MS = 15_000
-# Gemini's limit on a whole generateContent request with inline data (larger files need its File API).
-INLINE_LIMIT_BYTES = 20 * 2**20
+def request_config(sent: dict[str, Any], args: VerifierArgs) -> types.GenerateContentConfig:
+    """The generation config of every request: structured output by the rubric's schema, and what
+    `sent_settings` decided for the model (a setting that is None is not sent)."""
+    thinking = None
+    if "thinking_level" in sent:
+        thinking = types.ThinkingConfig(thinking_level=types.ThinkingLevel(sent["thinking_level"].upper()))
+    elif "thinking_budget" in sent:
+        thinking = types.ThinkingConfig(thinking_budget=sent["thinking_budget"])
+    resolution = sent.get("media_resolution")
+    return types.GenerateContentConfig(
+        response_mime_type="application/json",
+        response_schema=gemini_response_schema(),
+        max_output_tokens=args.max_new_tokens,
+        temperature=sent.get("temperature"),  # None: the model's default (Gemini 3's guidance: 1.0)
+        seed=args.seed,  # verifier_args.seed; None: not sent
+        thinking_config=thinking,
+        media_resolution=types.MediaResolution(f"MEDIA_RESOLUTION_{resolution.upper()}") if resolution else None,
+    )
+
+
+def response_usage(response: types.GenerateContentResponse, model: str) -> tuple[Usage, ...]:
+    """The answer's usage as the API reported it: the model version that answered, its prompt tokens
+    (text and media; the image or video ones among them), thought tokens and answer tokens."""
+    meta = response.usage_metadata
+    if meta is None:
+        return (Usage(model=model, model_version=response.model_version),)
+    media = sum(detail.token_count or 0 for detail in meta.prompt_tokens_details or ()
+                if str(getattr(detail.modality, "value", detail.modality)) in _MEDIA_MODALITIES)
+    return (Usage(model=model, model_version=response.model_version, prompt_tokens=meta.prompt_token_count or 0,
+                  image_tokens=media, thought_tokens=meta.thoughts_token_count or 0,
+                  output_tokens=meta.candidates_token_count or 0),)
+
+
+def _served_flash_models(client: genai.Client, limit: int = 200) -> list[str] | None:
+    """The Flash models the API lists for generateContent today, newest first (None when it cannot say)."""
+    try:
+        names = []
+        for model in client.models.list(config={"page_size": 100}):
+            if len(names) >= limit:
+                break
+            name = (model.name or "").removeprefix("models/")
+            if "flash" in name and "generateContent" in (model.supported_actions or ["generateContent"]) \
+                    and not any(word in name for word in ("image", "tts", "live", "audio", "embedding")):
+                names.append(name)
+        return sorted(names, reverse=True)
+    except Exception:  # noqa: BLE001 - only a suggestion: the refusal itself is what matters
+        return None
 
 
 def _image_part(image: Image.Image) -> types.Part:
@@ -181,24 +288,6 @@ def _image_part(image: Image.Image) -> types.Part:
 
 def _video_part(mp4: bytes) -> types.Part:
     return types.Part.from_bytes(data=mp4, mime_type="video/mp4")
-
-
-def classify(error: BaseException, index: int | None, model: str, deadline_s: float) -> BaseException:
-    """Any failure of one request as one of the typed errors of `base`: the caller decides on retries."""
-    where = f"Gemini request for image {index}" if index is not None else "Gemini request"
-    if isinstance(error, (VerifierError, RetryableVerifierError)):
-        return error
-    if isinstance(error, genai_errors.APIError):
-        return map_api_error(error, index, model)
-    if isinstance(error, asyncio.TimeoutError):
-        return RetryableVerifierError(f"{where} had no complete answer within request_timeout_s={deadline_s:g} s")
-    if isinstance(error, TRANSIENT_ERRORS):
-        return RetryableVerifierError(f"{where} failed in transit: {type(error).__name__}: {error}")
-    if isinstance(error, (json.JSONDecodeError, genai_errors.UnknownApiResponseError)):
-        # A 200 whose body is not JSON comes from a proxy or a cut-off answer, not from the model.
-        return RetryableVerifierError(f"{where}: the answer was not JSON ({type(error).__name__}: {error})")
-    return RetryableVerifierError(f"{where} failed: {type(error).__name__}: {error}") \
-        if isinstance(error, OSError) else error
 
 
 def gemini_response_schema() -> dict[str, Any]:
@@ -217,98 +306,6 @@ def _without_key(node: Any, key: str) -> Any:
     if isinstance(node, list):
         return [_without_key(v, key) for v in node]
     return node
-
-
-
-def _answer_text(response: types.GenerateContentResponse, index: int) -> str:
-    """The answer's text. A safety block (of the prompt or of the answer) is final for this image:
-    UngradeableError; any other empty answer is a VerifierError (asked again, a bounded number of times)."""
-    text = response.text
-    if text:
-        return text
-    reason = _finish_reason(response)
-    kind = UngradeableError if "SAFETY" in reason.upper() or "BLOCK" in reason.upper() else VerifierError
-    raise kind(f"Gemini gave no text for image {index} ({reason})", index)
-
-
-def _finish_reason(response: types.GenerateContentResponse) -> str:
-    feedback = response.prompt_feedback
-    if feedback is not None and feedback.block_reason is not None:
-        return f"prompt blocked: {feedback.block_reason}"
-    candidates = response.candidates or []
-    if candidates and candidates[0].finish_reason is not None:
-        return f"finish reason: {candidates[0].finish_reason}"
-    return "no candidates"
-
-
-def map_api_error(error: genai_errors.APIError, index: int | None, model: str) -> Exception:
-    """An SDK HTTP error as one of our typed errors (see the module docstring of `base`)."""
-    code = error.code
-    detail = f"{code} {error.status or ''}: {error.message or error.details}".strip()
-    where = f"Gemini request for image {index}" if index is not None else "Gemini request"
-    if code == 429:
-        return RateLimitError(f"{where} was rate limited ({detail})", retry_after=retry_after_seconds(error))
-    if code in (401, 403) or _is_bad_key(error):
-        return VerifierConfigError(f"{API_KEY_ENV} (verifier_args.name=gemini): received a key Gemini rejects "
-                                   f"({detail}), allowed: a valid Gemini API key (https://aistudio.google.com/apikey)",
-                                   index)
-    if code == 404:
-        return VerifierConfigError(f"--verifier_model (verifier_args.model_name): received {model!r} (Gemini does "
-                                   f"not know it: {detail}), allowed: a Gemini model such as gemini-2.0-flash", index)
-    if code == 408 or isinstance(error, genai_errors.ServerError):
-        return RetryableVerifierError(f"{where} failed on the server side ({detail})", retry_after_seconds(error))
-    return VerifierError(f"{where} was refused ({detail})", index)
-
-
-def _is_bad_key(error: genai_errors.APIError) -> bool:
-    # An invalid key is answered with 400 INVALID_ARGUMENT and reason API_KEY_INVALID, not 401.
-    return error.code == 400 and any(d.get("reason") == "API_KEY_INVALID" for d in _error_details(error))
-
-
-def retry_after_seconds(error: genai_errors.APIError) -> float | None:
-    """Seconds to wait, from the Retry-After header (seconds or HTTP date) or the body's RetryInfo.
-
-    When both are present the longer wait wins: retrying earlier than either asks only earns
-    another 429.
-    """
-    headers = getattr(error.response, "headers", None) or {}
-    header = next((value for name, value in headers.items() if name.lower() == "retry-after"), None)
-    found = [_parse_retry_after(header), _retry_info_delay(error)]
-    found = [value for value in found if value is not None]
-    return max(found) if found else None
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value or not value.strip():
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _retry_info_delay(error: genai_errors.APIError) -> float | None:
-    for detail in _error_details(error):
-        delay = detail.get("retryDelay") if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo") else None
-        if isinstance(delay, str) and delay.endswith("s"):
-            try:
-                return max(0.0, float(delay[:-1]))
-            except ValueError:
-                return None
-    return None
-
-
-def _error_details(error: genai_errors.APIError) -> list[dict[str, Any]]:
-    body = error.details if isinstance(error.details, dict) else {}
-    inner = body.get("error", body)
-    details = inner.get("details") if isinstance(inner, dict) else None
-    return [detail for detail in details if isinstance(detail, dict)] if isinstance(details, list) else []
-
-
 
 
 def _checked_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import json
 import math
 import os
 import re
-import time
 import urllib.parse
 from typing import Any, Sequence
 
@@ -59,16 +57,20 @@ from ttsf_core.config import VerifierArgs
 from ttsf_core.verifiers.base import (
     RUBRIC_DEFAULT_METRIC,
     RUBRIC_METRICS,
+    Graded,
     Grades,
+    OnResult,
     RateLimitError,
     RetryableVerifierError,
     RubricGrades,
     UngradeableError,
+    Usage,
     VerifierConfigError,
     VerifierError,
     parse_grades,
+    with_usage,
 )
-from ttsf_core.verifiers.remote import RemoteGrader, checked_images, png_bytes
+from ttsf_core.verifiers.remote import RemoteGrader, checked_images, parse_retry_after, png_bytes
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
 
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -90,6 +92,7 @@ class OpenAIVerifier(RemoteGrader):
     reads_rubric = True  # its grades follow the rubric: the rubric is part of its grading identity
     metrics = RUBRIC_METRICS
     default_metric = RUBRIC_DEFAULT_METRIC
+    billed = True  # every answer has a price (ttsf_core.costs; set yours in config `prices`)
     DEFAULT_MODEL = "gpt-4o-mini"
 
     def __init__(self, args: VerifierArgs):
@@ -120,9 +123,24 @@ class OpenAIVerifier(RemoteGrader):
         # Once the server refuses the key, the model or the account, no later request is sent.
         self._refusal: VerifierConfigError | None = None
 
+    @classmethod
+    def typical_usage(cls, args: VerifierArgs, prompt: str) -> Usage:
+        """What ttsf expects one request to take before any grade was measured (`ttsf estimate`): the text
+        at 4 characters a token, an image at OpenAI's high-detail price of a 1024 px square (765 tokens),
+        a 400-token answer."""
+        text = grading_text(load_rubric(args.prompt_path), prompt)
+        return Usage(model=(args.model_name or "").strip() or cls.DEFAULT_MODEL, prompt_tokens=-(-len(text) // 4) + 765,
+                     image_tokens=765, output_tokens=400)
+
     def score_partial(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades | BaseException]:
-        """One Grades or typed error per image, in input order: the answers that did arrive are kept
-        (a retry then asks only for the rest). A refused key stops the requests not yet sent."""
+        """One Grades or typed error per image, in input order (grade_partial without the usage)."""
+        return [result.grades if isinstance(result, Graded) else result for result in self.grade_partial(prompt, images)]
+
+    def grade_partial(self, prompt: str, images: Sequence[Image.Image],
+                      on_result: OnResult | None = None) -> list[Graded | BaseException]:
+        """One Graded (grades and the completion's `usage`) or typed error per image, in input order, each
+        also passed to `on_result(index, result)` as it arrives. The answers that did arrive are kept (a
+        retry then asks only for the rest). A refused key stops the requests not yet sent."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt: received {prompt!r}, allowed: a non-empty text")
         images = checked_images(images)  # before anything is sent
@@ -130,7 +148,7 @@ class OpenAIVerifier(RemoteGrader):
             return []
         # Encoded here, on the caller's thread: the event loop only waits on the network.
         text, urls = grading_text(self.rubric, prompt), [png_data_url(image) for image in images]
-        return self._event_loop().run(self._ask_all(text, urls))
+        return self._event_loop().run(self._ask_all(text, urls, on_result))
 
     def check_access(self) -> None:
         """GET /models/{model} (no generation, no image): a refused key or an unknown model raises
@@ -179,10 +197,16 @@ class OpenAIVerifier(RemoteGrader):
             f"{self.base_url} does not serve it), allowed: one of {', '.join(served[:20]) or 'nothing (it lists no models)'}"
         )
 
-    async def _ask_all(self, text: str, urls: list[str]) -> list[Grades | BaseException]:
-        return list(await asyncio.gather(*(self._ask(text, url, index) for index, url in enumerate(urls))))
+    async def _ask_all(self, text: str, urls: list[str], on_result: OnResult | None) -> list[Graded | BaseException]:
+        async def ask(url: str, index: int) -> Graded | BaseException:
+            result = await self._ask(text, url, index)
+            if on_result is not None:
+                on_result(index, result)
+            return result
 
-    async def _ask(self, text: str, image_url: str, index: int) -> Grades | BaseException:
+        return list(await asyncio.gather(*(ask(url, index) for index, url in enumerate(urls))))
+
+    async def _ask(self, text: str, image_url: str, index: int) -> Graded | BaseException:
         """One request (the grading text, then the image), at most max_concurrency at once, each bounded
         by request_timeout_s from its first byte to its last; every failure is returned as one of the
         typed errors of `base`."""
@@ -196,12 +220,16 @@ class OpenAIVerifier(RemoteGrader):
             try:
                 request = self._openai_client().chat.completions.create(messages=messages, **self._create_args)
                 response = await asyncio.wait_for(request, timeout=self.args.request_timeout_s)
-                return self._grades(response, index)
             except Exception as error:  # noqa: BLE001 - classified below, never lost
                 found = classify(error, index, self)
                 if isinstance(found, VerifierConfigError):
                     self._refusal = found
                 return found
+            usage = completion_usage(response, self.model_name)
+            try:
+                return Graded(self._grades(response, index), usage)
+            except Exception as error:  # noqa: BLE001 - a billed answer that cannot be used
+                return with_usage(classify(error, index, self), usage) if usage else classify(error, index, self)
 
     def _grades(self, response: Any, index: int) -> Grades:
         """The grades in one completion. A content filter or a refusal is final for this image
@@ -239,6 +267,20 @@ class OpenAIVerifier(RemoteGrader):
                 self._client = openai.AsyncOpenAI(api_key=self._api_key or NO_KEY, base_url=self.base_url,
                                                   max_retries=0, timeout=self.args.request_timeout_s)
             return self._client
+
+
+def completion_usage(response: Any, model: str) -> tuple[Usage, ...]:
+    """A completion's `usage` (prompt, completion and reasoning tokens) and the model that answered;
+    nothing for an answer that is not a completion (a proxy's page is not billed)."""
+    if not isinstance(response, ChatCompletion):
+        return ()
+    usage = response.usage
+    if usage is None:
+        return (Usage(model=model, model_version=response.model or None),)
+    details = usage.completion_tokens_details
+    reasoning = (details.reasoning_tokens or 0) if details is not None else 0
+    return (Usage(model=model, model_version=response.model or None, prompt_tokens=usage.prompt_tokens or 0,
+                  thought_tokens=reasoning, output_tokens=max(0, (usage.completion_tokens or 0) - reasoning)),)
 
 
 def classify(error: BaseException, index: int | None, verifier: OpenAIVerifier) -> BaseException:
@@ -322,7 +364,7 @@ def retry_after_seconds(error: openai.APIStatusError) -> float | None:
     if milliseconds:
         seconds = _number(milliseconds)
         found.append(None if seconds is None else seconds / 1000.0)
-    found.append(_parse_retry_after(headers.get("retry-after")))
+    found.append(parse_retry_after(headers.get("retry-after")))
     match = _TRY_AGAIN.search(_message(error))
     if match:
         found.append(float(match.group(1)) / (1000.0 if match.group(2).lower() == "ms" else 1.0))
@@ -336,18 +378,6 @@ def _number(text: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value or not value.strip():
-        return None
-    seconds = _number(value)
-    if seconds is None:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    return max(0.0, seconds)
 
 
 def response_format_param(kind: str) -> dict[str, Any]:

@@ -96,6 +96,44 @@ def reads_rubric(name: str) -> bool:
     return found
 
 
+def grading_settings_for(args: VerifierArgs) -> dict:
+    """What a verifier (or each member of an ensemble) resolves and sends beyond its args, by its class's
+    `grading_settings(args)` (no construction, no network): {"sent": {...}} for the grading identity,
+    {} when it sends nothing beyond them."""
+    members = member_names(args.name)
+    found = {}
+    for member in members:
+        try:
+            settings = getattr(verifier_class(member), "grading_settings", None)
+        except ConfigError:
+            continue  # an unknown name is reported where the verifier is built
+        own = settings(args.model_copy(update={"name": member, "model_name": None})
+                       if len(members) > 1 else args) if settings is not None else {}
+        if own:
+            found[member] = own
+    if not found:
+        return {}
+    return {"sent": found[members[0]] if len(members) == 1 else found}
+
+
+def check_settings_for(args: VerifierArgs) -> None:
+    """Settings a verifier can refuse without being built (no key, no network): its class's
+    `check_settings(args)`, for each member of an ensemble. Also refuses settings only some verifiers
+    read (thinking level, media resolution) when none of the chosen ones does."""
+    members = member_names(args.name)
+    classes = [verifier_class(member) for member in members]
+    for field, flag in (("thinking_level", "--verifier_thinking_level"),
+                        ("media_resolution", "--verifier_media_resolution")):
+        value = getattr(args, field)
+        if value is not None and not any(getattr(cls, "takes_thinking", False) for cls in classes):
+            raise ConfigError(f"{flag} (verifier_args.{field}): received {value!r} with verifier_args.name="
+                              f"{args.name!r}, allowed: unset (only gemini takes it)")
+    for member, cls in zip(members, classes):
+        check = getattr(cls, "check_settings", None)
+        if check is not None:
+            check(args.model_copy(update={"name": member, "model_name": None}) if len(members) > 1 else args)
+
+
 def default_metric_for(name: str) -> str | None:
     """The verifier's own default metric; None when the name is not a known verifier (reported later)."""
     try:
@@ -113,6 +151,7 @@ def check_metric(args: VerifierArgs) -> None:
 
 
 def build_verifier(args: VerifierArgs) -> Verifier:
+    check_settings_for(args)
     if len(member_names(args.name)) > 1:
         from ttsf_core.verifiers.ensemble import EnsembleVerifier
 

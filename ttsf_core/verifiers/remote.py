@@ -7,7 +7,10 @@ is only validated never starts a thread."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import math
 import threading
+import time
 from typing import Any, Sequence
 
 from PIL import Image
@@ -115,3 +118,17 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 
 
 TRANSIENT_ERRORS = _transient_errors()
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A Retry-After header's wait in seconds (a number, or an HTTP date), or None when it says none."""
+    if not value or not value.strip():
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
