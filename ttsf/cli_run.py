@@ -259,7 +259,7 @@ def print_summary(run_dir: Path) -> None:
 
 def report_and_print(output_dir: Path) -> None:
     from ttsf.cli import fail
-    from ttsf_core.report import build_report
+    from ttsf_core.report import build_report, cost_lines, report_dataframe
 
     run_dirs = find_run_dirs(output_dir)
     if not run_dirs:
@@ -271,6 +271,8 @@ def report_and_print(output_dir: Path) -> None:
         except ValueError as error:
             fail(str(error))
         click.echo(f"{run_dir}: {files.folder}")
+        for line in cost_lines(report_dataframe(run_dir)):
+            click.echo(f"  {line}")
 
 
 def find_run_dirs(output_dir: Path) -> list[Path]:
