@@ -1,4 +1,5 @@
-"""Loading diffusers text-to-image pipelines (real ones from the hub, or the offline tiny FLUX)."""
+"""Loading diffusers text-to-image pipelines (real ones from the hub, or an offline tiny version: tiny-flux,
+tiny-flux2, tiny-flux2-klein, tiny-qwen-image, tiny-sd3, tiny-z-image), and their families (families/)."""
 
 from ttsf_core.pipelines.loader import (
     check_devices,
