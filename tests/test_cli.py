@@ -148,7 +148,12 @@ BAD_INPUTS = [
            "--threshold (search_args.threshold): received 1.5, allowed: a number > 0 and < 1"),
     config("c.toml", "pipeline_call_args = 5\n", "pipeline_call_args: received 5, allowed: a mapping of height, width"),
     config("c.toml", "[prompts]\nprompt_colum = 'x'\n",
-           "prompts.prompt_colum: received unknown field 'prompt_colum', allowed: prompt, dataset"),
+           "prompts.prompt_colum: received unknown field 'prompt_colum' (did you mean prompts.prompt_column?), "
+           "allowed: prompt, dataset"),
+    config("flat.yaml", "search_rounds: 3\n", "search_rounds: received unknown field 'search_rounds' (did you mean "
+           "search_args.search_rounds?), allowed: pretrained_model_name_or_path"),
+    config("typo.yaml", "search_args: {serch_rounds: 3}\n", "search_args.serch_rounds: received unknown field "
+           "'serch_rounds' (did you mean search_args.search_rounds?), allowed: search_method"),
     config("c.yaml", "use_low_gpu_vram: maybe\nverifier_args:\n  max_new_tokens: 0\n",
            "--use_low_gpu_vram (use_low_gpu_vram): received 'maybe', allowed: true or false",
            "verifier_args.max_new_tokens: received 0, allowed: an integer >= 1"),
@@ -182,11 +187,15 @@ BAD_INPUTS = [
     case(["--verifier_to_use", "imagestats", "--prompt", "\x00\x00 \x1b"],
          "--prompt (prompts.prompt): received '\\x00\\x00 \\x1b', allowed: a non-empty text"),
     case(["--verifier_to_use", "imagestats", "--dataset", "{tmp}/nul.txt"],
-         "--dataset (prompts.dataset): received '{tmp}/nul.txt' (it holds no non-empty prompts)",
-         files={"nul.txt": b"\x00\x00\x00\n\x00\n"}),
+         "--dataset (prompts.dataset): received '{tmp}/nul.txt' (line 1: it holds the control character '\\x00' at "
+         "character 0;", files={"nul.txt": b"\x00\x00\x00\n\x00\n"}),
+    case(["--verifier_to_use", "imagestats", "--dataset", "{tmp}/blank.txt"],
+         "--dataset (prompts.dataset): received '{tmp}/blank.txt' (it holds no non-empty prompts)",
+         files={"blank.txt": b"\n  \n\t\n"}),
     case(["--verifier_to_use", "imagestats", "--dataset", "{tmp}/long.txt"],
-         "--dataset (prompts.dataset): received '{tmp}/long.txt' (prompt 1 has 20001 characters), allowed: prompts of "
-         "at most 20000 characters", files={"long.txt": "a cat\n" + "y" * 20001 + "\n"}),
+         "--dataset (prompts.dataset): received '{tmp}/long.txt' (line 2: it has 20001 characters, over 20000; ttsf "
+         "searches a prompt exactly as given, or not at all), allowed: prompts of at most 20000 characters",
+         files={"long.txt": "a cat\n" + "y" * 20001 + "\n"}),
     case(["--verifier_to_use", "imagestats", "--dataset", "{tmp}/p.parquet"], "--dataset (prompts.dataset): received",
          files={"p.parquet": b"PAR1 not really"}),
     config("c.json", b'{"seed": 1, "prompts": {"prompt": "caf\xe9"}}', "allowed: a valid JSON file"),
@@ -208,6 +217,7 @@ def test_every_bad_input_is_one_line_in_one_format(flags, files, env, expected, 
     args = ["--model", "tiny-flux", "--output_dir", str(tmp_path / "out"), *(f.format(tmp=tmp_path) for f in flags)]
     result = _invoke(args, env=env)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert not (tmp_path / "out").exists()  # a refused input writes nothing
     lines = [line for line in result.output.splitlines() if line.startswith("ttsf: error:")]
     assert len(lines) == len(expected), result.output
     for line, fragment in zip(lines, expected):
@@ -232,7 +242,13 @@ def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_
     before = outputs()
     # The terminal gets the progress bar and ttsf's lines, nothing of Prefect's or the libraries' logs.
     assert "Log: " in first.stdout
-    assert all(line.startswith("search:") for line in first.stderr.split("\n") if line.strip()), first.stderr
+    shown = [line for line in first.stderr.replace("\r", "\n").split("\n") if line.strip()]
+    assert shown[0].startswith("ttsf: starting a temporary Prefect server"), first.stderr  # said before the wait
+    assert all(line.lstrip("\x1b[A").startswith(("generate", "grade")) for line in shown[1:]), first.stderr
+    # Both bars run over the 2 + 4 + 8 images of the run, from none to all of them.
+    for bar in ("generate", "grade   "):
+        shown_counts = {int(m) for m in re.findall(rf"{bar}: +\d+%\|[^|]*\| *(\d+)/14", first.stderr)}
+        assert {0, 14} <= shown_counts, (bar, sorted(shown_counts))
     for path in (tmp_path / "out").rglob("*"):
         if path.suffix in (".png", ".json") and path.name != "config.json":
             path.unlink()
@@ -240,6 +256,16 @@ def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_
     assert second.returncode == 0, second.stderr
     assert outputs() == before
     assert json.loads(records[0].read_text())["search_round"] == 1
+
+
+def test_help_types_each_value_and_says_which_model_a_default_belongs_to():
+    text = " ".join(CliRunner().invoke(main, ["run", "--help"], terminal_width=200).output.split())
+    for shown in ("--height INTEGER", "--guidance_scale FLOAT", "--search_method [random|zero-order]",
+                  "--num_prompts INTEGER|all", "--output_dir PATH", "--executor [prefect|threads]",
+                  "[1024 for FLUX.1-dev; 128 for tiny-flux", "any other model: its pipeline's own]"):
+        assert shown in text, shown
+    listing = CliRunner().invoke(main, ["--help"], terminal_width=80).output.partition("Commands:")[2]
+    assert "..." not in listing and "estimate" in listing  # each command's line whole
 
 
 def test_help_explains_each_flag():

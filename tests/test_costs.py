@@ -119,7 +119,7 @@ def test_the_default_model_grades_and_every_grade_knows_its_grader(tmp_path, tin
             "thoughtsTokenCount": entry.thought_tokens}]))
     assert sum(c.cost_usd for c in candidates) == pytest.approx(_dollars(usage))  # what the service billed
     stored = json.loads(next(Store(config).grades_dir.glob("*/*.json")).read_text())
-    assert stored["usage"][0]["model_version"] == DEFAULT_GEMINI_MODEL and stored["graded_at"].endswith("+00:00")
+    assert stored["usage"][0]["model_version"] == DEFAULT_GEMINI_MODEL and stored["cost_usd"] > 0
 
 
 def test_a_model_google_shut_down_is_one_line_before_anything_loads(tmp_path, monkeypatch):

@@ -114,7 +114,7 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(prefect_server, worker
     assert sorted(zip(report["prompt_index"], report["search_round"])) == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert set(report["prompt"]) == set(PROMPTS)
     for path in report["best_img_path"]:
-        assert Path(path).is_file(), path
+        assert (run_dir / "report" / path).is_file(), path  # relative to the report
     # Every candidate's PNG, in the store: 2 + 4 a prompt.
     assert len(list(Store(build_config(config)).images_dir.glob("*/*.png"))) == len(PROMPTS) * (2 + 4)
 

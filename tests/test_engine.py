@@ -294,3 +294,15 @@ def test_a_draft_round_that_keeps_every_noise_skips_its_drafts(tmp_path, tiny_pi
     first, second = (r for r in outcome.records if r.prompt_index == 0)
     assert {c.stage for c in first.candidates} == {"final"} and first.nfe == 2 * 2
     assert {c.stage for c in second.candidates} == {"draft", "final"} and second.nfe == 4 * 1 + 2 * 2
+
+
+def test_progress_moves_once_per_image_of_a_sixteen_image_round(tmp_path, tiny_pipe, monkeypatch):
+    """What the terminal's bars read (ttsf_core.progress): one step per image made, one per image graded."""
+    from ttsf_core import progress
+
+    steps = []
+    monkeypatch.setattr(progress.TALLY, "add", lambda **counts: steps.append(counts))
+    config = small_config(tmp_path, search_args={"search_rounds": 1, "initial_pool_size": 16})
+    _, outcome = runner.run(config, generator=CandidateGenerator(tiny_pipe, config))
+    outcome.raise_first()
+    assert steps.count({"images_generated": 1}) == 16 and steps.count({"images_graded": 1}) == 16

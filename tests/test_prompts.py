@@ -1,10 +1,11 @@
+import re
 import json
 
 import pandas as pd
 import pytest
 
 from ttsf_core.config import ConfigError, PromptSource
-from ttsf_core.prompts import load_prompts
+from ttsf_core.prompts import count_note, load_prompts, read_prompts
 
 SHARED = "../shared/data/open_image_preferences_prompts.txt"
 
@@ -13,8 +14,44 @@ def _source(**fields):
     return PromptSource(**fields)
 
 
-def test_one_prompt_wins_over_the_dataset():
-    assert load_prompts(_source(prompt="  a cat  ", num_prompts=None)) == ["a cat"]
+def test_one_prompt_wins_over_the_dataset_and_is_kept_as_given():
+    assert load_prompts(_source(prompt="  a cat\r\non a mat  ", num_prompts=None)) == ["  a cat\r\non a mat  "]
+
+
+def test_every_prompt_is_searched_exactly_as_the_dataset_has_it(tmp_path):
+    """Line breaks inside a field, CR, tabs, leading blanks, Unicode line separators: kept as they are."""
+    frame = pd.DataFrame({"prompt": ["a cat\r\non a mat", "\ttabbed  ", "one\u2028two", "1984", "NA"]})
+    path = tmp_path / "p.csv"
+    frame.to_csv(path, index=False)
+    assert load_prompts(_source(dataset=str(path), num_prompts="all")) == frame["prompt"].tolist()
+    text = tmp_path / "p.txt"
+    text.write_bytes("first\r\nsecond \u2028 half\r\n\r\n  third\n".encode())
+    assert load_prompts(_source(dataset=str(text), num_prompts="all")) == ["first", "second \u2028 half", "  third"]
+
+
+@pytest.mark.parametrize("suffix,where", [(".txt", "line 3"), (".csv", "row 2 (prompt)"), (".jsonl", "row 2 (prompt)")])
+def test_a_prompt_that_would_have_to_change_is_refused_with_its_place(tmp_path, suffix, where):
+    prompts = ["a cat", "a dog with a NUL \x00 inside", "an owl"]
+    path = tmp_path / f"p{suffix}"
+    if suffix == ".txt":
+        path.write_text("a cat\n\n" + prompts[1] + "\n" + prompts[2] + "\n")
+    elif suffix == ".csv":
+        pd.DataFrame({"prompt": prompts}).to_csv(path, index=False)
+    else:
+        path.write_text("".join(json.dumps({"prompt": prompt}) + "\n" for prompt in prompts))
+    with pytest.raises(ConfigError, match=re.escape(f"({where}: it holds the control character '\\x00' at character 17;")):
+        load_prompts(_source(dataset=str(path), num_prompts="all"))
+
+
+def test_the_count_of_a_datasets_prompts_is_said(tmp_path):
+    path = tmp_path / "five.txt"
+    path.write_text("".join(f"prompt {n}\n" for n in range(5)))
+    read = read_prompts(_source(dataset=str(path)))  # tt-scale-flux's default: 2
+    assert (read.prompts, read.available) == (["prompt 0", "prompt 1"], 5)
+    assert count_note(_source(dataset=str(path)), read) == (
+        f"searching 2 of the 5 prompts of {str(path)!r} (the first 2; --num_prompts all for every one)")
+    assert count_note(_source(dataset=str(path), num_prompts="all"), read_prompts(_source(dataset=str(path),
+                                                                                         num_prompts="all"))) is None
 
 
 def test_txt_skips_blank_lines_and_takes_the_first_n(tmp_path):

@@ -22,7 +22,7 @@ from ttsf_core.records import (
     resolve_image,
     write_round_record,
 )
-from ttsf_core.report import COLUMNS, build_report, report_dataframe, summary_markdown
+from ttsf_core.report import COLUMNS, build_report, report_dataframe, report_image, summary_markdown
 from ttsf_core.store import Recipe, Store
 from ttsf_core.verifiers.base import METRIC_NAMES, grades_from_scores
 
@@ -143,8 +143,8 @@ def test_metric_columns_are_the_best_candidates_grades(frame, run_dir):
         assert str(row.best_noise_seed) == best["seed"] == record["best_noise_seed"]
         for name in METRIC_NAMES:
             assert getattr(row, name) == best["grades"][name]["score"]
-        path = Path(row.best_img_path)
-        assert path.is_absolute() and path.is_file()
+        path = report_image(run_dir, row.best_img_path)
+        assert not Path(row.best_img_path).is_absolute() and path.is_file()  # relative to the report folder
         assert not Path(best["img_path"]).is_absolute()  # records name images relative to themselves
         assert path == resolve_image(record["_path"], best["img_path"]).absolute()
 
@@ -179,7 +179,8 @@ def test_zip_holds_each_best_image_once(files, frame):
         infos = archive.infolist()
         names = [info.filename for info in infos]
         expected = {
-            f"p{row.prompt_index:04d}_r{row.search_round:02d}_s{row.best_noise_seed}.png": row.best_img_path
+            f"p{row.prompt_index:04d}_r{row.search_round:02d}_s{row.best_noise_seed}.png":
+                report_image(files.folder.parent, row.best_img_path)
             for row in frame.itertuples(index=False)
         }
         assert sorted(names) == sorted(expected) and len(names) == len(set(names))
@@ -193,7 +194,7 @@ def test_collage_per_prompt(files, frame):
     assert [p.name[:6] for p in files.collages] == ["p0000_", "p0001_", "p0002_"]
     for path, (_, rows) in zip(files.collages, frame.groupby("prompt_index")):
         assert "<" not in path.name and '"' not in path.name
-        winners = [_load(p) for p in rows["best_img_path"]]
+        winners = [_load(report_image(files.folder.parent, p)) for p in rows["best_img_path"]]
         sheet = _load(path)
         assert sheet.width == sum(image.width for image in winners)
         assert sheet.height > max(image.height for image in winners)  # plus the caption strip
@@ -260,14 +261,19 @@ def test_summary_markdown_mentions_each_round_mean(frame, run_dir):
     assert str(Path(run_dir) / "report") in text
 
 
-def test_a_moved_output_folder_still_resolves_every_image(run_dir, tmp_path):
+def test_a_moved_output_folder_still_resolves_every_image(run_dir, files, tmp_path):
     import shutil
 
     output = run_dir.parents[3]
     moved = tmp_path / "moved"
     shutil.copytree(output, moved)
-    frame = report_dataframe(moved / run_dir.relative_to(output))
-    assert all(Path(path).is_file() and Path(path).is_relative_to(moved) for path in frame["best_img_path"])
+    moved_run = moved / run_dir.relative_to(output)
+    frame = report_dataframe(moved_run)
+    assert all(report_image(moved_run, path).is_file() and report_image(moved_run, path).is_relative_to(moved)
+               for path in frame["best_img_path"])
+    # The report files themselves name images relative to the report: the copy's CSV works where it lies.
+    report = pd.read_csv(moved_run / "report" / "report.csv")
+    assert all((moved_run / "report" / path).is_file() for path in report["best_img_path"])
 
 
 def test_an_unchanged_report_is_not_rebuilt(tmp_path):
@@ -295,4 +301,4 @@ def test_records_from_before_the_store_still_read(tmp_path):
     write_json(folder / "round_01.json", old)
     frame = report_dataframe(tmp_path / "run")
     assert frame["best_noise"].tolist() == ["s7"] and frame["images_generated"].tolist() == [1]
-    assert Path(frame["best_img_path"][0]) == image.absolute()
+    assert report_image(tmp_path / "run", frame["best_img_path"][0]) == image.absolute()

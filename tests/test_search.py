@@ -6,7 +6,7 @@ import pytest
 
 from conftest import small_config
 from ttsf_core import runner
-from ttsf_core.config import build_config, read_config_file
+from ttsf_core.config import ConfigError, build_config, read_config_file
 from ttsf_core.generate import CandidateGenerator
 from ttsf_core.noise import candidate_seed
 from ttsf_core.records import iter_round_records, resolve_image
@@ -115,13 +115,15 @@ def test_a_finished_run_redoes_nothing_and_a_lost_record_is_rewritten_from_the_s
 
 
 def test_file_names_are_safe_whatever_the_prompt_says(tmp_path, tiny_pipe):
-    nasty = "../../etc/passwd <b>\x00 \\ 'quote' \u00e9\u4e2d " + "x" * 300
+    nasty = "../../etc/passwd <b>\t\r\n \\ 'quote' \u00e9\u4e2d " + "x" * 300
     prepared, outcome, _ = _run(tmp_path, tiny_pipe, prompts={"prompt": nasty}, search_args={"search_rounds": 1})
     output = prepared.config.output_dir.resolve()
     for path in output.rglob("*"):
         assert path.resolve().is_relative_to(output)
         assert len(path.name) < 120 and all(ch.isalnum() or ch in "._-" for ch in path.name)
-    assert outcome.records[0].prompt == nasty.replace("\x00", "")  # control characters are never searched
+    assert outcome.records[0].prompt == nasty  # searched exactly as given: tabs and line breaks kept
+    with pytest.raises(ConfigError, match="without control characters"):  # a NUL would have to be dropped
+        small_config(tmp_path, prompts={"prompt": nasty + "\x00"})
 
 
 @pytest.mark.parametrize("name", list(STRATEGY_ARGS))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import click
 
@@ -15,9 +16,25 @@ for _name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
     os.environ.setdefault(_name, "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from ttsf_core.config import ConfigError, build_config, merge, read_config_file
+from ttsf_core.config import DEFAULT_MODEL, MODEL_DEFAULTS, ConfigError, RunConfig, build_config, merge, read_config_file
 from ttsf_core.verifiers.base import METRIC_NAMES
 from ttsf_core.verifiers.gemini_models import DEFAULT_GEMINI_MODEL
+
+TINY_MODELS = tuple(model for model in MODEL_DEFAULTS if model.startswith("tiny-"))
+
+
+def model_defaults(name: str) -> str:
+    """What a call argument defaults to, said per model: "1024 for FLUX.1-dev, 128 for tiny-flux, ...;
+    any other model: its pipeline's own" (MODEL_DEFAULTS, the one source of these defaults)."""
+    values: dict[str, list[str]] = {}
+    for model, defaults in MODEL_DEFAULTS.items():
+        value = defaults.get("pipeline_call_args", {}).get(name)
+        if value is not None:
+            values.setdefault(f"{value:g}" if isinstance(value, float) else str(value), []).append(
+                "FLUX.1-dev" if model == DEFAULT_MODEL else model)
+    said = "; ".join(f"{value} for {', '.join(models)}" for value, models in values.items())
+    return f"{said}; any other model: its pipeline's own" if said else "the pipeline's own"
+
 
 # flag -> (path in RunConfig, help). Values reach pydantic as given, so every flag is validated,
 # and reported, the same way as the same field in a config file.
@@ -29,15 +46,18 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
                 "[data-is-better-together/open-image-preferences-v1-binarized]."),
     "dataset_split": (("prompts", "dataset_split"), "Split of a hub dataset [train]."),
     "prompt_column": (("prompts", "prompt_column"), "Column holding prompts (hub, CSV, JSONL, parquet) [prompt]."),
-    "model": (("pretrained_model_name_or_path",), "Diffusers pipeline: hub id, local folder, or 'tiny-flux' "
-              "(an offline tiny FLUX for CPU runs) [black-forest-labs/FLUX.1-dev]."),
-    "torch_dtype": (("torch_dtype",), "bf16, fp16 or fp32 [bf16]."),
+    "model": (("pretrained_model_name_or_path",), "Diffusers pipeline: hub id, local folder, or an offline tiny "
+              f"model for CPU runs ({', '.join(TINY_MODELS)}) [black-forest-labs/FLUX.1-dev]."),
+    "torch_dtype": (("torch_dtype",), "bf16, fp16 or fp32 [bf16; the tiny models: fp32]."),
     "device": (("device",), "Device for the pipeline: auto, cuda, cuda:N, cpu, mps [auto]."),
-    "height": (("pipeline_call_args", "height"), "Image height in pixels [1024]."),
-    "width": (("pipeline_call_args", "width"), "Image width in pixels [1024]."),
-    "num_inference_steps": (("pipeline_call_args", "num_inference_steps"), "Denoising steps [50]."),
-    "guidance_scale": (("pipeline_call_args", "guidance_scale"), "Guidance scale [3.5]."),
-    "max_sequence_length": (("pipeline_call_args", "max_sequence_length"), "T5 max tokens [512]."),
+    "height": (("pipeline_call_args", "height"), "Image height in pixels [" + model_defaults("height") + "]."),
+    "width": (("pipeline_call_args", "width"), "Image width in pixels [" + model_defaults("width") + "]."),
+    "num_inference_steps": (("pipeline_call_args", "num_inference_steps"),
+                            "Denoising steps [" + model_defaults("num_inference_steps") + "]."),
+    "guidance_scale": (("pipeline_call_args", "guidance_scale"), "Guidance scale [" + model_defaults("guidance_scale")
+                       + "]."),
+    "max_sequence_length": (("pipeline_call_args", "max_sequence_length"),
+                            "Text encoder's max tokens [" + model_defaults("max_sequence_length") + "]."),
     "search_rounds": (("search_args", "search_rounds"), "Search rounds R; round r draws 2**r noises [4]."),
     "initial_pool_size": (("search_args", "initial_pool_size"), "random: noises in round 1; doubles each round [2]."),
     "search_method": (("search_args", "search_method"), "random, or zero-order (a pivot and its neighbours each "
@@ -115,6 +135,8 @@ _FLAG_HEADS = _flag_heads()
 def _flag_names(line: str) -> str:
     """Name the flag a user typed next to the config field it sets."""
     head, sep, rest = line.partition(": ")
+    if rest.startswith("received unknown field"):  # a key the config file misplaced: no flag set it
+        return line
     return f"{_FLAG_HEADS[head]}: {rest}" if sep and head in _FLAG_HEADS else line
 
 
@@ -163,9 +185,33 @@ def _usage_problem(command: click.Command, error: click.UsageError) -> str:
     return f"{name.lstrip('-')}: received nothing, allowed: a value after {name}"
 
 
+def metavar(path: tuple[str, ...]) -> str:
+    """How `--help` names a flag's value, from its field's type: INTEGER, FLOAT, TEXT, PATH, a choice
+    [a|b], or INTEGER|all. Flags still reach pydantic as text, so a bad value is one line like any other."""
+    model, info = RunConfig, None
+    for name in path:
+        info = model.model_fields[name]
+        model = info.annotation
+    names = {int: "INTEGER", float: "FLOAT", str: "TEXT", Path: "PATH", bool: "BOOLEAN"}
+    parts = []
+    for kind in _members(info.annotation):
+        if get_origin(kind) is Literal:
+            parts.append("|".join(map(str, get_args(kind))))
+        elif kind is not type(None):
+            parts.append(names.get(kind, "TEXT"))
+    text = "|".join(dict.fromkeys(parts))
+    return f"[{text}]" if all(get_origin(kind) is Literal for kind in _members(info.annotation)
+                              if kind is not type(None)) else text
+
+
+def _members(annotation) -> tuple:
+    return get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+
+
 def run_options(function):
     for flag in reversed(RUN_FLAGS):
-        function = click.option(f"--{flag}", flag, default=None, help=RUN_FLAGS[flag][1])(function)
+        path, text = RUN_FLAGS[flag]
+        function = click.option(f"--{flag}", flag, default=None, metavar=metavar(path), help=text)(function)
     function = click.option("--compile", "compile_", is_flag=True, default=False,
                             help="Regional torch.compile of the denoiser's repeated blocks (same pixels; compiles "
                                  "in seconds to a minute on first use).")(function)
@@ -184,9 +230,10 @@ def main() -> None:
     """ttsf: inference-time scaling for text-to-image diffusion by searching over initial noises."""
 
 
-@main.command("run", cls=RunCommand, context_settings={"allow_extra_args": True})
+@main.command("run", cls=RunCommand, context_settings={"allow_extra_args": True},
+              short_help="Search noises per prompt, grade them, record each round's best.")
 @run_options
-@click.option("--executor", default="prefect", show_default=True,
+@click.option("--executor", default="prefect", show_default=True, metavar="[" + "|".join(EXECUTORS) + "]",
               help=f"{' or '.join(EXECUTORS)}. prefect: the search-dataset flow, every job a task run (visible in "
                    "the Prefect UI); threads: the same search loop on local threads, no orchestrator.")
 def run_command(executor: str, **options: Any) -> None:
@@ -202,7 +249,8 @@ def run_command(executor: str, **options: Any) -> None:
     run_and_print(config, executor)
 
 
-@main.command("estimate", cls=RunCommand, context_settings={"allow_extra_args": True})
+@main.command("estimate", cls=RunCommand, context_settings={"allow_extra_args": True},
+              short_help="What `ttsf run` with these flags would spend, before it runs.")
 @run_options
 @click.option("--executor", default="prefect", show_default=True, help="As for `ttsf run` (ignored here).")
 def estimate_command(executor: str, **options: Any) -> None:
@@ -217,7 +265,7 @@ def estimate_command(executor: str, **options: Any) -> None:
     estimate_and_print(config)
 
 
-@main.command("report")
+@main.command("report", short_help="Rebuild the report of every run in OUTPUT_DIR from its records.")
 @click.argument("output_dir", type=click.Path(path_type=Path))
 def report_command(output_dir: Path) -> None:
     """Rebuild report.parquet/csv/html, the scaling curve, collages and the image archive of every run
@@ -227,7 +275,7 @@ def report_command(output_dir: Path) -> None:
     report_and_print(output_dir)
 
 
-@main.command("regenerate")
+@main.command("regenerate", short_help="Remake a recorded image and check it is byte-identical.")
 @click.argument("record", type=click.Path(path_type=Path))
 @click.option("--index", type=int, default=None, help="Candidate index in the record [the round's best].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -245,7 +293,7 @@ def regenerate_command(record: Path, index: int | None, out: Path | None, device
     regenerate_and_print(record, index, out, device)
 
 
-@main.command("serve")
+@main.command("serve", short_help="Serve OUTPUT_DIR over HTTP (full-size images for the UI).")
 @click.argument("output_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: every one).")
 @click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on.")
@@ -257,7 +305,7 @@ def serve_command(output_dir: Path, host: str, port: int) -> None:
     serve_output(output_dir, host, port)
 
 
-@main.command("export")
+@main.command("export", short_help="Write a run's records in tt-scale-flux's layout.")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--format", "format_", type=click.Choice(["tt-scale-flux"]), default="tt-scale-flux", show_default=True,
               help="tt-scale-flux: its flat folder of per-round JSON datapoints and best images, as its "
@@ -272,7 +320,7 @@ def export_command(run_dir: Path, format_: str, out: Path) -> None:
                + (f" ({exported.skipped} rounds without a gradeable image left out)" if exported.skipped else ""))
 
 
-@main.command("migrate")
+@main.command("migrate", short_help="Bring a run folder from before the image store up to date.")
 @click.argument("old_run_dir", type=click.Path(path_type=Path))
 def migrate_command(old_run_dir: Path) -> None:
     """Bring a run folder written before the image store (images beside their records) into the

@@ -12,7 +12,8 @@ import threading
 from pathlib import Path
 
 import click
-from tqdm import tqdm
+
+from ttsf.progress_bars import RunProgress
 
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.verifiers.base import VerifierConfigError
@@ -35,13 +36,16 @@ def run_and_print(config: RunConfig, executor: str = "prefect") -> None:
     from ttsf_core.locks import RunLock
 
     try:
-        prepared = runner.prepare_run(config)  # fail on bad input before Prefect or a model starts
+        prepared = runner.prepare_run(config, write=False)  # bad input fails before Prefect or a model starts
         if executor == "prefect":
             _check_prefect_inputs(config)
+        runner.start_run(prepared)  # nothing is written before every input passed
         lock = RunLock(prepared.layout.run_dir)
         lock.acquire()
     except (ConfigError, VerifierConfigError) as error:
         fail(str(error))
+    for note in prepared.notes:
+        click.echo(f"ttsf: note: {note}", err=True)
     for warning in prepared.warnings:
         click.echo(f"ttsf: warning: {warning}", err=True)
     try:
@@ -72,7 +76,10 @@ def _run_locked(prepared, executor: str, fail) -> None:
     else:
         log_path = start_log_file(prepared.layout.run_dir)
         click.echo(f"Log: {log_path}")
-        with RecordProgress(prepared, pending):
+        if executor == "prefect" and not os.environ.get("PREFECT_API_URL"):
+            click.echo("ttsf: starting a temporary Prefect server for this run (10-30 s the first time on a machine; "
+                       "PREFECT_API_URL names a running one, --executor threads runs without Prefect) ...", err=True)
+        with RunProgress(prepared, pending_rounds):
             counts, error = _search(prepared, executor)
         if error is not None:  # after the progress bar is closed: the error gets its own line
             _fail_search(error, fail, log_path)
@@ -204,35 +211,6 @@ def pending_rounds(prepared) -> int:
     return sum(not prepared.layout.record_path(prompt, r).is_file() for prompt in prepared.prompts for r in rounds)
 
 
-class RecordProgress:
-    """A progress bar over rounds recorded, read from the run folder (true whoever writes them)."""
-
-    def __init__(self, prepared, pending: int, interval_s: float = 1.0):
-        self.prepared, self.interval_s = prepared, interval_s
-        total = len(prepared.prompts) * prepared.config.search_args.search_rounds
-        self.bar = tqdm(total=total, initial=total - pending, unit="round", desc="search", dynamic_ncols=True)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        while not self.stop.wait(self.interval_s):
-            self._update()
-
-    def _update(self) -> None:
-        done = self.bar.total - pending_rounds(self.prepared)
-        self.bar.update(done - self.bar.n)
-
-    def __enter__(self) -> "RecordProgress":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop.set()
-        self.thread.join()
-        self._update()
-        self.bar.close()
-
-
 def _preload(runtime, config: RunConfig) -> None:
     try:
         runtime.generator_for(config)
@@ -246,7 +224,8 @@ def print_summary(run_dir: Path) -> None:
     frame = report_dataframe(run_dir)
     by_round = frame.groupby("search_round").agg(images=("images_generated", "mean"), nfe=("nfe_so_far", "mean"),
                                                  mean_best=("best_score", "mean"))
-    click.echo(f"{frame['prompt_index'].nunique()} prompts, metric {frame['choice_of_metric'].iloc[0]}, "
+    prompts = frame["prompt_index"].nunique()
+    click.echo(f"{prompts} prompt{'s' * (prompts != 1)}, metric {frame['choice_of_metric'].iloc[0]}, "
                f"search {frame['search_method'].iloc[0]}")
     for search_round, row in by_round.iterrows():
         click.echo(f"  round {search_round}: {row['images']:g} images ({row['nfe']:g} NFEs) a prompt so far, "

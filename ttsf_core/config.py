@@ -296,12 +296,22 @@ class SearchArgs(_Frozen):
 
 
 MAX_PROMPT_CHARS = 20_000  # a T5 encoder reads 512 tokens (~2-3k characters); beyond this is not a prompt
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Control characters a prompt cannot carry (NUL, escape codes): tab, line feed and carriage return can.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+PROMPT_ALLOWED = "a non-empty text without control characters (tabs and line breaks are kept as they are)"
 
 
-def clean_prompt(text: str) -> str:
-    """A prompt as searched: control characters (NUL, escape codes) removed, blanks trimmed."""
-    return _CONTROL.sub("", text).strip()
+def prompt_problem(text: str) -> str | None:
+    """Why `text` cannot be searched as it is (None: it can). A prompt is never changed: it is searched
+    exactly as given, or refused."""
+    if not text.strip():
+        return "it is blank"
+    control = _CONTROL.search(text)
+    if control is not None:
+        return f"it holds the control character {control.group()!r} at character {control.start()}"
+    if len(text) > MAX_PROMPT_CHARS:
+        return f"it has {len(text)} characters, over {MAX_PROMPT_CHARS}"
+    return None
 
 
 class PromptSource(_Frozen):
@@ -323,14 +333,13 @@ class PromptSource(_Frozen):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_not_blank(cls, value: str | None) -> str | None:
+    def _prompt_searchable(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        value = clean_prompt(value)
-        if not value:
-            raise ValueError("allowed: a non-empty text (blanks and control characters do not count)")
         if len(value) > MAX_PROMPT_CHARS:
             raise ValueError(f"allowed: a text of at most {MAX_PROMPT_CHARS} characters")
+        if prompt_problem(value) is not None:
+            raise ValueError(f"allowed: {PROMPT_ALLOWED}")
         return value
 
     @field_validator("num_prompts", mode="before")
@@ -368,8 +377,27 @@ class DispatchArgs(_Frozen):
     mode: Literal["local", "pool"] = "local"
     # The deployment batches are sent to, "<flow name>/<deployment name>" (pool mode).
     deployment: str = "search-batch/gpu"
-    # How long the dataset run waits for one batch run before calling it lost (pool mode).
+    # How long one batch run may run, counted from when it starts running (not from its submission),
+    # before the dataset run cancels it; it is then submitted again while attempts remain (pool mode).
     batch_timeout_s: float = Field(24 * 3600, gt=0)
+    # Liveness without a server (pool mode; docs/scale-out.md): a batch writes a heartbeat file into the
+    # shared run folder every `heartbeat_s`; one whose heartbeat has not changed for `lost_after_s` while
+    # the server says it runs (or one taken by a worker that never started it) is lost: marked Crashed
+    # and submitted again, to whichever worker is free, until it has had `max_attempts` attempts.
+    heartbeat_s: float = Field(10.0, ge=1, le=300)
+    lost_after_s: float = Field(180.0, ge=5, le=24 * 3600)
+    max_attempts: int = Field(3, ge=1, le=20)
+    # How long the dataset run and its batches ride out a Prefect server they cannot reach (back-off up
+    # to 15 s between tries) before giving up; batches keep searching and writing meanwhile.
+    server_outage_s: float = Field(3600.0, ge=60, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _beats_fit_in_the_loss_window(self) -> "DispatchArgs":
+        # Three missed beats before a batch is called lost: one late write never loses a live batch.
+        if self.lost_after_s < 3 * self.heartbeat_s:
+            raise ValueError(f"lost_after_s: received {self.lost_after_s:g} with heartbeat_s {self.heartbeat_s:g}, "
+                             f"allowed: at least 3 x heartbeat_s ({3 * self.heartbeat_s:g} s)")
+        return self
 
 
 class BudgetArgs(_Frozen):
@@ -572,7 +600,8 @@ def _problem(item: dict[str, Any]) -> tuple[str, str]:
     field, info, model = _locate(item["loc"])
     if item["type"] == "extra_forbidden":
         allowed = ", ".join(model.model_fields)
-        return field, f"{field}: received unknown field {item['loc'][-1]!r}, allowed: {allowed}"
+        hint = did_you_mean(str(item["loc"][-1]), field.rpartition(".")[0])
+        return field, f"{field}: received unknown field {item['loc'][-1]!r}{hint}, allowed: {allowed}"
     own = str(item.get("ctx", {}).get("error", "")) if item["type"] == "value_error" else ""
     sub, _, rest = own.partition(": ")
     if rest.startswith("received "):  # a model validator naming its own field: "sub.field: received ..."
@@ -580,6 +609,31 @@ def _problem(item: dict[str, Any]) -> tuple[str, str]:
         return field, f"{field}: {rest}"
     allowed = own.removeprefix("allowed: ") or _allowed(info, item.get("ctx"))
     return field, f"{field or 'config'}: received {shown(item['input'])}, allowed: {allowed}"
+
+
+def did_you_mean(name: str, where: str) -> str:
+    """" (did you mean search_args.search_rounds?)" for a field given at the wrong level or misspelled,
+    from every field of RunConfig (the closest by spelling, the same level first); "" when none is close."""
+    import difflib
+
+    paths = _field_paths(RunConfig)
+    here = {path.rpartition(".")[2]: path for path in paths if path.rpartition(".")[0] == where}
+    anywhere = {path.rpartition(".")[2]: path for path in reversed(paths)}
+    found = ([path for path in paths if path.rpartition(".")[2] == name]  # the right name at another level
+             or [here[leaf] for leaf in difflib.get_close_matches(name, here, n=1, cutoff=0.7)]
+             or [path for leaf, path in here.items() if name and (leaf.startswith(name) or name.startswith(leaf))]
+             or [anywhere[leaf] for leaf in difflib.get_close_matches(name, anywhere, n=1, cutoff=0.8)])
+    return f" (did you mean {found[0]}?)" if found else ""
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    found = []
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        found.append(path)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            found += _field_paths(info.annotation, path + ".")
+    return found
 
 
 def shown(value: Any, limit: int = 80) -> str:

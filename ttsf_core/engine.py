@@ -24,6 +24,7 @@ from ttsf_core.budget import Allowance
 from ttsf_core.candidates import Candidate
 from ttsf_core.config import RunConfig
 from ttsf_core.jobs import FinishJob, GenerateJob, GradeJob, GradeResult
+from ttsf_core.progress import TALLY
 from ttsf_core.records import RoundRecord, RunLayout, read_round_record
 from ttsf_core.search import GradedCandidate, Strategy, build_strategy
 from ttsf_core.store import Store, StoredImage, Verdict
@@ -206,6 +207,12 @@ class _BatchRun:
         self.counts.prompts_over_budget = len(self.over_budget)
         return BatchOutcome(records, self.failures, self.counts, unfinished, dict(sorted(self.over_budget.items())))
 
+    def _found(self, images: int = 0, grades: int = 0) -> None:
+        """Work found already done: counted for the batch, and for whoever shows this process's progress."""
+        self.counts.images_found += images
+        self.counts.grades_found += grades
+        TALLY.add(images_found=images, grades_found=grades)
+
     def _allowed(self, prompt_index: int, search_round: int) -> bool:
         return self.allowance is None or self.allowance.allows(prompt_index, search_round)
 
@@ -232,7 +239,7 @@ class _BatchRun:
             return
         work.stage, work.verdicts = stage, [None] * len(stage)
         work.images = [self.store.find_image(work.prompt, candidate) for candidate in stage]
-        self.counts.images_found += sum(image is not None for image in work.images)
+        self._found(images=sum(image is not None for image in work.images))
         if all(image is not None for image in work.images):
             self._request_grades(work)
             return
@@ -278,7 +285,7 @@ class _BatchRun:
         self.counts.images_generated += generated
         made_by_key = {image.key: image for image in made}
         was_missing = sum(image is None for image in work.images)
-        self.counts.images_found += was_missing - generated  # written meanwhile by another worker
+        self._found(images=was_missing - generated)  # written meanwhile by another worker
         work.images = [image or made_by_key[c.key()] for c, image in zip(work.stage, work.images)]
         self.engine.observer.images_generated(generated)
         self._request_grades(work)
@@ -293,7 +300,7 @@ class _BatchRun:
         if missing and self._budget_spent():
             self._stop_for_budget(work)
             return
-        self.counts.grades_found += len(work.verdicts) - len(missing)
+        self._found(grades=len(work.verdicts) - len(missing))
         size = self.engine.grade_chunk
         chunks = [missing[start : start + size] for start in range(0, len(missing), size)]
         work.outstanding = len(chunks)
@@ -319,7 +326,7 @@ class _BatchRun:
         for position, verdict in zip(positions, result.verdicts, strict=True):
             work.verdicts[position] = verdict
         self.counts.images_graded += result.asked
-        self.counts.grades_found += len(positions) - result.asked
+        self._found(grades=len(positions) - result.asked)
         self.counts.bill(result.usage, result.cost_usd)
         self._count_attempts(result.attempts, result.rate_limited, result.waited_s)
         self.engine.observer.images_graded(len(positions))

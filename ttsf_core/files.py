@@ -105,6 +105,19 @@ def probe_writable(folder: Path) -> None:
     probe.unlink()
 
 
+def writable_problem(folder: Path) -> str | None:
+    """Why this user could not create and write `folder` (its nearest existing ancestor decides), or None;
+    nothing is written to find out (a refused input leaves no folder behind)."""
+    probe = Path(folder).absolute()
+    while not probe.exists():
+        if probe.parent == probe:
+            return "No such file or directory"
+        probe = probe.parent
+    if not probe.is_dir():
+        return "Not a directory"
+    return None if os.access(probe, os.W_OK | os.X_OK) else "Permission denied"
+
+
 def write_json(path: Path, payload: dict) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 

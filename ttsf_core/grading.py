@@ -20,6 +20,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from ttsf_core.config import DEFAULT_GRADE_FRAMES, RunConfig
+from ttsf_core.progress import TALLY
 from ttsf_core.retry import backoff_delay, is_retryable, server_wait
 from ttsf_core.store import Store, StoredImage, Verdict
 from ttsf_core.verifiers.base import (
@@ -148,6 +149,7 @@ def grade_once(store: Store, verifier: Verifier, job: GradeJob, final_invalid: b
             return
         verdicts[image.sha256] = store.write_grade(job.prompt, image.sha256, verdict)
         spending.pending.pop(image.sha256, None)
+        TALLY.add(images_graded=1)
 
     if missing:
         score_media(verifier, job.prompt, missing, getattr(store, "grade_frames", DEFAULT_GRADE_FRAMES),

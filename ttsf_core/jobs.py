@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from ttsf_core.candidates import Candidate
 from ttsf_core.config import RunConfig
 from ttsf_core.grading import GradeJob, GradeResult, RetryPolicy, grade, grade_once, load_images
+from ttsf_core.progress import TALLY
 from ttsf_core.records import CandidateRecord, RoundRecord, RunLayout, relative_image_path, write_round_record
 from ttsf_core.search import GradedCandidate, Strategy
 from ttsf_core.store import Recipe, Store, StoredImage
@@ -67,11 +68,17 @@ def generate(store: Store, generator: "CandidateGenerator", job: GenerateJob) ->
             for position, (candidate, image) in enumerate(zip(batch, images, strict=True)):
                 if found[candidate.key()] is None:
                     recipe = Recipe(noise=candidate.noise, steps=candidate.steps, batch=noises, batch_position=position)
-                    writes.append(writers.submit(store.write_image, job.prompt, candidate, image, recipe, fps))
+                    writes.append(write := writers.submit(store.write_image, job.prompt, candidate, image, recipe, fps))
+                    write.add_done_callback(_tally_written)
         for write in writes:
             stored = write.result()
             found[stored.key] = stored
     return [found[c.key()] for c in job.candidates]
+
+
+def _tally_written(write) -> None:
+    if write.exception() is None:
+        TALLY.add(images_generated=1)
 
 
 def finish(config: RunConfig, layout: RunLayout, strategy: Strategy, job: FinishJob) -> RoundRecord:

@@ -2,42 +2,77 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ttsf_core.config import MAX_PROMPT_CHARS, ConfigError, PromptSource, clean_prompt
+from ttsf_core.config import MAX_PROMPT_CHARS, PROMPT_ALLOWED, ConfigError, PromptSource, prompt_problem
 
 LOCAL_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
 
 
+@dataclass(frozen=True)
+class PromptRead:
+    """The prompts to search, and how many usable prompts the dataset holds (None: not counted, a hub
+    dataset is streamed only as far as needed)."""
+
+    prompts: list[str]
+    available: int | None
+
+
 def load_prompts(source: PromptSource) -> list[str]:
-    """The prompts to search, in dataset order: control characters removed, blank ones dropped,
-    duplicates kept once."""
+    """The prompts to search, in dataset order, each exactly as the dataset has it: blank ones skipped,
+    duplicates kept once, and a prompt ttsf could only search by changing it (a control character)
+    refused with its place in the dataset."""
+    return read_prompts(source).prompts
+
+
+def read_prompts(source: PromptSource) -> PromptRead:
     if source.prompt is not None:
-        return [source.prompt]
+        return PromptRead([source.prompt], 1)
     limit = None if source.num_prompts == "all" else source.num_prompts
-    if _looks_local(source.dataset):
-        texts = _read_local(source, limit)
-    else:
-        texts = _read_hub(source, limit)
-    cleaned = (clean_prompt(text) for text in texts if isinstance(text, str))
-    prompts = list(dict.fromkeys(text for text in cleaned if text))
-    too_long = next((text for text in prompts if len(text) > MAX_PROMPT_CHARS), None)
-    if too_long is not None:
-        raise ConfigError(f"prompts.dataset: received {source.dataset!r} (prompt {prompts.index(too_long)} has "
-                          f"{len(too_long)} characters), allowed: prompts of at most {MAX_PROMPT_CHARS} characters")
+    local = _looks_local(source.dataset)
+    texts = _read_local(source) if local else _read_hub(source, limit)
+    prompts: dict[str, None] = {}
+    for place, text in texts:
+        if not isinstance(text, str) or not text.strip():
+            continue  # an empty cell or a blank line is not a prompt
+        problem = prompt_problem(text)
+        if problem is not None:
+            allowed = f"prompts of at most {MAX_PROMPT_CHARS} characters" if len(text) > MAX_PROMPT_CHARS else \
+                f"prompts that are {PROMPT_ALLOWED}"
+            raise ConfigError(f"prompts.dataset: received {source.dataset!r} ({place}: {problem}; ttsf searches "
+                              f"a prompt exactly as given, or not at all), allowed: {allowed}")
+        prompts.setdefault(text)
     if not prompts:
         raise ConfigError(f"prompts.dataset: received {source.dataset!r} (it holds no non-empty prompts), "
                           "allowed: a dataset with at least one non-empty prompt")
-    return prompts[:limit] if limit else prompts
+    found = list(prompts)
+    return PromptRead(found[:limit] if limit else found, len(found) if local else None)
+
+
+def count_note(source: PromptSource, read: PromptRead) -> str | None:
+    """"2 of 5 prompts ..." when a dataset's prompts are not all searched (tt-scale-flux's default
+    --num_prompts is 2): said, so that nobody thinks the whole dataset ran."""
+    if source.prompt is not None or source.num_prompts == "all":
+        return None
+    count = len(read.prompts)
+    if read.available is None:
+        return (f"searching the first {count} prompts of {source.dataset!r} (--num_prompts {source.num_prompts}; "
+                "--num_prompts all for every one)")
+    if count < read.available:
+        return (f"searching {count} of the {read.available} prompts of {source.dataset!r} (the first {count}; "
+                "--num_prompts all for every one)")
+    return None
 
 
 def _looks_local(dataset: str) -> bool:
     return Path(dataset).suffix.lower() in LOCAL_SUFFIXES or Path(dataset).exists()
 
 
-def _read_local(source: PromptSource, limit: int | None) -> list:
+def _read_local(source: PromptSource) -> list[tuple[str, object]]:
+    """(where, text) for every entry of a local file: "line N" of a .txt, "row N" of a table."""
     path = Path(source.dataset)
     suffix = path.suffix.lower()
     if not path.is_file() or suffix not in LOCAL_SUFFIXES:
@@ -47,9 +82,10 @@ def _read_local(source: PromptSource, limit: int | None) -> list:
         )
     try:
         if suffix == ".txt":
-            return path.read_text(encoding="utf-8").splitlines()
+            return [(f"line {number}", line) for number, line in enumerate(_lines(path), start=1)]
         frame = {
-            ".csv": lambda: pd.read_csv(path),
+            # dtype str, no NA words: a prompt "1984" or "NA" stays the text it is.
+            ".csv": lambda: pd.read_csv(path, dtype=str, keep_default_na=False),
             # dtype/convert_dates off: a prompt "1984" or "2024-01-01" stays the text it is.
             ".jsonl": lambda: pd.read_json(path, lines=True, dtype=False, convert_dates=False),
             ".parquet": lambda: _read_parquet_column(path, source),
@@ -57,7 +93,15 @@ def _read_local(source: PromptSource, limit: int | None) -> list:
     except (OSError, UnicodeDecodeError, ValueError, KeyError) as error:
         raise ConfigError(f"prompts.dataset: received {source.dataset!r} (it could not be read: "
                           f"{_first_line(error)}), allowed: a readable {suffix} file") from None
-    return _column(frame, source)
+    return [(f"row {number} ({source.prompt_column})", text)
+            for number, text in enumerate(_column(frame, source), start=1)]
+
+
+def _lines(path: Path) -> list[str]:
+    """A text file's lines without their terminators (LF or CRLF): nothing else is taken from a prompt
+    (str.splitlines would also cut at form feeds and Unicode line separators inside one)."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def _read_parquet_column(path: Path, source: PromptSource) -> pd.DataFrame:
@@ -90,7 +134,8 @@ def _read_hub(source: PromptSource, limit: int | None) -> list:
             )
         rows = stream.select_columns([source.prompt_column])
         rows = rows.take(limit * 2) if limit else rows  # head-room for blank or repeated prompts
-        return [row[source.prompt_column] for row in rows]
+        return [(f"row {number} ({source.prompt_column})", row[source.prompt_column])
+                for number, row in enumerate(rows, start=1)]
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001 - the hub raises many types; all mean "unreadable"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,8 @@ def _row(path: Path, record: RoundRecord) -> dict:
         "best_noise": best.noise.tag() if best else "",
         "best_index": record.best_index,
         "choice_of_metric": record.choice_of_metric,
-        "best_img_path": str(resolve_image(path, record.best_img_path).absolute()) if best else "",
+        # Relative to the report folder, so the report works wherever the output folder is moved or read.
+        "best_img_path": _from_report(path, record.best_img_path) if best else "",
         "ungradeable": record.ungradeable,
         **(best.grades.scores() if best and best.grades else {}),
     }
@@ -196,6 +198,26 @@ def cost_lines(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _from_report(record_path: Path, img_path: str) -> str:
+    """A record's image as the report names it: relative to RUN_DIR/report (run_dir is two folders
+    above the record's: prompts/<prompt>/round_NN.json)."""
+    image = resolve_image(record_path, img_path).absolute()
+    report = Path(record_path).absolute().parents[2] / REPORT_DIRNAME
+    return Path(os.path.relpath(image, report)).as_posix()
+
+
+def report_image(run_dir: str | Path, best_img_path: str) -> Path:
+    """The file a report row's `best_img_path` names (relative to RUN_DIR/report)."""
+    return Path(os.path.normpath(Path(run_dir) / REPORT_DIRNAME / best_img_path))
+
+
+def _with_files(frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """The frame with best_img_path as paths to open from here (for the zip, collages and page)."""
+    found = frame.copy()
+    found["best_img_path"] = [str(report_image(run_dir, path)) if path else "" for path in frame["best_img_path"]]
+    return found
+
+
 def _distinct_images_so_far(records: list[RoundRecord]) -> list[int]:
     """For each record (in prompt, round order): distinct images of its prompt's rounds up to it."""
     seen: dict[int, set] = {}
@@ -248,9 +270,10 @@ def build_report(run_dir: str | Path, only_if_changed: bool = False) -> ReportFi
     atomic_write_bytes(csv, frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
     curve = scaling_curve_png(frame)
     atomic_write_bytes(curve_path, curve)
-    collages = tuple(_write_collage(folder / "collages", rounds) for _, rounds in frame.groupby("prompt_index", sort=True))
-    _write_best_images_zip(zip_path, frame)
-    atomic_write_bytes(page, report_html(frame, run_dir, curve).encode("utf-8"))
+    files = _with_files(frame, run_dir)
+    collages = tuple(_write_collage(folder / "collages", rounds) for _, rounds in files.groupby("prompt_index", sort=True))
+    _write_best_images_zip(zip_path, files)
+    atomic_write_bytes(page, report_html(files, run_dir, curve).encode("utf-8"))
     write_json(stamp, sources)
     return ReportFiles(folder, parquet, csv, page, curve_path, zip_path, collages)
 
@@ -311,13 +334,19 @@ def scaling_curve_png(frame: pd.DataFrame) -> bytes:
     axes = figure.add_subplot()
     by_nfe = bool(per_round["nfe_so_far"].notna().all())
     x = per_round["nfe_so_far" if by_nfe else "images_generated"]
-    axes.plot(x, per_round["best_score"], marker="o", label="mean best score of the round")
-    axes.plot(x, per_round["best_so_far"], marker="s", linestyle="--", label="mean best so far")
+    # The best so far is drawn first, wide and pale, and the round's best over it, thin and dark: where
+    # the two coincide (every round improving) both stay visible.
+    axes.plot(x, per_round["best_so_far"], marker="s", markersize=9, linewidth=5, alpha=0.35, color="tab:orange",
+              label="mean best so far", zorder=2)
+    axes.plot(x, per_round["best_score"], marker="o", linewidth=1.5, color="tab:blue",
+              label="mean best score of the round", zorder=3)
     for search_round, x_value, y_value in zip(per_round.index, x, per_round["best_so_far"]):
         axes.annotate(f"r{search_round}", (x_value, y_value), textcoords="offset points", xytext=(0, 8), ha="center")
     axes.set_xlabel("denoiser evaluations (NFEs) per prompt" if by_nfe else "images generated per prompt")
     axes.set_ylabel(f"best {_metric_label(frame)}")
-    axes.set_title(f"inference-time scaling ({frame['prompt_index'].nunique()} prompts)")
+    prompts = frame["prompt_index"].nunique()
+    axes.set_title(f"inference-time scaling ({prompts} prompt{'s' * (prompts != 1)})")
+    axes.margins(y=0.15)  # room for the round labels above the points
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right")
     figure.tight_layout()

@@ -16,11 +16,11 @@ from ttsf_core.budget import Allowance
 from ttsf_core.engine import BatchOutcome, Observer, SearchEngine
 from ttsf_core.estimate import budget_allowance
 from ttsf_core.executors import ThreadExecutor
-from ttsf_core.files import probe_writable, sweep_temp_files, write_json
+from ttsf_core.files import probe_writable, sweep_temp_files, writable_problem, write_json
 from ttsf_core.pipelines import check_devices, check_resolution, prompt_length_warnings
 from ttsf_core.pipelines.loader import pick_device
 from ttsf_core.pipelines.speed import check_speed_options
-from ttsf_core.prompts import load_prompts, prompt_warnings
+from ttsf_core.prompts import PromptRead, count_note, prompt_warnings, read_prompts
 from ttsf_core.records import RunLayout
 from ttsf_core.search import Strategy, build_strategy
 from ttsf_core.store import Store
@@ -41,14 +41,15 @@ class PreparedRun:
     strategy: Strategy
     warnings: list[str] = field(default_factory=list)  # worth saying, not worth stopping for
     allowance: Allowance | None = None  # the rounds the budget gives each prompt (None: no budget)
+    notes: list[str] = field(default_factory=list)  # worth knowing (e.g. how many of a dataset's prompts run)
 
     def indexed_prompts(self) -> list[tuple[int, str]]:
         return list(enumerate(self.prompts))
 
 
-def prepare_run(config: RunConfig, prompts: list[str] | None = None) -> PreparedRun:
-    """Every check that can fail on bad input, before any model is loaded; writes config.json.
-    `prompts`: already loaded (the dataset is then not read again)."""
+def prepare_run(config: RunConfig, prompts: list[str] | None = None, write: bool = True) -> PreparedRun:
+    """Every check that can fail on bad input, before any model is loaded; then (`write`) the run
+    folder and its config.json (`start_run`). `prompts`: already loaded (the dataset is not read again)."""
     verifier = build_verifier(config.verifier_args)
     check_video_grading(config, verifier)
     access_warnings = check_verifier_access(verifier)
@@ -56,20 +57,29 @@ def prepare_run(config: RunConfig, prompts: list[str] | None = None) -> Prepared
     check_devices(config)
     if config.attention_backend is not None or config.quantize != "none":  # pick_device imports torch
         check_speed_options(config, pick_device(config.device))
-    loaded = prompts is None
-    prompts = load_prompts(config.prompts) if loaded else prompts
-    warnings = access_warnings + (prompt_warnings(config.prompts, prompts) if loaded else []) + \
+    read = read_prompts(config.prompts) if prompts is None else PromptRead(prompts, None)
+    prompts = read.prompts
+    warnings = access_warnings + (prompt_warnings(config.prompts, prompts) if read.available is not None else []) + \
         prompt_length_warnings(config, prompts)
-    layout = RunLayout(config)
-    ensure_writable(layout.run_dir, config.output_dir)
-    store = Store(config)
-    for folder in (layout.run_dir, store.images_dir, store.grades_dir):
-        sweep_temp_files(folder)  # leftovers of writes a kill interrupted
-    strategy = build_strategy(config)
+    notes = [note] if (note := count_note(config.prompts, read)) else []
+    layout, store, strategy = RunLayout(config), Store(config), build_strategy(config)
+    ensure_writable(layout.run_dir, config.output_dir, write=False)
     allowance = budget_allowance(config, prompts, strategy, store, config.budget.limited() and is_video_model(config))
-    write_config(layout, config)
-    return PreparedRun(config=config, layout=layout, prompts=prompts, verifier=verifier, strategy=strategy,
-                       warnings=warnings, allowance=allowance)
+    prepared = PreparedRun(config=config, layout=layout, prompts=prompts, verifier=verifier, strategy=strategy,
+                           warnings=warnings, allowance=allowance, notes=notes)
+    if write:
+        start_run(prepared)
+    return prepared
+
+
+def start_run(prepared: PreparedRun) -> None:
+    """Once every check has passed, and only then (a refused input leaves nothing behind): the run folder,
+    swept of what a killed write left, and its config.json."""
+    store = Store(prepared.config)
+    ensure_writable(prepared.layout.run_dir, prepared.config.output_dir)
+    for folder in (prepared.layout.run_dir, store.images_dir, store.grades_dir):
+        sweep_temp_files(folder)
+    write_config(prepared.layout, prepared.config)
 
 
 def is_video_model(config: RunConfig) -> bool:
@@ -116,13 +126,17 @@ def write_config(layout: RunLayout, config: RunConfig) -> None:
     write_json(path, payload)
 
 
-def ensure_writable(run_dir: Path, output_dir: Path) -> None:
-    try:
-        probe_writable(run_dir)
-    except OSError as error:
-        raise ConfigError(
-            f"output_dir: received {str(output_dir)!r}, allowed: a folder this user can write ({error.strerror})"
-        ) from None
+def ensure_writable(run_dir: Path, output_dir: Path, write: bool = True) -> None:
+    """A ConfigError unless the run folder can be written: checked without writing (`write` False), or
+    by creating it and writing a probe file (what the file system says is the last word)."""
+    problem = writable_problem(run_dir)
+    if problem is None and write:
+        try:
+            probe_writable(run_dir)
+        except OSError as error:
+            problem = error.strerror
+    if problem is not None:
+        raise ConfigError(f"output_dir: received {str(output_dir)!r}, allowed: a folder this user can write ({problem})")
 
 
 def run(config: RunConfig | PreparedRun, generator: "CandidateGenerator | None" = None,

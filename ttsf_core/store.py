@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 from PIL import Image
@@ -81,8 +80,8 @@ class StoredGrade(BaseModel):
     grades: Grades | None = None
     ungradeable: str | None = None
     usage: tuple[Usage, ...] = ()
-    cost_usd: float | None = None
-    graded_at: str | None = None  # UTC, ISO 8601: the day decides the price
+    cost_usd: float | None = None  # priced on the day it was graded (a grade file holds no time: the same
+                                   # search writes the same bytes)
 
 
 class Store:
@@ -165,12 +164,10 @@ class Store:
         """Store a verdict, priced at today's prices when it carries usage; returns it as stored."""
         if isinstance(verdict, Grades):
             verdict = Verdict(grades=verdict)
-        now = datetime.now(timezone.utc)
         if verdict.usage and verdict.cost_usd is None:
-            verdict = verdict.model_copy(update={"cost_usd": self.prices.cost(verdict.usage, now.date())})
+            verdict = verdict.model_copy(update={"cost_usd": self.prices.cost(verdict.usage)})
         self._note_identity(self.grades_dir)
-        stored = StoredGrade(prompt=prompt, image_sha256=image_sha256, graded_at=now.isoformat(timespec="seconds"),
-                             **verdict.model_dump())
+        stored = StoredGrade(prompt=prompt, image_sha256=image_sha256, **verdict.model_dump())
         write_json(self.grade_path(prompt, image_sha256), stored.model_dump(mode="json", exclude_defaults=True))
         return verdict
 
