@@ -1,9 +1,27 @@
-"""Where a dataset run's batches run.
+"""Where a dataset run's batches run, and how the dataset run looks after them.
 
 local: one after another, as subflows in the dataset run's own process (no pool, no worker).
 pool:  each as a flow run of a `search-batch` deployment on a work pool, all submitted at once, so
        every worker (one per GPU, or one per machine) takes the next batch as it frees up; the
        dataset run waits for them, keeping the run's progress true as prompts finish.
+
+In pool mode the dataset run is the fleet's caretaker (docs/scale-out.md, "What the fleet does when
+something fails"); every two seconds it reads its batch runs' states (one request) and their heartbeat
+files (flows/heartbeat.py, in the shared run folder) and decides:
+
+- a batch whose heartbeat stopped for `dispatch.lost_after_s` while the server says it runs, one a
+  worker took but never started within that time, or one the server reports Crashed, is lost: its run
+  is marked Crashed and the batch submitted again, with the same parameters (its verifier allowance
+  included), to whichever worker is free; the new attempt pays only for what has no record or stored
+  grade. After `dispatch.max_attempts` attempts the batch fails, named in one line.
+- a batch running longer than `dispatch.batch_timeout_s`, counted from when it was first seen running,
+  is cancelled (through Prefect and through a stop file its heartbeat thread reads) and submitted again
+  while attempts remain: it resumes from its records.
+- a batch whose last heartbeat says its work is on disk is finished, whatever the server says: a
+  Crashed or still-Running state (its report was lost to an outage) is set right from the run folder.
+- a server it cannot reach is waited out (`dispatch.server_outage_s`, back-off to 15 s); heartbeats are
+  still read meanwhile, and nothing is decided that needs the server until it answers.
+- a stop (Ctrl-C, SIGTERM, a Prefect cancellation of the dataset run) cancels every submitted batch.
 
 Either way each finished batch is reported as a BatchResult, read from the summary the batch wrote
 into the run folder (shared storage in pool mode), whichever process or machine ran it.
@@ -11,27 +29,38 @@ into the run folder (shared storage in pool mode), whichever process or machine 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from uuid import UUID
 
+from prefect import Task
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.context import FlowRunContext
-from prefect.deployments import run_deployment
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Cancelling, Completed, Crashed, Failed, Pending, Scheduled
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.slugify import slugify
 
+from flows.heartbeat import Beat, BeatWatch, heartbeat_path
+from flows.monitor import duration
+from flows.outages import ServerUnreachable, backoff_s, fail_fast, is_outage, ride_out
 from flows.runs import align_subflow_key
-from flows.search_batch import BatchSummary, read_summary, search_batch
+from flows.search_batch import BatchSummary, counts_of, read_summary, search_batch
 from flows.storage import result_storage_for
 from ttsf_core.budget import Allowance
 from ttsf_core.config import ConfigError, RunConfig
+from ttsf_core.engine import BatchCounts
+from ttsf_core.records import RunLayout
 
 POLL_S = 2.0
+REPORT_EVERY_S = 60.0  # the waiting line: one a minute, with counts
+STOP_CONFIRM_S = 15.0  # a stop waits this long to see its batch runs end before it reports
 TERMINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+FETCH_PAGE = 200  # flow runs read per request (Prefect's default page limit)
+_log = logging.getLogger("ttsf.dispatch")
 
 
 @dataclass
@@ -40,12 +69,20 @@ class Batch:
     start: int
     stop: int
 
+    def label(self) -> str:
+        prompts = f"prompt {self.start}" if self.stop - self.start == 1 else f"prompts {self.start}-{self.stop - 1}"
+        return f"batch {self.index} ({prompts})"
+
 
 @dataclass
 class BatchResult:
     batch: Batch
-    summary: BatchSummary | None
+    summary: BatchSummary | None  # its last attempt's own summary; None when that attempt wrote none
     error: str | None  # None: completed
+    # What this dataset run's attempts of the batch did: the summary's counts plus, for attempts that
+    # were lost, the counts their last heartbeat carried.
+    counts: BatchCounts = field(default_factory=BatchCounts)
+    attempts: int = 1
 
 
 class LocalBatches:
@@ -63,11 +100,15 @@ class LocalBatches:
             allowance = _batch_allowance(self.allowance, batch, later, *self.spent())
             state = self.flow(self.config, batch.index, self.prompt_list, batch.start, batch.stop, self.rpm_name,
                               self.view_for(), allowance, return_state=True)
-            yield BatchResult(batch, read_summary(self.config, batch.index),
-                              None if state.is_completed() else state.message)
+            summary = read_summary(self.config, batch.index, str(state.state_details.flow_run_id))
+            yield BatchResult(batch, summary, None if state.is_completed() else state.message, counts_of(summary))
 
     def stop(self) -> None:
         """Batches run one after another here: stopping is not starting the next (the caller's loop)."""
+
+    def cancel_all(self, reason: str) -> list[str]:
+        """Nothing runs outside this process: an interrupted batch ended with it."""
+        return []
 
 
 def _batch_allowance(allowance: Allowance | None, batch: Batch, others: list[int], spent_requests: int = 0,
@@ -77,75 +118,392 @@ def _batch_allowance(allowance: Allowance | None, batch: Batch, others: list[int
     return allowance.for_batch(range(batch.start, batch.stop), others, spent_requests, spent_cost)
 
 
+def _span(seconds: float) -> str:
+    """20 s, 3 min 05 s, 1 h 02 min."""
+    return f"{seconds:.0f} s" if seconds < 120 else duration(seconds)
+
+
+def _batch_run() -> None:
+    """Stands for a batch run inside the dataset run (its tracking task: what links the two in the UI)."""
+
+
+@dataclass
+class Attempt:
+    """One submission of a batch: a flow run of the deployment, watched by state and heartbeat."""
+
+    batch: Batch
+    number: int  # 1, 2, ... (resubmissions after a loss or a timeout)
+    run_id: UUID
+    parameters: dict
+    watch: BeatWatch
+    submitted_at: float  # time.monotonic() of this process, like every time below
+    state: StateType | None = None  # as last read from the server
+    worker: str = ""
+    started_at: float | None = None  # first seen running (its timeout counts from here)
+    pending_since: float | None = None
+    ended_seen_at: float | None = None  # its last heartbeat said its work is on disk
+    stop_reason: str | None = None  # why the dataset run asked it to stop
+    stop_kind: str = ""  # "timeout" or "stop"
+    stop_asked_at: float | None = None
+    scheduled_for: datetime | None = None  # its place in the pool's queue (kept by a resubmission)
+
+    def where(self) -> str:
+        return f" on {self.worker}" if self.worker else ""
+
+
 class PoolBatches:
     def __init__(self, config: RunConfig, prompt_list: str, rpm_name: str | None, on_tick: Callable[[], None],
-                 allowance: Allowance | None = None):
+                 allowance: Allowance | None = None, logger: logging.Logger | None = None,
+                 progress: Callable[[], str] = lambda: ""):
         self.config, self.prompt_list, self.rpm_name, self.on_tick = config, prompt_list, rpm_name, on_tick
-        self.allowance = allowance
+        self.allowance, self.progress = allowance, progress
+        self.logger = logger or _log
+        self.dispatch = config.dispatch
         self.deployment = config.dispatch.deployment
-        self.runs: dict[UUID, Batch] = {}
+        self.run_dir = RunLayout(config).run_dir
+        self.live: dict[UUID, Attempt] = {}
+        self.attempts: dict[int, int] = {}  # batch index -> attempts submitted
+        self.carried: dict[int, BatchCounts] = {}  # batch index -> counts of its lost attempts (last heartbeats)
+        self.stopping: str | None = None
+        self.down_since: float | None = None  # the server has not answered since
+        self.poll_failures = 0
+        self.last_report = time.monotonic()
+        self._deployment = None
+
+    @property
+    def runs(self) -> dict[UUID, Batch]:
+        """The batch runs still awaited, by flow run id."""
+        return {run_id: attempt.batch for run_id, attempt in self.live.items()}
 
     def check(self) -> None:
         """The deployment batches go to must exist (before anything is submitted)."""
         from prefect.exceptions import ObjectNotFound
 
-        with get_client(sync_client=True) as client:
-            try:
-                client.read_deployment_by_name(self.deployment)
-            except ObjectNotFound:
-                raise ConfigError(f"dispatch.deployment: received {self.deployment!r} (no such deployment on this "
-                                  "server), allowed: a deployed search-batch flow, e.g. search-batch/gpu from "
-                                  "deployments/prefect.yaml (docs/scale-out.md)") from None
+        def read():
+            with get_client(sync_client=True) as client:
+                return client.read_deployment_by_name(self.deployment)
+
+        try:
+            self._deployment = ride_out(read, "reading the batch deployment", self.dispatch.server_outage_s,
+                                        self.logger)
+        except ObjectNotFound:
+            raise ConfigError(f"dispatch.deployment: received {self.deployment!r} (no such deployment on this "
+                              "server), allowed: a deployed search-batch flow, e.g. search-batch/gpu from "
+                              "deployments/prefect.yaml (docs/scale-out.md)") from None
+
+    # ---- the loop -------------------------------------------------------------------------------------
 
     def run(self, batches: list[Batch]) -> Iterator[BatchResult]:
         self.check()
         every = [index for batch in batches for index in range(batch.start, batch.stop)]
         for batch in batches:
-            _align_deployment_key(self.deployment, batch.index)
             allowance = _batch_allowance(self.allowance, batch, every)  # the others run beside it
-            flow_run = run_deployment(self.deployment, timeout=0, parameters={
+            self._submit(batch, {
                 "config": self.config.model_dump(mode="json"), "batch_index": batch.index,
                 "prompt_list": self.prompt_list, "start": batch.start, "stop": batch.stop,
                 "rpm_limit_name": self.rpm_name, "view": None,
                 "allowance": allowance.model_dump(mode="json") if allowance is not None else None})
-            self.runs[flow_run.id] = batch
-        deadline = time.monotonic() + self.config.dispatch.batch_timeout_s
-        while self.runs:
-            for run_id, state in self._states():
-                if state.type in TERMINAL:
-                    batch = self.runs.pop(run_id)
-                    error = None if state.type == StateType.COMPLETED else (state.message or state.name)
-                    yield BatchResult(batch, read_summary(self.config, batch.index), error)
-            if not self.runs:
-                break
-            if time.monotonic() > deadline:
-                for run_id, batch in list(self.runs.items()):
-                    yield BatchResult(self.runs.pop(run_id), None, "no result within dispatch.batch_timeout_s "
-                                      f"({self.config.dispatch.batch_timeout_s:g} s); its worker may be lost")
-                break
-            self.on_tick()
-            time.sleep(POLL_S)
+        self.logger.info("submitted %d batches to %s; a batch silent for %s is resubmitted (up to %d attempts)",
+                         len(batches), self.deployment, _span(self.dispatch.lost_after_s), self.dispatch.max_attempts)
+        # One HTTP line per request (httpx logs each at INFO) would bury the run's log while it waits.
+        http_logger = logging.getLogger("httpx")
+        http_level = http_logger.level
+        http_logger.setLevel(max(http_level, logging.WARNING))
+        try:
+            while self.live:
+                now = time.monotonic()
+                runs = self._poll(now)
+                for attempt in list(self.live.values()):
+                    result = self._judge(attempt, runs, now)
+                    if result is not None:
+                        yield result
+                if not self.live:
+                    break
+                self._report(now, runs)
+                self.on_tick()
+                time.sleep(POLL_S if self.down_since is None else max(POLL_S, backoff_s(self.poll_failures)))
+        finally:
+            http_logger.setLevel(http_level)
 
-    def _states(self):
+    def _poll(self, now: float) -> dict[UUID, FlowRun] | None:
+        """Every awaited batch run, in as few requests as there are pages; None while the server is away."""
+        ids = list(self.live)
+        try:
+            with fail_fast(), get_client(sync_client=True) as client:
+                found = []
+                for first in range(0, len(ids), FETCH_PAGE):
+                    found += client.read_flow_runs(
+                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids[first:first + FETCH_PAGE])),
+                        limit=FETCH_PAGE)
+        except Exception as error:  # noqa: BLE001 - an outage is waited out below; anything else is raised
+            if not is_outage(error):
+                raise
+            self.poll_failures += 1
+            if self.down_since is None:
+                self.down_since = now
+                self.logger.warning("the Prefect server cannot be reached (%s: %s); batches go on, their heartbeats "
+                                    "are still read; waiting up to %s for it", type(error).__name__, error,
+                                    duration(self.dispatch.server_outage_s))
+            elif now - self.down_since > self.dispatch.server_outage_s:
+                raise ServerUnreachable(f"the Prefect server could not be reached for {duration(now - self.down_since)}"
+                                        f" (dispatch.server_outage_s {self.dispatch.server_outage_s:g}); the batches "
+                                        "still running go on and write their results") from error
+            return None
+        if self.down_since is not None:
+            self.logger.info("the Prefect server answers again after %s", _span(now - self.down_since))
+            self.down_since, self.poll_failures = None, 0
+        return {run.id: run for run in found}
+
+    def _judge(self, attempt: Attempt, runs: dict[UUID, FlowRun] | None, now: float) -> BatchResult | None:
+        """What to do about one attempt now: None (keep waiting, or it was submitted again) or its result."""
+        beat = attempt.watch.read(now)
+        run = runs.get(attempt.run_id) if runs is not None else None
+        if runs is not None and run is None:
+            return self._lost(attempt, "its flow run is gone from the server (deleted)", beat, mark=False)
+        if run is not None:
+            self._observe(attempt, run, now)
+        if beat is not None and attempt.started_at is None:
+            attempt.started_at = now  # beating: it runs, whatever the server has heard yet
+        if beat is not None and beat.ended:
+            return self._ended(attempt, run, beat, now)
+        if run is None:
+            return None  # the server is away: nothing to decide that needs it (the beats are still read)
+        if run.state_type in TERMINAL:
+            return self._from_server(attempt, run, beat)
+        if attempt.stop_asked_at is not None and now - attempt.stop_asked_at > self.dispatch.lost_after_s:
+            # Neither its worker nor its own heartbeat thread stopped it: the process is gone or deaf.
+            self._set_state(attempt, Cancelled(message=f"{attempt.stop_reason}; it did not stop within "
+                                                       f"{self.dispatch.lost_after_s:g} s"))
+            return self._after_stop(attempt, None, beat)
+        if run.state_type == StateType.RUNNING or (beat is not None and run.state_type != StateType.CANCELLING):
+            if attempt.stop_asked_at is None and now - attempt.started_at > self.dispatch.batch_timeout_s:
+                self._ask_to_stop(attempt, f"it ran longer than dispatch.batch_timeout_s "
+                                           f"({self.dispatch.batch_timeout_s:g} s)", kind="timeout")
+                return None
+            silent = attempt.watch.silent_for(now, attempt.started_at)
+            if silent > self.dispatch.lost_after_s and attempt.stop_asked_at is None:
+                return self._lost(attempt, f"no heartbeat for {_span(silent)} (dispatch.lost_after_s "
+                                           f"{self.dispatch.lost_after_s:g}): its worker or machine is gone", beat)
+            return None
+        if run.state_type == StateType.PENDING:
+            if attempt.pending_since is None:
+                attempt.pending_since = now
+            if now - attempt.pending_since > self.dispatch.lost_after_s and attempt.stop_asked_at is None:
+                return self._lost(attempt, f"taken by a worker{attempt.where()} that did not start it within "
+                                           f"{_span(self.dispatch.lost_after_s)}", beat)
+        return None  # Scheduled (waiting for a free worker), Paused, or Cancelling on someone's request
+
+    def _observe(self, attempt: Attempt, run: FlowRun, now: float) -> None:
+        worker = (run.labels or {}).get("prefect.worker.name") or ""
+        attempt.worker = str(worker) or attempt.worker
+        if run.state_type == StateType.RUNNING and attempt.started_at is None:
+            attempt.started_at = now
+            self.logger.info("%s started%s (attempt %d)", attempt.batch.label(), attempt.where(), attempt.number)
+        attempt.state = run.state_type
+
+    # ---- outcomes -------------------------------------------------------------------------------------
+
+    def _ended(self, attempt: Attempt, run: FlowRun | None, beat: Beat, now: float) -> BatchResult | None:
+        """Its work is on disk (its last heartbeat says so): the server's word only catches up."""
+        if run is not None and run.state_type in {StateType.COMPLETED, StateType.FAILED}:
+            return self._from_server(attempt, run, beat)
+        if run is None:
+            return None  # the server is away: report when it answers
+        if attempt.ended_seen_at is None:
+            attempt.ended_seen_at = now
+        if run.state_type in TERMINAL or now - attempt.ended_seen_at > self.dispatch.lost_after_s:
+            # Crashed or Cancelled after its work was done, or still Running long after: its own report to the
+            # server was lost (an outage outlasting its retries). The run folder is the truth; say so there.
+            message = (f"{beat.ended} (set by the dataset run from the batch's run folder: its own report to "
+                       "the server did not arrive)")
+            self._set_state(attempt, Completed(message=message) if beat.ended == "completed"
+                            else Failed(message=f"{beat.message}; {message}"))
+            return self._done(attempt, None if beat.ended == "completed" else (beat.message or "failed"))
+        return None
+
+    def _from_server(self, attempt: Attempt, run: FlowRun, beat: Beat | None) -> BatchResult | None:
+        state = run.state_type
+        if state == StateType.COMPLETED:
+            return self._done(attempt, None)
+        if state == StateType.FAILED:
+            return self._done(attempt, run.state.message or run.state.name or "failed")
+        if attempt.stop_asked_at is not None:
+            return self._after_stop(attempt, run, beat)
+        if state == StateType.CANCELLED:  # someone else cancelled it (the UI, the CLI): theirs to decide
+            return self._done(attempt, f"cancelled: {run.state.message or 'by a person or an automation'}")
+        return self._lost(attempt, f"its run crashed: {run.state.message or 'no reason given'}", beat, mark=False)
+
+    def _after_stop(self, attempt: Attempt, run: FlowRun | None, beat: Beat | None) -> BatchResult | None:
+        if run is not None and run.state_type != StateType.CANCELLED:
+            # Stopped through its stop file, its engine reports a crash: it was cancelled, and says why.
+            self._set_state(attempt, Cancelled(message=attempt.stop_reason))
+        if attempt.stop_kind == "timeout":
+            return self._lost(attempt, attempt.stop_reason or "timed out", beat, mark=False, verb="timed out")
+        return self._done(attempt, f"cancelled: {attempt.stop_reason}", carry=beat)
+
+    def _done(self, attempt: Attempt, error: str | None, carry: Beat | None = None) -> BatchResult:
+        self.live.pop(attempt.run_id, None)
+        if carry is not None:
+            self._carry(attempt.batch.index, carry)
+        summary = read_summary(self.config, attempt.batch.index, str(attempt.run_id))
+        counts = BatchCounts(**vars(self.carried.get(attempt.batch.index, BatchCounts())))
+        counts.add(counts_of(summary))
+        attempt.watch.remove()
+        if error is None:
+            self.logger.info("%s finished%s", attempt.batch.label(), attempt.where())
+        return BatchResult(attempt.batch, summary, error, counts, attempt.number)
+
+    def _lost(self, attempt: Attempt, why: str, beat: Beat | None, mark: bool = True,
+              verb: str = "lost") -> BatchResult | None:
+        """Mark it Crashed (unless the server already ended it), and submit the batch again while attempts
+        remain; else its result names it, in one line."""
+        if mark:
+            self._set_state(attempt, Crashed(message=f"{verb}: {why}; the dataset run resubmits the batch"))
+        self.live.pop(attempt.run_id, None)
+        self._carry(attempt.batch.index, beat)
+        attempt.watch.remove()
+        batch, limit = attempt.batch, self.dispatch.max_attempts
+        if self.stopping is None and attempt.number < limit:
+            self.logger.warning("%s %s%s: %s; submitted again (attempt %d of %d)", batch.label(), verb,
+                                attempt.where(), why, attempt.number + 1, limit)
+            self._submit(batch, attempt.parameters, attempt.scheduled_for)
+            return None
+        error = (f"{batch.label()} {verb} {attempt.number} time{'s' * (attempt.number != 1)} (dispatch.max_attempts "
+                 f"{limit}); last{attempt.where()}: {why}")
+        counts = BatchCounts(**vars(self.carried.get(batch.index, BatchCounts())))
+        return BatchResult(batch, None, error, counts, attempt.number)
+
+    def _carry(self, batch_index: int, beat: Beat | None) -> None:
+        """A lost attempt's work so far (its last heartbeat's counts) still counts for this run."""
+        if beat is not None and beat.counts:
+            self.carried.setdefault(batch_index, BatchCounts()).add(BatchCounts(**beat.counts))
+
+    # ---- talking to the server ------------------------------------------------------------------------
+
+    def _submit(self, batch: Batch, parameters: dict, scheduled_for: datetime | None = None) -> Attempt:
+        """`scheduled_for`: a resubmission keeps the first attempt's place in the queue, so the next free
+        worker takes it before batches submitted after it (workers take the earliest scheduled first)."""
+        number = self.attempts.get(batch.index, 0) + 1
+        self.attempts[batch.index] = number
+        flow_run = ride_out(lambda: self._create_run(batch, number, parameters, scheduled_for),
+                            f"submitting {batch.label()}", self.dispatch.server_outage_s, self.logger)
+        attempt = Attempt(batch, number, flow_run.id, parameters,
+                          BeatWatch(heartbeat_path(self.run_dir, batch.index, str(flow_run.id))), time.monotonic(),
+                          scheduled_for=scheduled_for or flow_run.expected_start_time)
+        self.live[flow_run.id] = attempt
+        return attempt
+
+    def _create_run(self, batch: Batch, number: int, parameters: dict, scheduled_for: datetime | None) -> FlowRun:
+        """A run of the deployment, linked to the dataset run as its subflow (what run_deployment does,
+        with keys of our own: one tracking task run and one flow run per attempt, and a retried request
+        after an outage finds the run it already created instead of making a second)."""
+        context = FlowRunContext.get()
+        parent = context.flow_run if context is not None else None
         with get_client(sync_client=True) as client:
-            return [(run_id, client.read_flow_run(run_id).state) for run_id in list(self.runs)]
+            if self._deployment is None:
+                self._deployment = client.read_deployment_by_name(self.deployment)
+            parent_task_run_id, key = None, None
+            if parent is not None:
+                key = f"{parent.id}-try-{parent.run_count}-batch-{batch.index}-attempt-{number}"
+                tracker = client.create_task_run(task=Task(name=self.deployment, fn=_batch_run), flow_run_id=parent.id,
+                                                 dynamic_key=key, name=f"batch-{batch.index}-attempt-{number}",
+                                                 state=Pending())
+                parent_task_run_id = tracker.id
+            return client.create_flow_run_from_deployment(self._deployment.id, parameters=parameters,
+                                                          state=Scheduled(scheduled_time=scheduled_for),
+                                                          idempotency_key=key,
+                                                          parent_task_run_id=parent_task_run_id)
+
+    def _set_state(self, attempt: Attempt, state) -> None:
+        def send():
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(attempt.run_id, state, force=True)
+
+        ride_out(send, f"setting {attempt.batch.label()}'s run {state.type.value}", self.dispatch.server_outage_s,
+                 self.logger)
+
+    def _ask_to_stop(self, attempt: Attempt, reason: str, kind: str) -> None:
+        """Through the run folder first (its heartbeat thread ends its process, server or not), then
+        through Prefect (its worker kills it; a run no worker took yet is simply Cancelled)."""
+        attempt.stop_reason, attempt.stop_kind, attempt.stop_asked_at = reason, kind, time.monotonic()
+        attempt.watch.ask_to_stop(reason)
+        if kind == "timeout":
+            self.logger.warning("%s: %s; cancelling it%s", attempt.batch.label(), reason, attempt.where())
+        state = Cancelled(message=reason) if attempt.state in (None, StateType.SCHEDULED) and attempt.started_at is None \
+            else Cancelling(message=reason)
+        try:
+            self._set_state(attempt, state)
+        except ServerUnreachable as error:  # the stop file still stops it; the server learns later
+            self.logger.warning("%s", error)
+
+    # ---- stop -----------------------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Cancel the batches no worker has started (a fatal error: every one would fail the same way)."""
-        with get_client(sync_client=True) as client:
-            for run_id in list(self.runs):
-                if client.read_flow_run(run_id).state.type in (StateType.SCHEDULED, StateType.PENDING):
-                    client.set_flow_run_state(run_id, Cancelled(message="another batch found the verifier "
-                                                                        "refuses its configuration"), force=True)
+        for attempt in list(self.live.values()):
+            if attempt.started_at is None and attempt.stop_asked_at is None:
+                self._ask_to_stop(attempt, "another batch found the verifier refuses its configuration", kind="stop")
 
+    def cancel_all(self, reason: str) -> list[str]:
+        """Stop every batch this run submitted (Ctrl-C, SIGTERM, a cancellation of the dataset run); waits
+        up to STOP_CONFIRM_S for them to end and says how each ended."""
+        self.stopping = reason
+        budget = self.dispatch.server_outage_s
+        self.dispatch = self.dispatch.model_copy(update={"server_outage_s": min(budget, 60.0)})  # a stop is brief
+        for attempt in list(self.live.values()):
+            self._ask_to_stop(attempt, reason, kind="stop")
+        deadline = time.monotonic() + STOP_CONFIRM_S
+        for _ in range(int(STOP_CONFIRM_S / POLL_S) + 1):
+            try:
+                runs = self._poll(time.monotonic())
+            except ServerUnreachable:  # the stop files still stop what runs; the server hears later
+                break
+            if runs is not None:
+                for run_id, run in runs.items():
+                    if run.state_type in TERMINAL and run_id in self.live:
+                        self.live[run_id].state = run.state_type
+            if all(a.state in TERMINAL for a in self.live.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        lines = []
+        for attempt in sorted(self.live.values(), key=lambda a: a.batch.index):
+            ended = "stopped" if attempt.state in TERMINAL else "asked to stop (its worker stops it)"
+            lines.append(f"{attempt.batch.label()}: {ended}" + (f", was running{attempt.where()}"
+                                                                if attempt.started_at is not None else ""))
+        return lines
 
-def _align_deployment_key(deployment: str, index: int) -> None:
-    """As align_subflow_key, for run_deployment's tracking task (keyed by the deployment's name)."""
-    context = FlowRunContext.get()
-    if context is None:
-        return
-    key = f"prefect.deployments.flow_runs.run_deployment.{slugify(deployment)}"
-    if index == 0:
-        context.task_run_dynamic_keys.pop(key, None)
-    else:
-        context.task_run_dynamic_keys[key] = index - 1
+    # ---- the waiting line -----------------------------------------------------------------------------
+
+    def _report(self, now: float, runs: dict[UUID, FlowRun] | None) -> None:
+        if now - self.last_report < REPORT_EVERY_S:
+            return
+        self.last_report = now
+        running = sorted((a for a in self.live.values() if a.started_at is not None), key=lambda a: a.batch.index)
+        queued = [a for a in self.live.values() if a.started_at is None]
+        parts = [f"{len(running)} running" + (" (" + ", ".join(
+            f"{a.batch.index}{a.where()} for {_span(now - a.started_at)}" for a in running) + ")" if running else ""),
+                 f"{len(queued)} waiting for a worker"]
+        if self.down_since is not None:
+            parts.append(f"the Prefect server unreachable for {_span(now - self.down_since)}")
+        elif queued and not running:
+            parts.append(self._workers_online())
+        progress = self.progress()
+        self.logger.info("waiting for %d batch%s: %s%s", len(self.live), "es" * (len(self.live) != 1),
+                         "; ".join(p for p in parts if p),
+                         f"; {progress}" if progress else "")
+
+    def _workers_online(self) -> str:
+        """Batches waiting and none running: say whether any worker polls the pool at all."""
+        pool = getattr(self._deployment, "work_pool_name", None)
+        if not pool:
+            return ""
+        try:
+            with fail_fast(), get_client(sync_client=True) as client:
+                workers = client.read_workers_for_work_pool(pool)
+        except Exception as error:  # noqa: BLE001 - an outage only leaves this line out
+            if is_outage(error):
+                return ""
+            raise
+        online = [w.name for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE"]
+        return f"workers online in pool {pool}: {', '.join(online)}" if online else \
+            f"no worker is online in pool {pool}: start one (docs/scale-out.md)"

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
+import threading
 import time
 from pathlib import Path
 from uuid import UUID
@@ -22,6 +24,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 from pydantic import BaseModel
 
+from flows.outages import fail_fast, is_outage, ride_out
 from ttsf_core.config import RunConfig
 from ttsf_core.engine import BatchCounts
 from ttsf_core.records import RoundRecord, RunLayout, resolve_image
@@ -46,10 +49,43 @@ def duration(seconds: float) -> str:
     return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
 
+# Artifact updates the server could not take (it was unreachable), the latest per artifact: each update
+# carries the artifact's whole content, so sending the latest one when the server answers again brings
+# the UI up to date. Never waited for: the dataset run keeps watching its batches through an outage.
+_unsent: dict[UUID, dict] = {}
+_unsent_lock = threading.Lock()
+_outage_said = threading.Event()  # set while an outage has been reported (one warning per outage)
+_log = logging.getLogger("ttsf.monitor")
+
+
 def _update(artifact_id: UUID, data, description: str | None = None) -> None:
     fields = {"data": data} | ({"description": description} if description is not None else {})
-    with get_client(sync_client=True) as client:  # a field not given is left as it is
-        client.update_artifact(artifact_id, ArtifactUpdate(**fields))
+    with _unsent_lock:
+        _unsent[artifact_id] = {**_unsent.get(artifact_id, {}), **fields}
+    flush_updates()
+
+
+def flush_updates() -> bool:
+    """Send the artifact updates still unsent, once each; False when the server is (still) unreachable."""
+    with _unsent_lock:
+        waiting = list(_unsent.items())
+    for artifact_id, fields in waiting:
+        try:
+            with fail_fast(), get_client(sync_client=True) as client:  # a field not given is left as it is
+                client.update_artifact(artifact_id, ArtifactUpdate(**fields))
+        except Exception as error:  # noqa: BLE001 - an outage leaves the update for later; anything else is raised
+            if not is_outage(error):
+                raise
+            if not _outage_said.is_set():  # said once per outage, not once per update
+                _outage_said.set()
+                _log.warning("the run's page is not updated while the Prefect server cannot be reached (%s); "
+                             "it catches up when the server answers", type(error).__name__)
+            return False
+        with _unsent_lock:
+            if _unsent.get(artifact_id) is fields:
+                del _unsent[artifact_id]
+    _outage_said.clear()
+    return True
 
 
 class RunView(BaseModel):
@@ -128,17 +164,20 @@ class RunMonitor:
         self.shown: set[int] = set()  # prompts in the gallery (or finished before this run)
         self.started_at = time.time()
         total, done = len(prompts), len(self.finished)
-        self.progress_id = create_progress_artifact(
+        budget = config.dispatch.server_outage_s  # nothing is submitted yet: waiting out an outage costs nothing
+        self.progress_id = ride_out(lambda: create_progress_artifact(
             progress=100.0 * done / max(total, 1), key=artifact_key(config, "progress"),
-            description=f"{done} of {total} prompts finished · {run_name}")
-        self.status_id = create_markdown_artifact(markdown=self.view().status_markdown(done, self.counts),
-                                                  key=artifact_key(config, "status"),
-                                                  description=f"Progress, counts and time left · {run_name}")
-        self.batches_id = create_table_artifact(table=[], key=artifact_key(config, "batches"),
-                                                description=f"One row per batch · {run_name}")
-        self.best_id = create_markdown_artifact(markdown="No prompt finished yet.", key=artifact_key(config, "best"),
-                                                description=f"Each round's best image, last {GALLERY_PROMPTS} "
-                                                            f"prompts finished · {run_name}")
+            description=f"{done} of {total} prompts finished · {run_name}"), "the run's progress artifact", budget)
+        self.status_id = ride_out(lambda: create_markdown_artifact(
+            markdown=self.view().status_markdown(done, self.counts), key=artifact_key(config, "status"),
+            description=f"Progress, counts and time left · {run_name}"), "the run's status artifact", budget)
+        self.batches_id = ride_out(lambda: create_table_artifact(
+            table=[], key=artifact_key(config, "batches"), description=f"One row per batch · {run_name}"),
+            "the run's batches artifact", budget)
+        self.best_id = ride_out(lambda: create_markdown_artifact(
+            markdown="No prompt finished yet.", key=artifact_key(config, "best"),
+            description=f"Each round's best image, last {GALLERY_PROMPTS} prompts finished · {run_name}"),
+            "the run's gallery artifact", budget)
 
     def _recorded(self, prompt: str) -> bool:
         rounds = range(1, self.config.search_args.search_rounds + 1)
@@ -193,9 +232,10 @@ class RunMonitor:
             self.recent = (self.recent + [self.prompts[i] for i in newly])[-GALLERY_PROMPTS:]
             _update(self.best_id, gallery_markdown(self.config, self.recent))
 
-    def ended(self, failed: int, fatal: bool) -> None:
+    def ended(self, failed: int, fatal: bool, stopped: str | None = None) -> None:
         """The status once the run stops: no time-left estimate for a run that is over."""
-        how = ("ended: the verifier refused its configuration" if fatal else
+        how = (f"{stopped} (re-run to resume)" if stopped else
+               "ended: the verifier refused its configuration" if fatal else
                f"ended with {failed} failed batch{'es' if failed != 1 else ''} (re-run to resume)" if failed else
                "finished: budget reached (re-run with a larger budget, or none, to go on)"
                if self.counts.rounds_over_budget else "finished")

@@ -23,23 +23,16 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
 from prefect.states import Crashed
-from prefect.tasks import _generate_task_key
+
+from flows.prefect_internals import set_next_call_index
 
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED, StateType.PAUSED]
 
 
 def align_subflow_key(subflow: Flow, index: int) -> None:
     """Make the next call of `subflow` in this flow run the `index`-th (0-based) whatever was skipped, so
-    that on a retry it finds its own earlier run. Prefect 3.9 keys a subflow's tracking task by its
-    function and counts calls from 0 (prefect._internal.engine.dynamic_key_for_task_run)."""
-    context = FlowRunContext.get()
-    if context is None:
-        return
-    key = _generate_task_key(subflow.fn)
-    if index == 0:
-        context.task_run_dynamic_keys.pop(key, None)
-    else:
-        context.task_run_dynamic_keys[key] = index - 1
+    that on a retry it finds its own earlier run (Prefect's call counter: flows/prefect_internals.py)."""
+    set_next_call_index(subflow, index)
 
 
 def crash_orphaned_children(logger) -> int:

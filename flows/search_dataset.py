@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
+from prefect.exceptions import TerminationSignal
+from prefect.states import Cancelled
 
 from flows.monitor import RunMonitor, artifact_key, budget_text, md_text
 from flows.dispatch import Batch, LocalBatches, PoolBatches
 from flows.runs import crash_orphaned_children
-from flows.search_batch import counts_of
+from flows.outages import fail_fast, is_outage, tolerate
 from flows.storage import check_result_storage
 from tasks.rate_limit import ensure_rpm_limit, rpm_description
 from ttsf_core.config import RunConfig
@@ -19,6 +23,9 @@ from ttsf_core.locks import RunLock
 from ttsf_core.prompts import prompt_source_label, save_prompt_list
 from ttsf_core.report import build_report, report_dataframe, summary_markdown
 from ttsf_core.runner import prepare_run
+
+
+STOP_REPORT_S = 30.0  # a stopped run waits this long at most for the server to take its summary
 
 
 class SearchFailed(RuntimeError):
@@ -48,7 +55,8 @@ def _run_name() -> str:
 @flow(name="search-dataset", flow_run_name=_run_name)
 def search_dataset(config: RunConfig) -> dict:
     """Returns the run folder and what this run did. Re-running the same config resumes: nothing
-    finished is redone. One search at a time per run folder (a second one is refused)."""
+    finished is redone. One search at a time per run folder (a second one is refused). A stop (Ctrl-C,
+    SIGTERM, a Prefect cancellation) cancels its batches and ends the run Cancelled, saying what finished."""
     logger = get_run_logger()
     prepared = prepare_run(config)
     for warning in prepared.warnings:
@@ -77,37 +85,83 @@ def _search(prepared, logger) -> dict:
     where = "on work pool deployment " + config.dispatch.deployment if config.dispatch.mode == "pool" else "here"
     logger.info("%d prompts in %d batches (%d to run, %s) -> %s", total, -(-total // size), len(batches), where,
                 run_dir)
-    runner = PoolBatches(config, prompt_list, rpm_name, monitor.tick, prepared.allowance) \
-        if config.dispatch.mode == "pool" else \
+    pool = config.dispatch.mode == "pool"
+    runner = PoolBatches(config, prompt_list, rpm_name, monitor.tick, prepared.allowance, logger,
+                         lambda: f"{len(monitor.finished)} of {total} prompts finished") if pool else \
         LocalBatches(config, prompt_list, rpm_name, monitor.view, prepared.allowance,
                      lambda: (monitor.counts.verifier_requests, monitor.counts.cost_usd))
     failed, fatal = [], False
-    for result in runner.run(batches):
-        batch, summary = result.batch, result.summary
-        monitor.batch_done(batch.index, batch.start, batch.stop, counts_of(summary), result.error,
-                           worker=summary.worker if summary else "")
-        if result.error:
-            failed.append((batch.index, result.error))
-            logger.error("batch %d failed: %s (re-run the same config to resume it)", batch.index, result.error)
-            if summary is not None and summary.fatal and not fatal:
-                fatal = True  # the verifier refuses this configuration: every other batch would too
-                runner.stop()
-                if config.dispatch.mode == "local":
-                    break
+    try:
+        for result in runner.run(batches):
+            batch, summary = result.batch, result.summary
+            monitor.batch_done(batch.index, batch.start, batch.stop, result.counts, result.error,
+                               worker=summary.worker if summary else "")
+            if result.error:
+                failed.append((batch.index, result.error))
+                logger.error("batch %d failed: %s", batch.index, result.error)
+                if summary is not None and summary.fatal and not fatal:
+                    fatal = True  # the verifier refuses this configuration: every other batch would too
+                    runner.stop()
+                    if not pool:
+                        break
+    except (KeyboardInterrupt, TerminationSignal) as signal:
+        # A stop is a stop: Ctrl-C, SIGTERM (`kill`, systemd) or a Prefect cancellation of this run (its
+        # worker sends SIGTERM, which Prefect's engine raises here as TerminationSignal; checked in
+        # prefect/utilities/engine capture_sigterm, 3.9.1). Nothing this run submitted goes on.
+        return _stopped(config, run_dir, monitor, runner, _stop_reason(signal), failed, logger)
     monitor.ended(len(failed), fatal)
     _publish_summary(config, run_dir, monitor, failed, fatal)
     if failed:
         what = "the verifier refused its configuration; no further batch was started" if fatal else \
             f"batches {[index for index, _ in failed]} failed"
-        raise SearchFailed(f"{what} ({failed[0][1]}); finished rounds, images and grades are kept: "
-                           "re-run the same config to resume", fatal=fatal)
+        # The resume hint is said once, by whoever shows this to a person: the CLI's line, the run's log
+        # (below) and its summary artifact; not in the exception as well.
+        logger.error("%s; finished rounds, images and grades are kept: re-run the same config to resume", what)
+        raise SearchFailed(f"{what} ({failed[0][1]})", fatal=fatal)
     return {"run_dir": str(run_dir), "counts": vars(monitor.counts)}
 
 
-def _publish_summary(config: RunConfig, run_dir, monitor: RunMonitor, failed: list, fatal: bool) -> None:
-    """The run's summary, failed or not: what finished, what failed and why, how to resume."""
+def _stop_reason(signal: BaseException) -> str:
+    if isinstance(signal, KeyboardInterrupt):
+        return "stopped by Ctrl-C"
+    context = FlowRunContext.get()
+    try:
+        with fail_fast(), get_client(sync_client=True) as client:
+            state = client.read_flow_run(context.flow_run.id).state
+    except Exception as error:  # noqa: BLE001 - the server only tells who sent the signal; it may be away
+        if not is_outage(error):
+            raise
+        state = None
+    if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
+        return "cancelled in Prefect" + (f" ({state.message})" if state.message else "")
+    return f"stopped by signal {getattr(signal, 'signal', 'SIGTERM')} (SIGTERM: kill, systemd, a worker)"
+
+
+def _stopped(config, run_dir, monitor: RunMonitor, runner, reason: str, failed: list, logger) -> State:
+    """Cancel what was submitted, say what finished and how to resume, and end the run Cancelled."""
+    logger.warning("%s: cancelling every batch this run submitted", reason)
+    stopped = runner.cancel_all(reason)
+    monitor.tick()
+    done, total = len(monitor.finished), len(monitor.prompts)
+    what = f"{reason}: {done} of {total} prompts finished"
+    what += ("; " + "; ".join(stopped)) if stopped else "; no batch was running"
+    for line in stopped:
+        logger.warning("%s", line)
+    logger.warning("%s; finished rounds, images and grades are kept: re-run the same config to resume", what)
+    monitor.ended(len(failed), False, stopped=reason)
+    _publish_summary(config, run_dir, monitor, failed, False, stopped=reason, budget_s=STOP_REPORT_S)
+    return Cancelled(message=what)
+
+
+def _publish_summary(config: RunConfig, run_dir, monitor: RunMonitor, failed: list, fatal: bool,
+                     stopped: str | None = None, budget_s: float | None = None) -> None:
+    """The run's summary, failed or not: what finished, what failed and why, how to resume. Built from
+    the run folder first; the artifact rides out an outage and is left (with a warning) after that."""
     lines = [f"### {md_text(monitor.run_name)}",
              f"{len(monitor.finished)} of {len(monitor.prompts)} prompts finished.", ""]
+    if stopped:
+        lines += [f"**Stopped** ({md_text(stopped)}): every batch this run submitted was cancelled. Finished rounds, "
+                  "images and grades are kept; run the same config again to resume.", ""]
     if failed:
         lines += ["**Failed batches** (finished rounds, images and grades are kept; run the same config again "
                   "— a new deployment run, `prefect flow-run retry`, or `ttsf run` — to resume):", ""]
@@ -124,7 +178,7 @@ def _publish_summary(config: RunConfig, run_dir, monitor: RunMonitor, failed: li
         lines.append(summary_markdown(report_dataframe(run_dir), run_dir))
     except ValueError:  # no round recorded yet
         lines.append("No round has been recorded yet.")
-    create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(config, "summary"),
-                             description=f"Best score per round, failures, where the files are · {monitor.run_name}")
-
-
+    tolerate(lambda: create_markdown_artifact(
+        markdown="\n".join(lines), key=artifact_key(config, "summary"),
+        description=f"Best score per round, failures, where the files are · {monitor.run_name}"),
+        "the run's summary artifact", budget_s or config.dispatch.server_outage_s, get_run_logger())

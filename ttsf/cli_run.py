@@ -26,6 +26,8 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "INFO",
     "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
+    # The dataset run heartbeats like every other ttsf flow run (docs/scale-out.md, "the one rule").
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 RESUME_HINT = "finished rounds, images and grades are kept: run the same command again to resume"
 

@@ -29,7 +29,9 @@ class RunFolderBusy(ConfigError):
 
 class RunLock:
     """`name`: the lock file in the run folder (`.lock` for a whole search, `.batch-N.lock` for one
-    batch: a batch run twice at once, by a retry while its first run still lives, waits its turn)."""
+    batch). Taking a lock another process holds never waits: it is refused at once with RunFolderBusy,
+    naming the holder, so a batch run twice at once (a retry or a resubmission while its first run still
+    lives) fails instead of running beside it."""
 
     def __init__(self, run_dir: Path, name: str = LOCK_NAME):
         self.path = (Path(run_dir) / name).resolve()
