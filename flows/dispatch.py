@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
@@ -154,9 +154,12 @@ class Attempt:
 class PoolBatches:
     def __init__(self, config: RunConfig, prompt_list: str, rpm_name: str | None, on_tick: Callable[[], None],
                  allowance: Allowance | None = None, logger: logging.Logger | None = None,
-                 progress: Callable[[], str] = lambda: ""):
+                 progress: Callable[[], str] = lambda: "", adopt: Iterable[FlowRun] = ()):
+        """`adopt`: batch runs a previous attempt of this dataset run submitted and left unfinished
+        (flows/runs.py crash_orphaned_children): watched like new ones instead of submitted again."""
         self.config, self.prompt_list, self.rpm_name, self.on_tick = config, prompt_list, rpm_name, on_tick
         self.allowance, self.progress = allowance, progress
+        self.adopt = list(adopt)
         self.logger = logger or _log
         self.dispatch = config.dispatch
         self.deployment = config.dispatch.deployment
@@ -196,7 +199,11 @@ class PoolBatches:
     def run(self, batches: list[Batch]) -> Iterator[BatchResult]:
         self.check()
         every = [index for batch in batches for index in range(batch.start, batch.stop)]
+        adopt = {run.parameters.get("batch_index"): run for run in self.adopt}
         for batch in batches:
+            if batch.index in adopt:
+                self._adopt(batch, adopt[batch.index])
+                continue
             allowance = _batch_allowance(self.allowance, batch, every)  # the others run beside it
             self._submit(batch, {
                 "config": self.config.model_dump(mode="json"), "batch_index": batch.index,
@@ -382,7 +389,8 @@ class PoolBatches:
 
     def _submit(self, batch: Batch, parameters: dict, scheduled_for: datetime | None = None) -> Attempt:
         """`scheduled_for`: a resubmission keeps the first attempt's place in the queue, so the next free
-        worker takes it before batches submitted after it (workers take the earliest scheduled first)."""
+        worker takes it before batches submitted after it (workers are handed the earliest
+        next_scheduled_start_time first: prefect/server/database/query_components.py, 3.9.1)."""
         number = self.attempts.get(batch.index, 0) + 1
         self.attempts[batch.index] = number
         flow_run = ride_out(lambda: self._create_run(batch, number, parameters, scheduled_for),
@@ -391,6 +399,17 @@ class PoolBatches:
                           BeatWatch(heartbeat_path(self.run_dir, batch.index, str(flow_run.id))), time.monotonic(),
                           scheduled_for=scheduled_for or flow_run.expected_start_time)
         self.live[flow_run.id] = attempt
+        return attempt
+
+    def _adopt(self, batch: Batch, run: FlowRun) -> Attempt:
+        number = self.attempts.get(batch.index, 0) + 1
+        self.attempts[batch.index] = number
+        attempt = Attempt(batch, number, run.id, dict(run.parameters),
+                          BeatWatch(heartbeat_path(self.run_dir, batch.index, str(run.id))), time.monotonic(),
+                          scheduled_for=run.expected_start_time)
+        self.live[run.id] = attempt
+        self.logger.info("%s: watching its run %s from before this run was retried (%s)", batch.label(), run.name,
+                         run.state_type.value if run.state_type else "state unknown")
         return attempt
 
     def _create_run(self, batch: Batch, number: int, parameters: dict, scheduled_for: datetime | None) -> FlowRun:

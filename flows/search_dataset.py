@@ -62,12 +62,15 @@ def search_dataset(config: RunConfig) -> dict:
     for warning in prepared.warnings:
         logger.warning(warning)
     check_result_storage(config)
-    crash_orphaned_children(logger)  # a retry after a crash: nothing of the lost attempt stays Running
+    # A retry after a crash: nothing of the lost attempt stays Running; but its pooled batch runs may be
+    # alive on their workers (only this process died): they are adopted and judged by their heartbeats.
+    pooled = config.dispatch.mode == "pool"
+    adopt = crash_orphaned_children(logger, spare=lambda run: pooled and run.deployment_id is not None)
     with RunLock(prepared.layout.run_dir):
-        return _search(prepared, logger)
+        return _search(prepared, logger, adopt)
 
 
-def _search(prepared, logger) -> dict:
+def _search(prepared, logger, adopt=()) -> dict:
     config = prepared.config
     run_dir = prepared.layout.run_dir.resolve()
     prompt_list = str(save_prompt_list(prepared.layout.run_dir, prepared.prompts, config.prompts))
@@ -87,7 +90,7 @@ def _search(prepared, logger) -> dict:
                 run_dir)
     pool = config.dispatch.mode == "pool"
     runner = PoolBatches(config, prompt_list, rpm_name, monitor.tick, prepared.allowance, logger,
-                         lambda: f"{len(monitor.finished)} of {total} prompts finished") if pool else \
+                         lambda: f"{len(monitor.finished)} of {total} prompts finished", adopt) if pool else \
         LocalBatches(config, prompt_list, rpm_name, monitor.view, prepared.allowance,
                      lambda: (monitor.counts.verifier_requests, monitor.counts.cost_usd))
     failed, fatal = [], False

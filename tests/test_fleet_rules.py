@@ -378,3 +378,18 @@ def test_fail_fast_turns_prefects_own_retries_off_only_inside_the_block():
     with outages.fail_fast():
         assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
     assert PREFECT_CLIENT_MAX_RETRIES.value() == outside
+
+
+def test_a_retried_dataset_run_watches_its_earlier_batch_runs_instead_of_submitting_them_again(pool, monkeypatch):
+    earlier = uuid.uuid4()
+    pool.server.runs[earlier] = SimpleNamespace(
+        id=earlier, name="batch-0", parameters={"batch_index": 0, "allowance": None}, state_type=StateType.RUNNING,
+        labels={"prefect.worker.name": "w2"}, state=SimpleNamespace(message="", name="Running"),
+        expected_start_time=datetime(2026, 12, 3, tzinfo=timezone.utc))
+    pool.adopt = [pool.server.runs[earlier]]
+    monkeypatch.setattr(pool, "check", lambda: None)
+    monkeypatch.setattr(pool, "_poll", lambda now: pool.server.runs)
+    pool.server.run(earlier, StateType.COMPLETED, worker="w2")
+    results = list(pool.run([Batch(0, 0, 1)]))
+    assert pool.server.created == []  # nothing submitted: the live run from before the retry was watched
+    assert [(r.batch.index, r.error) for r in results] == [(0, None)]

@@ -316,6 +316,35 @@ def test_ctrl_c_of_a_pooled_run_cancels_its_batches_and_a_rerun_keeps_every_summ
     assert _records(config) == len(PROMPTS) * 3
 
 
+@pytest.mark.timeout(600)
+def test_a_prefect_cancellation_of_a_pooled_dataset_run_cancels_its_batches(whole_fleet, tmp_path):
+    """Cancel in the UI (here: its API): the control worker stops the dataset run with SIGTERM, which
+    cancels every batch it submitted before it ends Cancelled."""
+    fleet = whole_fleet
+    config = _config(tmp_path, search_args={"search_rounds": 3})
+    parent_id = fleet.deployment_run("search-dataset/tiny-cpu", config)
+    _wait_for("a batch running", lambda: any(r["state_type"] == "RUNNING" for r in fleet.children(parent_id)),
+              300, fleet)
+    fleet_post(fleet, f"/flow_runs/{parent_id}/set_state",
+               {"state": {"type": "CANCELLING", "message": "cancelled in the UI"}, "force": True})
+    cancelled_at = time.time()
+    parent = fleet.wait_terminal(parent_id, 120)
+    assert parent["state_type"] == "CANCELLED", parent["state"]
+
+    def all_ended():
+        children = fleet.children(parent_id)
+        return children if all(r["state_type"] in TERMINAL for r in children) else None
+
+    children = _wait_for("every batch run ended", all_ended, 90, fleet, interval_s=1)
+    assert [r for r in children if r["state_type"] == "CANCELLED"], [(r["name"], r["state"]) for r in children]
+    records = _records(config)
+    time.sleep(10)
+    assert _records(config) == records  # nothing went on after the cancellation
+    assert not [r for r in fleet.children(parent_id) if r["start_time"] and _when(r["start_time"]) > cancelled_at + 2]
+    log = (fleet.folder / "control.log").read_text(errors="replace")
+    assert "cancelled in Prefect" in log and "cancelling every batch this run submitted" in log
+
+
 # ---- deadlines -----------------------------------------------------------------------------------------
 
 
