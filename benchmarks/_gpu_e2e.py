@@ -195,9 +195,11 @@ def search_config(skeleton: Path, output_dir: Path, prompts_file: Path, *, devic
 
 def call_sizes(config) -> list[int]:
     """The batch sizes of the search's pipeline calls (random search: pools of pool * 2**(r-1))."""
+    from ttsf_core.resolve import resolve
+
     batch, sizes = config.batch_size_for_img_gen, set()
     for search_round in range(1, config.search_args.search_rounds + 1):
-        pool = config.search_args.pool_size(search_round)
+        pool = resolve(config).search.pool_size(search_round)
         if pool >= batch:
             sizes.add(batch)
         if pool % batch:

@@ -8,7 +8,7 @@ the same fake Gemini, which runs in its own process and answers after a fixed la
 
   prefect  flows.search_dataset.search_dataset(config): one search-batch subflow (prompts_per_batch 8)
            whose PrefectExecutor submits every engine job as a task run: one generate task per round
-           stage, one verify task per chunk of the verifier's batch size, one select-and-write task
+           stage, one grade task per chunk of the verifier's batch size, one select task
            per round; then the report and the summary artifact.
   direct   ttsf_core.runner.run(prepared, generator): the same engine with the ThreadExecutor (local
            threads, no orchestrator), the same records; no report (built afterwards, timed apart, for
@@ -24,15 +24,15 @@ anything is timed; every run gets a fresh output folder (nothing in the store: e
 and graded on both sides, checked from the runs' own counts and the fake server's request counter);
 before each run the script waits until the server has finished recording the previous one (it records
 task runs from events, seconds after a flow returns). Sides alternate which goes first; medians over the
-repetitions. The task runs the server recorded are checked against generate + verify + select (+1 per
+repetitions. The task runs the server recorded are checked against generate + grade + select (+1 per
 subflow call).
 
 Where the difference goes is measured on both sides alike:
   - generation: time inside the CandidateGenerator's lock (encode, latents, pipeline call), on whichever
     thread holds it, and its CPU time; the generator's idle time before the first image (head), between
     images (gaps) and after the last (tail);
-  - per job kind (generate / grade / finish): from the executor's submit to the future being done, minus
-    the job's own work (ttsf_core.jobs.generate / grade / finish timed inside): the executor's overhead a
+  - per job kind (generate / grade / select): from the executor's submit to the future being done, minus
+    the job's own work (ttsf_core.jobs.generate / grade / select timed inside): the executor's overhead a
     job, i.e. a task run's cost for Prefect and a thread hand-off for the direct runner;
   - report building and flow runs joining their heartbeat thread (Prefect 3.9.1: up to 1 s a flow run);
   - this process's CPU, and the Prefect server's CPU during the run and after it until idle.
@@ -62,7 +62,7 @@ import _common  # noqa: E402  (puts the repo root and tests/ on sys.path)
 RATIO_TARGET = 1.15
 PREFECT, NO_HEARTBEAT, DIRECT = "prefect", "prefect, no heartbeat", "direct"
 PROMPTS_PER_BATCH = 8  # RunConfig default: one search-batch subflow per 8 prompts
-KINDS = ("generate", "grade", "finish")
+KINDS = ("generate", "grade", "select")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,7 +112,7 @@ class JobTimes:
 
 @contextmanager
 def job_timing(executor_class):
-    """Time every job's submit-to-done on `executor_class` (its generate/grade/finish methods), and the
+    """Time every job's submit-to-done on `executor_class` (its generate/grade/select methods), and the
     work inside ttsf_core.jobs' functions, which both executors call (the Prefect tasks look them up as
     `jobs.<name>` when they run)."""
     from ttsf_core import jobs
@@ -232,7 +232,7 @@ def heartbeat(side: str):
 
 def expected_jobs(config) -> dict[str, int]:
     """The engine's jobs for a fresh random search: per round one generate job, the pool in chunks of the
-    verifier's batch size (gemini: max_concurrency), one finish job."""
+    verifier's batch size (gemini: max_concurrency), one select job."""
     from ttsf_core.verifiers.base import DEFAULT_BATCH_SIZE
 
     search = config.search_args
@@ -241,7 +241,7 @@ def expected_jobs(config) -> dict[str, int]:
     return {
         "generate": prompts * search.search_rounds,
         "grade": prompts * sum(-(-search.pool_size(r) // chunk) for r in range(1, search.search_rounds + 1)),
-        "finish": prompts * search.search_rounds,
+        "select": prompts * search.search_rounds,
     }
 
 
@@ -355,8 +355,8 @@ def print_report(args, results: list[dict[str, Side]], micro: list[list[object]]
     print(f"search: {args.prompts} prompts x {args.rounds} rounds = {images} images; tiny FLUX width "
           f"x{args.width_multiplier}, {args.num_layers}+{args.num_layers} blocks, {args.resolution}px, "
           f"max_sequence_length {args.max_sequence_length}; fake Gemini in a process, latency {args.latency_s:g} s, "
-          f"max_concurrency 8 (= the verify chunk); task runs = {expected['generate']} generate + {expected['grade']} "
-          f"verify + {expected['finish']} select = {task_runs} (+{subflows} for the subflow call)")
+          f"max_concurrency 8 (= the grade chunk); task runs = {expected['generate']} generate + {expected['grade']} "
+          f"grade + {expected['select']} select = {task_runs} (+{subflows} for the subflow call)")
     print(f"Prefect: temporary server (prefect_test_harness, SQLite) started once before any timing, in "
           f"{startup_s:.1f} s (not in any number below); pipelines loaded in this process: {pipelines} per step count")
 

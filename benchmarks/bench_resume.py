@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(args, workdir: Path, prompts_file: Path, url: str | None):
-    from ttsf_core.config import build_config, read_config_file
+    from ttsf_core.config import build_config
+    from ttsf_core.config_files import read_config_file
     from ttsf_core.records import RunLayout
 
     configs = {name: write_config(workdir / f"config-{index}.json", args, prompts_file, workdir / f"out-{index}", url)

@@ -100,10 +100,10 @@ def plan_seeds(config, prompt: str, search_round: int) -> list[int]:
 
 def run_baseline(pipe, config, prompts: list[str], output_dir: Path, server) -> SideResult:
     from ttsf_core.noise import draw_latents
-    from ttsf_core.search import select_best
+    from ttsf_core.resolve import resolve
     from ttsf_core.verifiers.gemini import GeminiVerifier
 
-    args, metric = config.pipeline_call_args, config.verifier_args.choice_of_metric
+    args, metric = config.pipeline_call_args, resolve(config).metric
     clock = BusyClock()
     draw = clock.wrap(draw_latents)
     call = clock.wrap(pipe.__call__)
@@ -123,7 +123,7 @@ def run_baseline(pipe, config, prompts: list[str], output_dir: Path, server) -> 
                     save.wrap(image.save)(output_dir / f"p{prompt_index}_r{search_round}_i{index}_s{seed}.png")
                     images.append(image)
                 grades = grade_like_tt_scale_flux(verifier, prompt, images)
-                picks[(prompt_index, search_round)] = seeds[select_best(grades, metric)]
+                picks[(prompt_index, search_round)] = seeds[first_best(grades, metric)]
         end, cpu = time.perf_counter(), _common.process_cpu_seconds() - cpu
     images_made = sum(len(plan_seeds(config, prompt, r)) for prompt in prompts
                       for r in range(1, config.search_args.search_rounds + 1))
@@ -131,6 +131,11 @@ def run_baseline(pipe, config, prompts: list[str], output_dir: Path, server) -> 
     tail = end - max(clock.last_end, save.last_end)
     return SideResult(end - start, clock.seconds, clock.cpu_seconds, save.seconds, tail,
                       server.call_count() - calls_before, images_made, images_made, picks, process_cpu_s=cpu)
+
+
+def first_best(grades: list, metric: str) -> int:
+    """tt-scale-flux's pick: a stable sort on the metric, descending, so the first of equals wins."""
+    return max(range(len(grades)), key=lambda index: grades[index].score(metric))
 
 
 def grade_like_tt_scale_flux(verifier, prompt: str, images: list) -> list:

@@ -13,6 +13,15 @@ Strategies (ttsf_core.search, through ttsf_core.runner.run, the direct runner):
                       becomes the next pivot when it beats the pivot
   random+draft        random's noises first at `draft_steps`, the best `draft_keep` again at full steps
   zero-order+draft    the same over zero-order (the pivot is always kept)
+  paths               search over paths: N noises part way, each level M re-noised branches of every kept
+                      sample, graded on their clean predictions, the best N kept (at 4 steps: start at
+                      step 2, back 1 step, on 2: levels (2->1->3), (3->2->4))
+  fk                  FK steering: K particles, graded and resampled (potential max, lambda --fk-lambda)
+                      at steps 1, 2 and 3 of 4, the best final particle
+
+Both searches on the denoising path grade intermediate images, so each round costs verifier calls as well
+as NFEs: the second table puts the same best-so-far against the verifier calls a prompt (records'
+`verifier_calls`), where a paid verifier's budget is counted.
 
 For each (prompt, base seed) run, the records give each round's `nfe` (denoiser evaluations that round
 added: steps of images not in earlier rounds) and best score; the best-so-far at a budget B is the best
@@ -47,7 +56,7 @@ import _common  # noqa: E402  (puts the repo root on sys.path)
 from ttsf_core.search.selection import average_ranks  # noqa: E402
 
 SHARED_PROMPTS = _common.REPO_ROOT.parent / "shared" / "data" / "open_image_preferences_prompts.txt"
-STRATEGIES = ("random", "zero-order", "random+draft", "zero-order+draft")
+STRATEGIES = ("random", "zero-order", "random+draft", "zero-order+draft", "paths", "fk")
 MAX_ROUNDS = 16  # SearchArgs.search_rounds' limit
 
 
@@ -68,6 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--draft-keep", type=int, default=2, help="drafts regenerated at full steps a round")
     parser.add_argument("--num-neighbors", type=int, default=4, help="zero-order neighbours a round")
     parser.add_argument("--threshold", type=float, default=0.95, help="zero-order cosine to the pivot")
+    parser.add_argument("--num-paths", type=int, default=2, help="paths: samples kept a level in round 1 (N)")
+    parser.add_argument("--path-branches", type=int, default=2, help="paths: branches of each kept sample (M)")
+    parser.add_argument("--path-start", type=float, default=0.5, help="paths: share of the steps before the search")
+    parser.add_argument("--path-forward", type=float, default=0.25, help="paths: share re-noised back a level")
+    parser.add_argument("--path-backward", type=float, default=0.5, help="paths: share denoised a level")
+    parser.add_argument("--num-particles", type=int, default=4, help="fk: particles in round 1 (K)")
+    parser.add_argument("--fk-lambda", type=float, default=10.0, help="fk: the potential's scale")
+    parser.add_argument("--fk-every", type=float, default=0.25, help="fk: share of the steps between resamplings")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     return parser.parse_args(argv)
 
@@ -78,8 +95,17 @@ def rounds_for(strategy: str, args) -> int:
     """The fewest rounds whose cumulative NFEs are >= the budget even in the cheapest case."""
     full, draft, keep, neighbours = args.steps, args.draft_steps, args.draft_keep, args.num_neighbors
     total = 0
+    if strategy in ("paths", "fk"):  # their rounds cost what their arguments say (ttsf_core.search)
+        from ttsf_core.config import build_config
+        from ttsf_core.resolve import resolve
+
+        search = resolve(build_config({"pretrained_model_name_or_path": "tiny-flux", "verifier_args": {"name": "imagestats"},
+                                       "pipeline_call_args": {"num_inference_steps": full},
+                                       **strategy_overrides(strategy, args, rounds=1)})).search
     for search_round in range(1, MAX_ROUNDS + 1):
-        if strategy == "random":
+        if strategy in ("paths", "fk"):
+            total += search.nfe(search_round, full)
+        elif strategy == "random":
             total += 2 ** search_round * full
         elif strategy == "random+draft":
             total += 2 ** search_round * draft + min(keep, 2 ** search_round) * full
@@ -92,9 +118,18 @@ def rounds_for(strategy: str, args) -> int:
     raise SystemExit(f"--budget {args.budget}: {strategy} cannot be sure to reach it in {MAX_ROUNDS} rounds")
 
 
-def strategy_overrides(strategy: str, args) -> dict:
+def strategy_overrides(strategy: str, args, rounds: int | None = None) -> dict:
+    rounds = rounds or rounds_for(strategy, args)
+    if strategy == "paths":
+        return {"search_args": {"search_method": "paths", "search_rounds": rounds, "num_paths": args.num_paths,
+                                "path_branches": args.path_branches, "path_start": args.path_start,
+                                "path_forward": args.path_forward, "path_backward": args.path_backward}}
+    if strategy == "fk":
+        return {"search_args": {"search_method": "fk", "search_rounds": rounds, "num_particles": args.num_particles,
+                                "fk_lambda": args.fk_lambda, "fk_resample_start": args.fk_every,
+                                "fk_resample_end": 1 - args.fk_every, "fk_resample_every": args.fk_every}}
     search = {"search_method": "zero-order" if strategy.startswith("zero-order") else "random",
-              "search_rounds": rounds_for(strategy, args),
+              "search_rounds": rounds,
               "threshold": args.threshold, "num_neighbors": args.num_neighbors}
     if strategy.endswith("+draft"):
         search |= {"draft_steps": args.draft_steps, "draft_keep": args.draft_keep}
@@ -122,11 +157,12 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return cov / math.sqrt(vx * vy) if vx and vy else None
 
 
-def best_within(records, budget: int) -> float | None:
-    """Best round score among the rounds paid for within `budget` NFEs (records in round order)."""
+def best_within(records, budget: int, cost=lambda record: record.nfe) -> float | None:
+    """Best round score among the rounds paid for within `budget` NFEs (or another `cost` a round;
+    records in round order)."""
     spent, best = 0, None
     for record in records:
-        spent += record.nfe
+        spent += cost(record)
         if spent > budget:
             break
         best = record.best_score if best is None else max(best, record.best_score)
@@ -247,7 +283,38 @@ def print_report(args, prompts, runs, seconds, images) -> None:
         rows.append(row)
     print(_common.markdown_table(header, rows))
 
+    print_calls(args, prompts, runs)
     print_drafts(args, runs)
+
+
+def verifier_calls(record) -> int:
+    return record.verifier_calls + (record.path_verifier_calls or 0)
+
+
+def print_calls(args, prompts, runs) -> None:
+    """Best-so-far against verifier calls a prompt (every grade, intermediate ones included)."""
+    per_round = {name: sorted({verifier_calls(r) for records in runs[name].values() for r in records})
+                 for name in STRATEGIES}
+    budgets = [8, 16, 32, 64]
+    print(f"\nbest-so-far within a budget of verifier calls a prompt (every grade: intermediate images included); "
+          f"mean over {len(prompts) * args.seeds} runs ± standard error; '-' where some run had not paid for its "
+          "first round yet; 'ran out' where the rounds run for the NFE budget spent fewer calls:")
+    rows = []
+    for name in STRATEGIES:
+        row = [name, ", ".join(map(str, per_round[name][:4]))]
+        spent = min(sum(verifier_calls(r) for r in records) for records in runs[name].values())
+        for budget in budgets:
+            values = [best_within(records, budget, verifier_calls) for records in runs[name].values()]
+            if budget > spent:
+                row.append(f"ran out ({spent})")
+                continue
+            if any(value is None for value in values):
+                row.append("-")
+                continue
+            mean, se = mean_se(values)
+            row.append(f"{mean:.3f} ± {se:.3f}")
+        rows.append(row)
+    print(_common.markdown_table(["strategy", "calls a round"] + [f"{b} calls" for b in budgets], rows))
 
 
 def print_drafts(args, runs) -> None:
@@ -259,7 +326,7 @@ def print_drafts(args, runs) -> None:
         for name in STRATEGIES:
             for record in runs[name][key]:
                 for candidate in record.candidates:
-                    if candidate.steps == full_steps:
+                    if candidate.steps == full_steps and candidate.path is None:  # not a path's intermediate
                         found[candidate.noise.tag()] = candidate.score
         return found
 

@@ -34,6 +34,11 @@ for the sections after it, is skipped and listed as such):
 3. numerics: one forward at batch 1, each option against a float32 forward of the same weights; the
    bf16 eager model's own error is the noise floor (how ttsf justifies keeping compile and the attention
    backend out of the images' identity, and fp8 in it).
+5. search methods (--strategies, after --e2e): random, zero-order, paths and FK steering, one prompt and
+   one round each at their defaults, through runner.run on the same pipeline and stand-in verifier: NFEs
+   and verifier calls from the round record, wall time, GPU idle, best stand-in score. Random weights:
+   it measures the machinery at full size (how long a path's partial calls and its grading take), not
+   which method finds better images.
 4. end to end (--e2e): `ttsf_core.runner.run` (thread executor) with a CandidateGenerator around a
    FluxPipeline of the full-size transformer (the fastest mode measured at the search's batch size, or
    --e2e-mode) and the full-size VAE, small stand-in text encoders, and a stand-in verifier that
@@ -55,6 +60,8 @@ activations, RoPE, softmax and residual adds are not counted, as usual for MFU):
     python benchmarks/gpu_flux.py --dry-run                              # plan and FLOPs, no GPU
     python benchmarks/gpu_flux.py --cpu-smoke --compile --fp8 --e2e      # every code path, tiny, CPU
     timeout 540 python benchmarks/gpu_flux.py --compile --fp8 --e2e --out-dir $OUT    # one H100/H200
+    # search methods on FLUX.1-dev (random weights), one round each, after the end-to-end run:
+    timeout 590 python benchmarks/gpu_flux.py --e2e --strategies --low-vram-images 0 --time-budget-s 560 --out-dir $OUT
     # FLUX.2 [klein] 4B beside it (gpu_flux-flux2-klein-4b.json/.md in the same folder):
     timeout 400 python benchmarks/gpu_flux.py --model flux2-klein-4b --compile --e2e --time-budget-s 330 --out-dir $OUT
 """
@@ -201,6 +208,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--e2e-steps", type=int, default=None,
                         help="denoising steps of the end-to-end search (default: the first of --steps)")
     parser.add_argument("--e2e-batch", type=int, default=4, help="batch_size_for_img_gen of the end-to-end search")
+    parser.add_argument("--strategies", action="store_true",
+                        help="after the end-to-end run: random, zero-order, paths and FK steering, one prompt each, "
+                        "one round at their default arguments, through runner.run on the same pipeline and stand-in "
+                        "verifier (NFEs, verifier calls, wall time, GPU idle, best stand-in score)")
     parser.add_argument("--verifier-latency-s", type=float, default=1.0, help="the stand-in verifier's time per call")
     parser.add_argument("--low-vram-images", type=int, default=2,
                         help="images of the --use_low_gpu_vram run (one prompt, one round, one pipeline call); "
@@ -379,6 +390,7 @@ class State:
     numerics: dict = field(default_factory=dict)
     e2e: dict = field(default_factory=dict)
     low_vram: dict = field(default_factory=dict)
+    strategies: dict = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)  # skipped and failed things, one line each
     environment: dict = field(default_factory=dict)
     fp8_ready: bool = False
@@ -1040,6 +1052,58 @@ def e2e_section(state: State) -> None:
     free_memory(setup.device)
 
 
+# One round of each at its defaults (paths: N=2, M=2; fk: K=4), so a row is that method's own unit of work.
+STRATEGY_RUNS = {"random": {"search_method": "random", "initial_pool_size": 4},
+                 "zero-order": {"search_method": "zero-order", "num_neighbors": 3},
+                 "paths": {"search_method": "paths"},
+                 "fk": {"search_method": "fk"}}
+
+
+def strategies_section(state: State) -> None:
+    """Each search method once, on FLUX (random weights: the machinery at full size, not image quality):
+    its NFEs and verifier calls (from its round record), wall time, GPU idle, and its best stand-in score."""
+    import _gpu_e2e as e2e
+    from ttsf_core.config import build_config
+    from ttsf_core.records import RunLayout, iter_round_records
+
+    args, setup = state.args, state.setup
+    mode = choose_e2e_mode(state)
+    kind, compiled = MODE_PARTS[mode]
+    transformer, fresh = take_transformer(state, mode)
+    pipe = build_e2e_pipeline(state, transformer)
+    per_step = step_per_image(state, mode, args.e2e_batch)
+    steps = max(args.e2e_steps, 8)  # paths need room for levels (the smoke test's 2 steps have none)
+    with tempfile.TemporaryDirectory(prefix="gpu-flux-strategies-") as folder, \
+            e2e.stand_in_registered(args.verifier_latency_s):
+        for name, search in STRATEGY_RUNS.items():
+            base = search_config(state, pipe, Path(folder) / name, prompts=1, rounds=1, pool=2, compile=compiled,
+                                 quantize="fp8" if kind == "fp8" else "none", low_vram=False)
+            data = base.model_dump(mode="json")
+            config = build_config({**data, "search_args": {**search, "search_rounds": 1},
+                                   "pipeline_call_args": {**data["pipeline_call_args"], "num_inference_steps": steps}})
+            from ttsf_core.resolve import resolve
+
+            planned = resolve(config).search
+            nfe = planned.nfe(1, steps) if hasattr(planned, "nfe") else planned.pool_size(1) * steps
+            if not fits(state, nfe * per_step * 1.3 + 30):
+                state.strategies[name] = {"note": f"skipped: about {nfe} NFEs do not fit --time-budget-s"}
+                state.say(f"strategy {name} skipped: about {nfe} NFEs do not fit the time budget")
+                continue
+            if fresh and name == "random":
+                from ttsf_core.pipelines.speed import apply_speed_options
+
+                apply_speed_options(pipe, config)
+            progress(f"strategy {name}: {nfe} NFEs planned")
+            result = e2e.run_search(pipe, config, setup.device, warm_up=name == "random")
+            ((_, record),) = iter_round_records(RunLayout(config).run_dir)
+            state.strategies[name] = {**result, "nfe": record.nfe, "best_score": record.best_score,
+                                      "grades": record.verifier_calls + (record.path_verifier_calls or 0)}
+            save(state)
+    del pipe, transformer
+    state.models.clear()
+    free_memory(setup.device)
+
+
 def build_e2e_pipeline(state: State, transformer):
     """The end-to-end pipeline around `transformer`: _gpu_e2e's FluxPipeline for FLUX.1-dev, else a
     Flux2Pipeline / Flux2KleinPipeline with a FLUX.2 VAE (full size, or the smoke test's 4-channel
@@ -1300,6 +1364,18 @@ def markdown(state: State, wall_s: float) -> str:
                 f"{fmt(result['nvml_utilization'], '.0%')} | {fmt(result['peak_gib'], '.1f')} | "
                 f"{result['verifier_calls']} | {note} |")
         lines.append("")
+    if state.strategies:
+        lines += ["### Search methods, one round each (random weights: the machinery, not image quality)", "",
+                  "| method | NFEs | verifier calls | images | wall s | GPU idle | best stand-in score | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, result in state.strategies.items():
+            if "wall_s" not in result:
+                lines.append(f"| {name} | - | - | - | - | - | - | {result.get('note', '')} |")
+                continue
+            lines.append(f"| {name} | {result['nfe']} | {result['grades']} | {result['images']} | "
+                         f"{result['wall_s']:.1f} | {fmt(result['gpu_idle'], '.1%')} | "
+                         f"{fmt(result['best_score'], '.3f')} | |")
+        lines.append("")
     lines += ["### Targets", "", "| target | measured | verdict |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {t['verdict']} |" for t in targets(state)]
     if state.lines:
@@ -1341,7 +1417,7 @@ def save(state: State, final: bool = False) -> tuple[Path, Path]:
                   "time_budget_s": state.args.time_budget_s},
         "peaks": state.peaks,
         "transformer_rows": [row_dict(state, row) for row in state.rows],
-        "numerics": numerics, "e2e": state.e2e, "e2e_low_vram": state.low_vram,
+        "numerics": numerics, "e2e": state.e2e, "e2e_low_vram": state.low_vram, "strategies": state.strategies,
         "targets": targets(state), "lines": state.lines,
     }
     for path in (json_path, md_path):
@@ -1466,6 +1542,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.low_vram_images:
             section(state, "--use_low_gpu_vram", low_vram_section)
         state.low_vram_done = True
+    if args.strategies:
+        section(state, "strategies", strategies_section)
     json_path, md_path = save(state, final=True)
     print(markdown(state, time.perf_counter() - T0))
     progress(f"wrote {json_path} and {md_path}")

@@ -28,7 +28,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a checkout works without `pip install -e .`
 
-from ttsf_core.config import ConfigError, build_config, merge, read_config_file  # noqa: E402
+from ttsf_core.config import ConfigError, build_config, merge  # noqa: E402
+from ttsf_core.config_files import read_config_file  # noqa: E402
 
 # The CPU smoke-test configuration (the same as deployments/prefect.yaml's `tiny-cpu` deployment).
 TINY_CONFIG: dict[str, Any] = {

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from flows.outages import fail_fast, is_outage, ride_out
 from ttsf_core.config import RunConfig
+from ttsf_core.resolve import resolve
 from ttsf_core.engine import BatchCounts
 from ttsf_core.records import RoundRecord, RunLayout, resolve_image
 from ttsf_core.report import thumbnail_data_uri
@@ -35,7 +36,7 @@ _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
 
 
 def artifact_key(config: RunConfig, name: str) -> str:
-    return f"ttsf-{config.identity_hash()}-{name}"
+    return f"ttsf-{resolve(config).identity_hash}-{name}"
 
 
 def md_text(text: str) -> str:

@@ -17,8 +17,10 @@ from flows.dispatch import Batch, LocalBatches, PoolBatches
 from flows.runs import crash_orphaned_children
 from flows.outages import fail_fast, is_outage, tolerate
 from flows.storage import check_result_storage
+from tasks import runtime
 from tasks.rate_limit import ensure_rpm_limit, rpm_description
 from ttsf_core.config import RunConfig
+from ttsf_core.resolve import resolve
 from ttsf_core.locks import RunLock
 from ttsf_core.prompts import prompt_source_label, save_prompt_list
 from ttsf_core.report import build_report, report_dataframe, summary_markdown
@@ -40,7 +42,7 @@ def run_name(config: RunConfig, when: datetime | None = None) -> str:
     """<what is searched>-<how many>-<when>-<search hash>, e.g. `open-image-preferences-v1-binarized-100p-
     20261128-0200-c1776aa8`: runs of one search share the hash, runs of one schedule the dataset."""
     stamp = (when or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M")
-    return f"{prompt_source_label(config.prompts)}-{stamp}-{config.identity_hash()[:8]}"
+    return f"{prompt_source_label(config.prompts)}-{stamp}-{resolve(config).identity_hash[:8]}"
 
 
 def _run_name() -> str:
@@ -58,7 +60,9 @@ def search_dataset(config: RunConfig) -> dict:
     finished is redone. One search at a time per run folder (a second one is refused). A stop (Ctrl-C,
     SIGTERM, a Prefect cancellation) cancels its batches and ends the run Cancelled, saying what finished."""
     logger = get_run_logger()
-    prepared = prepare_run(config)
+    # Prepared once per run: `ttsf run` hands over what it prepared (verifier built, access checked);
+    # a deployment run prepares here.
+    prepared = runtime.prepared_for(config) or prepare_run(config)
     for warning in prepared.warnings:
         logger.warning(warning)
     check_result_storage(config)

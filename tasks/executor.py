@@ -10,8 +10,8 @@ from __future__ import annotations
 from prefect.futures import PrefectFuture
 
 from tasks.generate import generate_task
-from tasks.record import finish_round_task
-from tasks.verify import verify_task
+from tasks.select import select_task
+from tasks.grade import grade_task
 from ttsf_core import jobs
 from ttsf_core.config import RunConfig
 
@@ -25,7 +25,7 @@ class PrefectExecutor:
         return generate_task.submit(config=self.config, job=job)
 
     def grade(self, job: jobs.GradeJob) -> PrefectFuture:
-        return verify_task.submit(config=self.config, job=job, rpm_limit_name=self.rpm_limit_name)
+        return grade_task.submit(config=self.config, job=job, rpm_limit_name=self.rpm_limit_name)
 
-    def finish(self, job: jobs.FinishJob) -> PrefectFuture:
-        return finish_round_task.submit(config=self.config, job=job)
+    def select(self, job: jobs.SelectJob) -> PrefectFuture:
+        return select_task.submit(config=self.config, job=job)

@@ -96,9 +96,13 @@ BAD_INPUTS = [
     case([*OK, "--verifier_rpm", "0"], "--verifier_rpm (verifier_rpm): received '0', allowed: an integer >= 1"),
     case([*OK, "--search_method", "beam"],
          "--search_method (search_args.search_method): received 'beam', allowed: one of random, zero-order"),
-    case([*OK, "--threshold", "1"], "--threshold (search_args.threshold): received '1', allowed: a number > 0 and < 1"),
-    case([*OK, "--threshold", "close"], "--threshold (search_args.threshold): received 'close', allowed: a number > 0"),
-    case([*OK, "--num_neighbors", "0"],
+    case([*OK, "--search_method", "zero-order", "--threshold", "1"],
+         "--threshold (search_args.threshold): received '1', allowed: a number > 0 and < 1"),
+    case([*OK, "--search_method", "zero-order", "--threshold", "close"],
+         "--threshold (search_args.threshold): received 'close', allowed: a number > 0"),
+    case([*OK, "--threshold", "0.5"], "--threshold (search_args.threshold): received '0.5' with search_method 'random', "
+         "allowed: unset (threshold belongs to zero-order; random takes"),
+    case([*OK, "--search_method", "zero-order", "--num_neighbors", "0"],
          "--num_neighbors (search_args.num_neighbors): received '0', allowed: an integer >= 1 and <= 256"),
     case([*OK, "--draft_steps", "0"], "--draft_steps (search_args.draft_steps): received '0', allowed: an integer >= 1"),
     case([*OK, "--num_inference_steps", "4", "--draft_steps", "4"], "--draft_steps (search_args.draft_steps): received 4, "
@@ -107,9 +111,10 @@ BAD_INPUTS = [
     case([*OK, "--prompt", " "], "--prompt (prompts.prompt): received ' ', allowed: a non-empty text"),
     case(["--num_prompts", "three"],
          "--num_prompts (prompts.num_prompts): received 'three', allowed: a positive integer or 'all'"),
-    case([*OK, "--seed", "x", "--threshold", "2", "--search_method", "beam"],
-         "--seed (seed): received 'x'", "--search_method (search_args.search_method): received 'beam'",
-         "--threshold (search_args.threshold): received '2'"),
+    case([*OK, "--seed", "x", "--search_rounds", "0", "--search_method", "beam"],
+         "--seed (seed): received 'x'", "--search_rounds (search_args.search_rounds): received '0'"),
+    case([*OK, "--search_method", "zero-order", "--threshold", "2", "--num_neighbors", "0"],
+         "--threshold (search_args.threshold): received '2'", "--num_neighbors (search_args.num_neighbors): received '0'"),
     # flags: problems found before a model loads
     case(["--verifier_to_use", "imagestats", "--num_prompts=None"], "--num_prompts (prompts.num_prompts): received None, "
          "allowed: a positive integer or 'all' (None only together with --prompt)"),
@@ -144,7 +149,8 @@ BAD_INPUTS = [
            "verifier_retry_backoff_s: received 900, allowed: a number >= 0 and <= 600",
            "foo: received unknown field 'foo', allowed: pretrained_model_name_or_path, torch_dtype"),
     config("c.toml", "[search_args]\nsearch_rounds = 0\nthreshold = 1.5\n",
-           f"--search_rounds (search_args.search_rounds): received 0, {INT_1_16}",
+           f"--search_rounds (search_args.search_rounds): received 0, {INT_1_16}"),
+    config("zo.toml", "[search_args]\nsearch_method = 'zero-order'\nthreshold = 1.5\n",
            "--threshold (search_args.threshold): received 1.5, allowed: a number > 0 and < 1"),
     config("c.toml", "pipeline_call_args = 5\n", "pipeline_call_args: received 5, allowed: a mapping of height, width"),
     config("c.toml", "[prompts]\nprompt_colum = 'x'\n",
@@ -153,13 +159,14 @@ BAD_INPUTS = [
     config("flat.yaml", "search_rounds: 3\n", "search_rounds: received unknown field 'search_rounds' (did you mean "
            "search_args.search_rounds?), allowed: pretrained_model_name_or_path"),
     config("typo.yaml", "search_args: {serch_rounds: 3}\n", "search_args.serch_rounds: received unknown field "
-           "'serch_rounds' (did you mean search_args.search_rounds?), allowed: search_method"),
+           "'serch_rounds' (did you mean search_args.search_rounds?), allowed: search_rounds, draft_steps"),
     config("c.yaml", "use_low_gpu_vram: maybe\nverifier_args:\n  max_new_tokens: 0\n",
            "--use_low_gpu_vram (use_low_gpu_vram): received 'maybe', allowed: true or false",
            "verifier_args.max_new_tokens: received 0, allowed: an integer >= 1"),
     config("c.yaml", "search_args:\n  beam_width: 4\n  search_method: 7\n",
-           "--search_method (search_args.search_method): received 7, allowed: one of random, zero-order",
-           "search_args.beam_width: received unknown field 'beam_width', allowed: search_method, search_rounds"),
+           "--search_method (search_args.search_method): received 7, allowed: the name of a search strategy"),
+    config("beam.yaml", "search_args:\n  beam_width: 4\n",
+           "search_args.beam_width: received unknown field 'beam_width', allowed: search_rounds, draft_steps"),
     config("c.yaml", "result_storage: [a]\nverifier_args:\n  options: [1]\n",
            "verifier_args.options: received [1], allowed: a mapping of names to values",
            "--result_storage (result_storage): received ['a'], allowed: a text"),
@@ -260,7 +267,7 @@ def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_
 
 def test_help_types_each_value_and_says_which_model_a_default_belongs_to():
     text = " ".join(CliRunner().invoke(main, ["run", "--help"], terminal_width=200).output.split())
-    for shown in ("--height INTEGER", "--guidance_scale FLOAT", "--search_method [random|zero-order]",
+    for shown in ("--height INTEGER", "--guidance_scale FLOAT", "--search_method [random|zero-order|paths|fk]",
                   "--num_prompts INTEGER|all", "--output_dir PATH", "--executor [prefect|threads]",
                   "[1024 for FLUX.1-dev; 128 for tiny-flux", "any other model: its pipeline's own]"):
         assert shown in text, shown

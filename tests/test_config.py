@@ -2,7 +2,9 @@ import json
 
 import pytest
 
-from ttsf_core.config import ConfigError, RunConfig, build_config, merge, read_config_file
+from ttsf_core.config import ConfigError, RunConfig, build_config, merge
+from ttsf_core.config_files import read_config_file
+from ttsf_core.resolve import resolve
 
 TT_SCALE_FLUX_CONFIG = {
     "pretrained_model_name_or_path": "black-forest-labs/FLUX.1-dev",
@@ -22,8 +24,8 @@ def test_defaults_follow_tt_scale_flux_flux_config():
     assert (args.height, args.width, args.guidance_scale, args.num_inference_steps, args.max_sequence_length) == (
         1024, 1024, 3.5, 50, 512)
     assert config.search_args.search_rounds == 4
-    assert [config.search_args.pool_size(r) for r in (1, 2, 3, 4)] == [2, 4, 8, 16]
-    assert config.verifier_args.name == "gemini" and config.verifier_args.choice_of_metric == "overall_score"
+    assert [resolve(config).search.pool_size(r) for r in (1, 2, 3, 4)] == [2, 4, 8, 16]
+    assert config.verifier_args.name == "gemini" and resolve(config).metric == "overall_score"
     assert config.prompts.num_prompts == 2
 
 
@@ -64,8 +66,8 @@ def test_tiny_flux_has_cpu_defaults_under_explicit_values():
 def test_identity_ignores_what_does_not_change_images():
     base = RunConfig()
     same = build_config({"output_dir": "elsewhere", "verifier_args": {"max_concurrency": 3}, "prompts": {"num_prompts": 9}})
-    assert base.identity_hash() == same.identity_hash()
-    assert base.identity_hash() != build_config({"seed": 1}).identity_hash()
+    assert resolve(base).identity_hash == resolve(same).identity_hash
+    assert resolve(base).identity_hash != resolve(build_config({"seed": 1})).identity_hash
 
 
 @pytest.mark.parametrize("data,message", [
@@ -78,7 +80,8 @@ def test_identity_ignores_what_does_not_change_images():
     ({"pipeline_call_args": {"latents": [0.5]}}, "pipeline_call_args.latents: received [0.5], allowed: any argument "
                                                  "of the pipeline's __call__ except those ttsf passes itself"),
     ({"search_args": {"search_method": "beam"}}, "search_args.search_method: received 'beam', allowed: one of random, zero-order"),
-    ({"search_args": {"threshold": 0}}, "search_args.threshold: received 0, allowed: a number > 0 and < 1"),
+    ({"search_args": {"search_method": "zero-order", "threshold": 0}},
+     "search_args.threshold: received 0, allowed: a number > 0 and < 1"),
     ({"search_args": {"draft_steps": "few"}}, "search_args.draft_steps: received 'few', allowed: an integer >= 1"),
     ({"search_args": {"draft_steps": 50}}, "search_args.draft_steps: received 50, allowed: an integer >= 1 and < "
                                            "pipeline_call_args.num_inference_steps (50)"),
@@ -86,20 +89,36 @@ def test_identity_ignores_what_does_not_change_images():
     ({"use_low_gpu_vram": "maybe"}, "use_low_gpu_vram: received 'maybe', allowed: true or false"),
 ])
 def test_bad_values_name_the_field_what_was_received_and_what_is_allowed(data, message):
+    """Validating the data (build_config) or resolving it (what only the strategy's own model, the
+    pipeline's steps or a file can say): either way one line naming the field."""
     with pytest.raises(ConfigError) as error:
-        build_config(data)
+        resolve(build_config(data))
     assert message in str(error.value)
 
 
 def test_each_bad_field_is_one_line_even_when_pydantic_reports_it_twice():
     with pytest.raises(ConfigError) as error:
-        build_config({"seed": "x", "prompts": {"num_prompts": 2.5}, "search_args": {"beam": 1}})
+        build_config({"seed": "x", "prompts": {"num_prompts": 2.5}})
     assert str(error.value).splitlines() == [
         "seed: received 'x', allowed: an integer >= 0 and < 9223372036854775808",
-        "search_args.beam: received unknown field 'beam', allowed: search_method, search_rounds, initial_pool_size, "
-        "threshold, num_neighbors, draft_steps, draft_keep",
         "prompts.num_prompts: received 2.5, allowed: an integer or 'all'",
     ]
+    with pytest.raises(ConfigError) as error:
+        resolve(build_config({"search_args": {"beam": 1, "initial_pool_size": 0}}))
+    assert str(error.value).splitlines() == [  # the strategy's own model: its fields, nobody else's
+        "search_args.initial_pool_size: received 0, allowed: an integer >= 1 and <= 1024",
+        "search_args.beam: received unknown field 'beam', allowed: search_rounds, draft_steps, draft_keep, "
+        "search_method, initial_pool_size",
+    ]
+
+
+def test_a_field_of_another_strategy_is_refused_unless_it_is_left_at_its_default():
+    with pytest.raises(ConfigError, match=r"search_args.threshold: received 0.8 with search_method 'random', allowed: "
+                                          r"unset \(threshold belongs to zero-order; random takes"):
+        resolve(build_config({"search_args": {"threshold": 0.8}}))
+    # config.json files of earlier versions spell out every strategy's fields at their defaults: they load
+    old = resolve(build_config({"search_args": {"threshold": 0.95, "num_neighbors": 4, "initial_pool_size": 2}}))
+    assert old.identity_hash == resolve(RunConfig()).identity_hash
 
 
 def test_unreadable_config_files_are_named(tmp_path):
@@ -118,7 +137,7 @@ def test_unreadable_config_files_are_named(tmp_path):
 def test_the_metric_defaults_to_the_verifiers_own_and_is_checked_against_its_metrics():
     from ttsf_core.verifiers.registry import build_verifier
 
-    assert build_config({"verifier_args": {"name": "imagestats"}}).verifier_args.choice_of_metric == "overall_score"
+    assert resolve(build_config({"verifier_args": {"name": "imagestats"}})).metric == "overall_score"
     config = build_config({"verifier_args": {"name": "imagestats", "choice_of_metric": "beauty"}})
     with pytest.raises(ConfigError, match="choice_of_metric: received 'beauty', allowed: one of accuracy_to_prompt"):
         build_verifier(config.verifier_args)

@@ -259,6 +259,7 @@ def test_thinking_and_media_resolution_reach_the_wire(model, level, resolution, 
     from PIL import Image
 
     from ttsf_core.config import VerifierArgs
+    from ttsf_core.resolve import verifier_identity
     from ttsf_core.verifiers.gemini import GeminiVerifier
 
     with FakeGeminiServer() as server:
@@ -314,13 +315,14 @@ def test_grades_from_an_alias_that_moved_are_flagged(tmp_path, tiny_pipe):
 
 def test_the_grading_identity_names_the_model_and_what_is_sent(tmp_path):
     from ttsf_core.config import VerifierArgs
+    from ttsf_core.resolve import verifier_identity
 
-    default = VerifierArgs().grading_identity()
+    default = verifier_identity(VerifierArgs())
     assert default["sent"] == {"model": DEFAULT_GEMINI_MODEL, "temperature": None, "thinking_level": "low"}
-    assert "sent" not in VerifierArgs(model_name="gemini-2.0-flash").grading_identity()  # as it always was
-    low = VerifierArgs(model_name=DEFAULT_GEMINI_MODEL, media_resolution="low").grading_identity()
+    assert "sent" not in verifier_identity(VerifierArgs(model_name="gemini-2.0-flash"))  # as it always was
+    low = verifier_identity(VerifierArgs(model_name=DEFAULT_GEMINI_MODEL, media_resolution="low"))
     assert low["sent"] == {"temperature": None, "thinking_level": "low", "media_resolution": "low"}
-    assert "sent" not in VerifierArgs(name="imagestats").grading_identity()
+    assert "sent" not in verifier_identity(VerifierArgs(name="imagestats"))
 
 
 # ----- a grade is stored the moment it arrives --------------------------------------------------------

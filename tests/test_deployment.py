@@ -21,6 +21,7 @@ from prefect_server import PREFECT, REPO, cli, get_json, running_server, stop, t
 from ttsf_core.config import build_config
 from ttsf_core.records import RunLayout
 from ttsf_core.store import Store
+from ttsf_core.resolve import resolve
 
 POOL = "ttsf-process"
 DEPLOYMENT = "search-dataset/tiny-cpu"
@@ -108,7 +109,7 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(prefect_server, worker
     assert flow_run["state"]["type"] == "COMPLETED", (
         f"{flow_run['state']}\n--- worker ---\n{tail(worker_log, 80)}\n--- server ---\n{tail(server_log)}")
     # What is searched (the dataset file's name), how many, when, and the search's hash.
-    assert re.fullmatch(rf"prompts-2p-\d{{8}}-\d{{4}}-{build_config(config).identity_hash()[:8]}", flow_run["name"])
+    assert re.fullmatch(rf"prompts-2p-\d{{8}}-\d{{4}}-{resolve(build_config(config)).identity_hash[:8]}", flow_run["name"])
     report = pd.read_csv(run_dir / "report" / "report.csv")
     assert len(report) == len(PROMPTS) * 2
     assert sorted(zip(report["prompt_index"], report["search_round"])) == [(0, 1), (0, 2), (1, 1), (1, 2)]

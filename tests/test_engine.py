@@ -32,7 +32,12 @@ STRATEGIES = {
     "zero-order": {"search_method": "zero-order", "num_neighbors": 3},
     "random+draft": {"search_method": "random", "draft_steps": 1, "draft_keep": 2},
     "zero-order+draft": {"search_method": "zero-order", "num_neighbors": 3, "draft_steps": 1, "draft_keep": 1},
+    # On the denoising path: 6 steps, so that levels and resampling steps fall on distinct steps.
+    "paths": {"search_method": "paths", "num_paths": 1, "path_branches": 2, "path_start": 0.34, "path_forward": 0.17,
+              "path_backward": 0.34},
+    "fk": {"search_method": "fk", "num_particles": 2, "fk_resample_every": 0.34},
 }
+SIX_STEPS = {"pipeline_call_args": {"height": 64, "width": 64, "num_inference_steps": 6}}
 PROMPTS = ["a red lighthouse on a cliff at dawn", "a bowl of ramen, studio photo", "an owl reading a map"]
 
 
@@ -42,6 +47,8 @@ def _config(tmp_path: Path, strategy: str = "random", rounds: int = 3, **overrid
     data.write_text("\n".join(PROMPTS) + "\n")
     fields = {"search_args": STRATEGIES[strategy] | {"search_rounds": rounds}, "prompts_per_batch": 2,
               "prompts": {"prompt": None, "dataset": str(data), "num_prompts": "all"}, "task_workers": 4}
+    if strategy in ("paths", "fk"):
+        fields |= SIX_STEPS
     return small_config(tmp_path, **(fields | overrides))
 
 
@@ -227,10 +234,10 @@ def test_every_image_regenerates_byte_identical_from_its_record(strategy, tmp_pa
 
 
 def test_strategies_name_themselves_and_their_dependence(tmp_path):
-    for name, args in STRATEGIES.items():
-        strategy = build_strategy(small_config(tmp_path, search_args=args))
+    for name in STRATEGIES:
+        strategy = build_strategy(_config(tmp_path, name))
         assert strategy.name == name
-        assert strategy.independent_rounds is name.startswith("random")
+        assert strategy.independent_rounds is (name.split("+")[0] in ("random", "paths", "fk"))
 
 
 @pytest.mark.parametrize("error", [VerifierError, UngradeableError])

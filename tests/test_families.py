@@ -21,7 +21,8 @@ import pytest
 
 from ttsf_core import runner
 from ttsf_core.candidates import Candidate, NoiseSpec
-from ttsf_core.config import build_config, merge, read_config_file
+from ttsf_core.config import build_config, merge
+from ttsf_core.config_files import read_config_file
 from ttsf_core.generate import CandidateGenerator, seed_candidates
 from ttsf_core.records import iter_round_records, resolve_image
 from ttsf_core.regenerate import regenerate
@@ -101,7 +102,7 @@ def _pixels(image) -> np.ndarray:
 
 
 def test_tiny_models_are_selected_by_name_with_their_own_defaults():
-    from ttsf_core.config import MODEL_DEFAULTS
+    from ttsf_core.model_defaults import MODEL_DEFAULTS
     from ttsf_core.pipelines.signature import pipeline_class_name
 
     for name, class_name in CLASSES.items():

@@ -19,6 +19,7 @@ from ttsf_core.files import png_bytes
 from ttsf_core.records import RunLayout
 from ttsf_core.search import build_strategy
 from ttsf_core.verifiers import imagestats, registry
+from ttsf_core.resolve import resolve
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 PROMPTS = ["a red lighthouse on a cliff at dawn", "a bowl of ramen, studio photo", "an owl reading a map"]
@@ -70,7 +71,7 @@ def test_two_batches_write_records_artifacts_and_report(tmp_path):
     for name in ("report.parquet", "report.html", "scaling_curve.png", "best_images.zip"):
         assert (RunLayout(config).run_dir / "report" / name).is_file()
     assert server.call_count == 3 * (2 + 4)
-    key = f"ttsf-{config.identity_hash()}"
+    key = f"ttsf-{resolve(config).identity_hash}"
     batches = _read_artifact(f"{key}-batches")
     rows = json.loads(batches.data)
     assert batches.type == "table" and [row["batch"] for row in rows] == [0, 1]  # one table for the run
@@ -236,8 +237,31 @@ def test_a_budget_ends_the_flow_completed_with_budget_reached_and_costs_shown(tm
     assert asked == len(billed) == 10
     counts = state.result()["counts"]
     assert (counts["verifier_requests"], counts["rounds_over_budget"], counts["prompts_over_budget"]) == (10, 2, 2)
-    key = f"ttsf-{config.identity_hash()}"  # the same search as other tests here: this run's own artifacts
+    key = f"ttsf-{resolve(config).identity_hash}"  # the same search as other tests here: this run's own artifacts
     status = _read_artifact(f"{key}-status", state.state_details.flow_run_id).data
     assert "budget reached" in status and "10 of 10 requests" in status and "cost so far" in status
     summary = _read_artifact(f"{key}-summary", state.state_details.flow_run_id).data
     assert "**Budget reached**" in summary and "Grading cost: 10 verifier requests" in summary
+
+
+def test_ttsf_run_builds_the_verifier_once_checks_access_once_and_a_rerun_does_nothing(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from ttsf.cli import main
+    from ttsf_core.verifiers.gemini import GeminiVerifier
+
+    built = []
+    construct = GeminiVerifier.__init__
+    monkeypatch.setattr(GeminiVerifier, "__init__", lambda self, *a, **k: (built.append(1), construct(self, *a, **k))[1])
+    with FakeGeminiServer() as server:
+        config = _config(tmp_path, server, search_args={"search_rounds": 2})
+        path = tmp_path / "config.json"
+        path.write_text(config.model_dump_json())
+        first = CliRunner().invoke(main, ["run", "--config", str(path), "--executor", "prefect"])
+        assert first.exit_code == 0, first.output
+        assert "generated 18 images and graded 18" in first.output
+        # The CLI prepared the run; the flow and its batches reused that verifier and that access check.
+        assert (len(built), len(server.metadata_requests), server.call_count) == (1, 1, 18)
+        again = CliRunner().invoke(main, ["run", "--config", str(path), "--executor", "prefect"])
+        assert again.exit_code == 0, again.output
+        assert "(0 images generated, 0 graded)" in again.output and server.call_count == 18

@@ -27,7 +27,8 @@ from ttsf_core.verifiers.base import (
     VerifierConfigError,
     VerifierError,
 )
-from ttsf_core.verifiers.gemini import GeminiVerifier, png_bytes
+from ttsf_core.verifiers.gemini import GeminiVerifier
+from ttsf_core.verifiers.remote import png_bytes
 from ttsf_core.verifiers.registry import build_verifier
 
 pytestmark = pytest.mark.timeout(60)

@@ -20,10 +20,12 @@ import pytest
 from tiny_pipelines import ensure_tiny
 from ttsf_core import runner
 from ttsf_core.candidates import Candidate, NoiseSpec
-from ttsf_core.config import RunConfig, build_config, digest, merge, read_config_file
+from ttsf_core.config import RunConfig, build_config, digest, merge
+from ttsf_core.config_files import read_config_file
 from ttsf_core.generate import CandidateGenerator, seed_candidates
 from ttsf_core.records import iter_round_records, resolve_image
 from ttsf_core.regenerate import regenerate
+from ttsf_core.resolve import resolve
 
 PROMPT = "a tiny astronaut hatching from an egg on the moon"
 NEGATIVE = "bad quality, worse quality, degenerate quality"
@@ -75,9 +77,9 @@ def test_default_flux_identities_are_unchanged():
     # and stored images stay where they were. (The run hash also covers the verifier's grading identity.)
     # (The run hash of the default config moved once, on purpose: gemini's grading identity now holds
     # the rubric's text, which this version rewrote; its images stay where they were.)
-    assert digest(RunConfig().generation_identity()) == "9a7b3ba5d77b"
+    assert digest(resolve(RunConfig()).generation_identity) == "9a7b3ba5d77b"
     tiny = build_config({"pretrained_model_name_or_path": "tiny-flux"})
-    assert digest(tiny.generation_identity()) == "f646a08cec9a"
+    assert digest(resolve(tiny).generation_identity) == "f646a08cec9a"
     assert tiny.pipeline_call_args.num_inference_steps == 4
 
 
@@ -214,7 +216,7 @@ def test_gemini_grades_each_video_whole_when_asked(tmp_path, monkeypatch):
     # Whole-video grades are other grades than frame-averaged ones: their own folder and run identity.
     by_frames = _config("wan", tmp_path, verifier_args=gemini, search_args={"search_rounds": 2})
     assert Store(by_frames).grades_dir != Store(config).grades_dir
-    assert by_frames.identity_hash() != config.identity_hash()
+    assert resolve(by_frames).identity_hash != resolve(config).identity_hash
 
 
 def test_whole_video_grading_is_refused_for_a_verifier_that_reads_no_video(tmp_path):
@@ -235,7 +237,7 @@ def test_call_arguments_a_config_does_not_set_stay_the_pipelines_own(name, tmp_p
     config = build_config({"pretrained_model_name_or_path": str(ensure_tiny(name)), "torch_dtype": "fp32",
                            "device": "cpu", "output_dir": str(tmp_path)})
     # The steps are the class's own default, read before loading anything.
-    assert config.pipeline_call_args.num_inference_steps == signature["num_inference_steps"].default
+    assert resolve(config).steps == signature["num_inference_steps"].default
     assert config.pipeline_call_args.given() == {}
     passed = []
     original = type(pipe).__call__
@@ -249,7 +251,7 @@ def test_call_arguments_a_config_does_not_set_stay_the_pipelines_own(name, tmp_p
     generator = CandidateGenerator(pipe, config)
     monkeypatch.setattr(type(pipe), "__call__", spy)
     try:
-        (image,) = generator.generate(PROMPT, seed_candidates([3], config.pipeline_call_args.num_inference_steps))
+        (image,) = generator.generate(PROMPT, seed_candidates([3], resolve(config).steps))
     except _Recorded:
         image = None
     (kwargs,) = passed
@@ -381,13 +383,14 @@ def test_tt_scale_flux_config_files_load_and_run(filename, tmp_path, monkeypatch
     assert {k: v for k, v in as_is.pipeline_call_args.given().items()} == \
         {k: v for k, v in call.items() if k != "num_inference_steps"}
     default_steps = {"sd1.5.json": 50, "sdxl.json": 50, "pixart_sigma.json": 20}
-    assert as_is.pipeline_call_args.num_inference_steps == call.get("num_inference_steps", default_steps.get(filename))
+    assert resolve(as_is).steps == call.get("num_inference_steps", default_steps.get(filename))
     # Then run on the tiny equivalent: model swapped for its folder, sizes and search shrunk, a local verifier.
     small = merge(data, {
         "pretrained_model_name_or_path": str(_tiny_folder(tiny)), "torch_dtype": "fp32", "device": "cpu",
         "pipeline_call_args": {**SHRUNK[tiny], "num_inference_steps": 2},
         "verifier_args": {"name": "imagestats", "choice_of_metric": "overall_score"},
-        "search_args": {"search_rounds": 1, "initial_pool_size": 1, "num_neighbors": 1},
+        "search_args": {"search_rounds": 1, **({"num_neighbors": 1} if data["search_args"]["search_method"] ==
+                                               "zero-order" else {"initial_pool_size": 1})},
         "prompts": {"prompt": PROMPT}, "output_dir": str(tmp_path / "output"),
     })
     config = build_config(small)
@@ -402,7 +405,7 @@ def test_tt_scale_flux_config_files_load_and_run(filename, tmp_path, monkeypatch
     assert resolve_image(prepared.layout.record_path(PROMPT, 1), record.best_img_path).is_file()
     if tiny in VIDEO:
         fps = TT_SCALE_FLUX_CONFIGS[filename]["export_args"]["fps"]
-        assert config.generation_identity()["fps"] == fps
+        assert resolve(config).generation_identity["fps"] == fps
 
 
 def test_path_search_config_is_refused_in_one_line(tmp_path):
@@ -417,5 +420,5 @@ def test_path_search_config_is_refused_in_one_line(tmp_path):
                         "delta_f": 0.78, "L": 10},
     }))
     with pytest.raises(ConfigError) as error:
-        build_config(read_config_file(path))
+        resolve(build_config(read_config_file(path)))
     assert "search_args.search_method: received 'path-search', allowed: one of random, zero-order" in str(error.value)

@@ -295,7 +295,7 @@ def test_bad_configuration_is_refused_at_construction(kwargs, fragment):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
 def test_cuda_requested_without_cuda_is_refused():
-    with pytest.raises(VerifierConfigError, match="CUDA is not available"):
+    with pytest.raises(VerifierConfigError, match="no CUDA device is visible here"):
         QwenVerifier(VerifierArgs(name="qwen", device="cuda"))
 
 

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 import prefect_server as server_helpers
+from ttsf_core.resolve import resolve
 from prefect_server import REPO, get_json, post_json, running_server, stop, tail
 
 README = REPO / "README.md"
@@ -210,7 +211,7 @@ def test_the_readme_prefect_walkthrough_runs_as_written(tmp_path, tiny_flux_dir)
 
         tiny = build_config(merge(serve.TINY_CONFIG, {}))
         # Named as documented: <what>-<how many>-<date>-<search hash>.
-        assert re.fullmatch(rf"{re.escape(prompt_source_label(tiny.prompts))}-\d{{8}}-\d{{4}}-{tiny.identity_hash()[:8]}",
+        assert re.fullmatch(rf"{re.escape(prompt_source_label(tiny.prompts))}-\d{{8}}-\d{{4}}-{resolve(tiny).identity_hash[:8]}",
                             run["name"]), run["name"]
         assert list((serve_cwd / "output" / "tiny-cpu").rglob("report.csv")), sorted(serve_cwd.rglob("*"))
 

@@ -25,6 +25,7 @@ from ttsf_core.records import (
 from ttsf_core.report import COLUMNS, build_report, report_dataframe, report_image, summary_markdown
 from ttsf_core.store import Recipe, Store
 from ttsf_core.verifiers.base import METRIC_NAMES, grades_from_scores
+from ttsf_core.resolve import resolve
 
 DANGEROUS = '<script>alert(1)</script> & "quotes"'
 PROMPTS = ["a red fox in the snow", DANGEROUS, "a lighthouse at dusk"]
@@ -68,7 +69,7 @@ def _write_round(layout: RunLayout, prompt_index: int, prompt: str, search_round
     record = RoundRecord(
         prompt=prompt, prompt_index=prompt_index, search_round=search_round, num_noises=pool,
         best_noise_seed=best.seed, best_score=best.score, choice_of_metric="overall_score",
-        best_img_path=best.img_path, best_index=best.index, config_hash=config.identity_hash(),
+        best_img_path=best.img_path, best_index=best.index, config_hash=resolve(config).identity_hash,
         candidates=candidates, nfe=pool * STEPS,
     )
     write_round_record(record_path, record)

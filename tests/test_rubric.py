@@ -23,6 +23,7 @@ from ttsf_core.verifiers.gemini import GeminiVerifier
 from ttsf_core.verifiers.openai_compat import OpenAIVerifier
 from ttsf_core.verifiers.qwen import QwenVerifier, image_only_processor_class
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
+from ttsf_core.resolve import verifier_identity
 
 pytestmark = pytest.mark.timeout(120)
 PROMPT = "a red lighthouse on a cliff at dusk"
@@ -192,16 +193,16 @@ def test_an_undecodable_rubric_file_is_a_config_error(tmp_path):
 
 
 def test_prompt_path_changes_the_grading_identity(tmp_path, custom_rubric):
-    default = VerifierArgs(name="openai").grading_identity()
-    own = VerifierArgs(name="openai", prompt_path=str(custom_rubric)).grading_identity()
+    default = verifier_identity(VerifierArgs(name="openai"))
+    own = verifier_identity(VerifierArgs(name="openai", prompt_path=str(custom_rubric)))
     # A rubric grader's identity holds the text of the rubric it reads: ttsf's own, or the given file.
     assert default["rubric_sha256"] == hashlib.sha256(load_rubric().encode("utf-8")).hexdigest()
     assert own["rubric_sha256"] == hashlib.sha256(custom_rubric.read_bytes()).hexdigest()
-    assert "rubric_sha256" not in VerifierArgs(name="imagestats").grading_identity()  # reads no rubric
+    assert "rubric_sha256" not in verifier_identity(VerifierArgs(name="imagestats"))  # reads no rubric
     assert own != default
     edited = tmp_path / "edited.txt"
     edited.write_text(TT_SCALE_FLUX_RUBRIC.replace("0 to 10", "1 to 10"), encoding="utf-8")
-    assert VerifierArgs(name="openai", prompt_path=str(edited)).grading_identity() != own
+    assert verifier_identity(VerifierArgs(name="openai", prompt_path=str(edited))) != own
 
 
 # ----- verifier_args.seed -----

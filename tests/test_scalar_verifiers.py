@@ -349,7 +349,8 @@ def test_construction_is_cheap_and_settings_are_resolved(name):
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_a_gpu_that_is_not_there_is_refused(device):
     for name, cls in LOCAL.items():
-        with pytest.raises(VerifierConfigError, match=f"device: received '{device}', but CUDA is not available here"):
+        expected = rf"device: received '{device}' \(no CUDA device is visible here\), allowed: auto, cpu"
+        with pytest.raises(VerifierConfigError, match=expected):
             cls(VerifierArgs(name=name, device=device))
 
 

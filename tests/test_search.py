@@ -6,13 +6,15 @@ import pytest
 
 from conftest import small_config
 from ttsf_core import runner
-from ttsf_core.config import ConfigError, build_config, read_config_file
+from ttsf_core.config import ConfigError, build_config
+from ttsf_core.config_files import read_config_file
 from ttsf_core.generate import CandidateGenerator
 from ttsf_core.noise import candidate_seed
 from ttsf_core.records import iter_round_records, resolve_image
-from ttsf_core.search import build_strategy, select_best
+from ttsf_core.search import build_strategy
 from ttsf_core.store import Store
 from ttsf_core.verifiers.base import METRIC_NAMES, grades_from_scores
+from ttsf_core.resolve import resolve
 
 TT_SCALE_FLUX_KEYS = {"prompt", "search_round", "num_noises", "best_noise_seed", "best_score",
                       "choice_of_metric", "best_img_path"}
@@ -29,18 +31,25 @@ def _grades(overall, accuracy=5.0):
     return grades_from_scores(scores, "test")
 
 
-def test_select_best_is_the_argmax_and_ties_go_to_the_first():
-    grades = [_grades(3), _grades(8), _grades(8), _grades(1)]
-    assert select_best(grades, "overall_score") == 1
-    assert select_best(grades, "accuracy_to_prompt") == 0  # all tie at 5: first drawn wins
-    assert select_best([_grades(1, 9), _grades(9, 1)], "accuracy_to_prompt") == 0
+def _selector(metric: str):
+    from ttsf_core.search.selection import Selector
+
+    return Selector(build_config({"verifier_args": {"name": "imagestats", "choice_of_metric": metric}}))
 
 
-def test_select_best_refuses_nothing_and_unknown_metrics():
-    with pytest.raises(ValueError, match="at least one"):
-        select_best([], "overall_score")
+def test_the_selector_picks_the_argmax_and_ties_go_to_the_first():
+    """The one rule that picks each round's best (ttsf_core.search.selection), as the engine uses it."""
+    grades = [_grades(1), _grades(9), _grades(9)]
+    assert _selector("overall_score").best(grades) == 1  # a tie between 1 and 2: the first drawn
+    assert _selector("accuracy_to_prompt").best(grades) == 0  # all tie at 5: the first drawn
+    assert _selector("accuracy_to_prompt").best([_grades(1, 2), _grades(9, 7)]) == 1
+    assert _selector("overall_score").best([None, _grades(5, 2)]) == 1  # an ungradeable image is never picked
+    assert _selector("overall_score").best([]) is None and _selector("overall_score").best([None]) is None
+
+
+def test_the_selector_refuses_a_metric_the_grades_lack():
     with pytest.raises(ValueError, match="metric: received 'beauty'"):
-        select_best([_grades(1)], "beauty")
+        _selector("beauty").best([_grades(1)])
 
 
 def _run(tmp_path, pipe, **overrides):
@@ -98,8 +107,9 @@ def test_output_folder_is_named_by_what_decides_the_records(tmp_path):
               folder(search_args={"search_method": "zero-order"}), folder(search_args={"draft_steps": 1}),
               folder(search_args={"initial_pool_size": 3}), folder(pipeline_call_args={"num_inference_steps": 3})]
     assert len({base, *others}) == 1 + len(others)
-    # Parameters of a strategy not in use decide nothing.
-    assert base == folder(search_args={"threshold": 0.5, "num_neighbors": 9, "draft_keep": 5})
+    # Drafts' keep without drafts, and another strategy's fields at their defaults (older config.json
+    # files spell them out), decide nothing; another strategy's field set otherwise is refused (test_config).
+    assert base == folder(search_args={"threshold": 0.95, "num_neighbors": 4, "draft_keep": 5})
 
 
 def test_a_finished_run_redoes_nothing_and_a_lost_record_is_rewritten_from_the_store(tmp_path, tiny_pipe):
@@ -200,7 +210,7 @@ def test_tt_scale_flux_zero_order_search_args_load_as_they_are(tmp_path):
         "search_args": {"search_method": "zero-order", "search_rounds": 8, "threshold": 0.95, "num_neighbors": 4},
     }))
     config = build_config(read_config_file(path))
-    assert build_strategy(config).name == "zero-order" and config.search_args.pool_size(3) == 5
+    assert build_strategy(config).name == "zero-order" and resolve(config).search.pool_size(3) == 5
 
 
 def test_the_store_is_shared_and_named_by_identity(tmp_path, tiny_pipe):
@@ -210,3 +220,26 @@ def test_the_store_is_shared_and_named_by_identity(tmp_path, tiny_pipe):
     assert len(images) == 2 and all(p.name.endswith("-st2.png") for p in images)
     assert json.loads((store.images_dir / "identity.json").read_text())["covers"]["model"] == "tiny-flux"
     assert len(list(store.grades_dir.rglob("*.json"))) == 2 + 1  # two grades and identity.json
+
+
+def test_the_strategy_registry_is_the_one_list_of_names_for_config_cli_and_readme():
+    import re
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from ttsf.cli import main
+    from ttsf_core.search import STRATEGIES
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.partition("## Search strategies")[2].partition("\n## ")[0]
+    rows = re.findall(r"^\| `([a-z-]+)`", section, flags=re.MULTILINE)
+    assert rows == list(STRATEGIES) and len(rows) >= 2
+    help_text = " ".join(CliRunner().invoke(main, ["run", "--help"], terminal_width=200).output.split())
+    assert f"--search_method [{'|'.join(STRATEGIES)}]" in help_text
+    flags = {field for cls in STRATEGIES.values() for field in cls.Args.model_fields}
+    assert {"threshold", "num_neighbors", "initial_pool_size"} <= flags  # each strategy's own arguments
+    assert [field for field in sorted(flags) if f"--{field} " not in help_text] == []
+    with pytest.raises(ConfigError, match="search_args.search_method: received 'beam', allowed: one of "
+                                          + ", ".join(STRATEGIES)):
+        resolve(build_config({"search_args": {"search_method": "beam"}}))

@@ -11,6 +11,7 @@ from ttsf_core.config import ConfigError
 from ttsf_core.generate import CandidateGenerator, seed_candidates
 from ttsf_core.pipelines import load_pipeline
 from ttsf_core.pipelines.speed import check_speed_options
+from ttsf_core.resolve import resolve
 
 
 def _images(config):
@@ -21,8 +22,8 @@ def _images(config):
 def test_compile_and_the_attention_backend_leave_pixels_and_identity_as_they_are(tmp_path, tiny_flux_dir):
     plain = small_config(tmp_path, device="cpu")
     fast = small_config(tmp_path, device="cpu", compile=True, attention_backend="native")
-    assert fast.identity_hash() == plain.identity_hash()
-    assert fast.generation_identity() == plain.generation_identity()
+    assert resolve(fast).identity_hash == resolve(plain).identity_hash
+    assert resolve(fast).generation_identity == resolve(plain).generation_identity
     for a, b in zip(_images(plain), _images(fast), strict=True):
         assert np.abs(a - b).max() <= 1  # regional compilation and the native backend: the same function
 
@@ -30,8 +31,8 @@ def test_compile_and_the_attention_backend_leave_pixels_and_identity_as_they_are
 def test_fp8_and_vae_tiling_are_other_images(tmp_path):
     plain = small_config(tmp_path)
     for changed in (small_config(tmp_path, quantize="fp8"), small_config(tmp_path, vae_tiling=True)):
-        assert changed.generation_identity() != plain.generation_identity()
-        assert changed.identity_hash() != plain.identity_hash()
+        assert resolve(changed).generation_identity != resolve(plain).generation_identity
+        assert resolve(changed).identity_hash != resolve(plain).identity_hash
 
 
 def test_vae_tiling_runs(tmp_path, tiny_flux_dir):

@@ -25,6 +25,7 @@ from fake_gemini import FakeGeminiServer, FaultSchedule
 from prefect_server import PREFECT, REPO, post_json, running_server
 from ttsf_core.records import iter_round_records
 from ttsf_core.runner import prepare_run
+from ttsf_core.resolve import resolve
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -105,7 +106,7 @@ def test_the_ui_shows_progress_seeds_pictures_failures_and_rate_limits(server, b
         out, err = run.communicate(timeout=300)
     assert run.returncode == 1, err.decode()[-3000:]
     assert "ttsf: error:" in err.decode() and "503" in err.decode()
-    key = f"ttsf-{config.identity_hash()}"
+    key = f"ttsf-{resolve(config).identity_hash}"
     records = [r for _, r in iter_round_records(prepare_run(config).layout.run_dir)]
     assert {r.prompt_index for r in records} == {0}
     seed = str(records[0].best_noise_seed)

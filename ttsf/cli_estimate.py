@@ -17,17 +17,19 @@ from ttsf_core.verifiers.base import VerifierConfigError
 
 
 def estimate_and_print(config: RunConfig) -> None:
-    from ttsf.cli import fail
+    from ttsf.exit import fail
     from ttsf_core.prompts import load_prompts
     from ttsf_core.runner import is_video_model
     from ttsf_core.search import build_strategy
+    from ttsf_core.resolve import resolve
     from ttsf_core.store import Store
     from ttsf_core.verifiers.registry import check_settings_for
 
     try:
         check_settings_for(config.verifier_args)
         prompts = load_prompts(config.prompts)
-        found = estimate(config, prompts, build_strategy(config), Store(config), is_video_model(config))
+        run = resolve(config)
+        found = estimate(run, prompts, build_strategy(run), Store(run), is_video_model(run.config))
     except (ConfigError, VerifierConfigError) as error:
         fail(str(error))
     for line in estimate_lines(found):
@@ -44,6 +46,10 @@ def estimate_lines(found: Estimate) -> list[str]:
     rows = [(str(row.search_round), str(row.prompts), str(row.images), str(row.nfe), str(row.requests),
              _usd(row.cost_usd)) for row in found.rows]
     rows.append(("total", "", str(found.images), str(found.nfe), str(found.requests), _usd(found.cost_usd)))
+    if found.path_grades:  # a search on the denoising path with --path_verifier
+        header += (f"{search.path_verifier} grades",)
+        rows = [(*cells, str(row.path_grades)) for cells, row in zip(rows, found.rows)] + \
+            [(*rows[-1], str(found.path_grades))]
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
     for cells in (header, *rows):
         lines.append("  " + "  ".join(cell.rjust(width) for cell, width in zip(cells, widths)))

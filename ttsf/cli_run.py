@@ -33,7 +33,7 @@ RESUME_HINT = "finished rounds, images and grades are kept: run the same command
 
 
 def run_and_print(config: RunConfig, executor: str = "prefect") -> None:
-    from ttsf.cli import fail
+    from ttsf.exit import fail
     from ttsf_core import runner
     from ttsf_core.locks import RunLock
 
@@ -204,6 +204,7 @@ def _search_with(prepared, executor: str) -> dict:
     # once, and no prompt is too large for Prefect's parameters.
     prompt_list = save_prompt_list(prepared.layout.run_dir, prepared.prompts, prepared.config.prompts)
     config = prepared.config.model_copy(update={"prompts": prompt_list_source(prompt_list)})
+    runtime.adopt(config, prepared)  # prepared once: the flow does not build the verifier or check it again
     return search_dataset(config)["counts"]
 
 
@@ -239,7 +240,7 @@ def print_summary(run_dir: Path) -> None:
 
 
 def report_and_print(output_dir: Path) -> None:
-    from ttsf.cli import fail
+    from ttsf.exit import fail
     from ttsf_core.report import build_report, cost_lines, report_dataframe
 
     run_dirs = find_run_dirs(output_dir)
@@ -265,7 +266,7 @@ def find_run_dirs(output_dir: Path) -> list[Path]:
 
 
 def regenerate_and_print(record: Path, index: int, out: Path | None, device: str | None) -> None:
-    from ttsf.cli import fail
+    from ttsf.exit import fail
     from ttsf_core.regenerate import regenerate
 
     try:
@@ -280,7 +281,7 @@ def regenerate_and_print(record: Path, index: int, out: Path | None, device: str
 
 
 def migrate_and_print(old_run_dir: Path) -> None:
-    from ttsf.cli import fail
+    from ttsf.exit import fail
     from ttsf_core.migrate import migrate
 
     try:

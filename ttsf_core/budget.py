@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ttsf_core.config import BudgetArgs, RunConfig
+from ttsf_core.config import BudgetArgs
 from ttsf_core.records import RunLayout
 from ttsf_core.store import StoredGrade
 
 if TYPE_CHECKING:
+    from ttsf_core.resolve import ResolvedRun
     from ttsf_core.search import Strategy
     from ttsf_core.store import Store
 
@@ -130,10 +131,11 @@ def _fits(allowance: Allowance, found: RoundNeed, budget: BudgetArgs) -> bool:
 class RoundNeeds:
     """What each round of a search may need from the verifier, read from the strategy and the stores."""
 
-    def __init__(self, config: RunConfig, strategy: "Strategy", store: "Store", requests_per_image: int,
+    def __init__(self, run: "ResolvedRun", strategy: "Strategy", store: "Store", requests_per_image: int,
                  cost_per_request: float | None):
-        self.config, self.strategy, self.store = config, strategy, store
-        self.layout = RunLayout(config)
+        self.config, self.strategy, self.store = run.config, strategy, store
+        self.path_verifier = run.path_run is not None  # intermediate images graded by it (not billed)
+        self.layout = RunLayout(run)
         self.requests_per_image = requests_per_image
         self.cost_per_request = cost_per_request
 
@@ -151,8 +153,11 @@ class RoundNeeds:
         drafts at full steps) as many as they may hold."""
         first = self.strategy.next_stage(prompt, search_round, [], [])
         exact = self.strategy.independent_rounds or search_round == 1
-        ungraded = sum(not exact or not self._graded(prompt, candidate) for candidate in first)
-        return ungraded + self.strategy.later_stage_bound(first)
+        by_run_verifier = not (self.path_verifier and first and first[0].stage == "path")
+        ungraded = sum(not exact or not self._graded(prompt, candidate) for candidate in first) if by_run_verifier \
+            else 0
+        later = self.strategy.later_work(first)
+        return ungraded + later.final_grades + (0 if self.path_verifier else later.path_grades)
 
     def _graded(self, prompt: str, candidate) -> bool:
         image = self.store.find_image(prompt, candidate)

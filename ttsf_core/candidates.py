@@ -4,13 +4,19 @@
 steps (each: a neighbour seed and the cosine similarity to the point before it). Random search uses
 bare seeds; zero-order search walks from a pivot. The spec alone redraws the exact latents (float32,
 on the CPU, shaped from the loaded model), so every image can be regenerated from its record.
+
+Search on the denoising path (paths, FK steering) adds a `PathSpec`: the moves its sample made on the
+way from that noise (denoise to a step, re-noise back to an earlier one, a seeded stochastic refresh),
+and where it stops. A candidate that stops before the last step is an intermediate one: its image is
+the decoded clean prediction at that step. Its `context` names the stages before it (the pipeline
+calls its ancestors were part of), so an image is shared only with a search that made it the same way.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 from ttsf_core.config import digest
 from ttsf_core.noise import draw_noise, sphere_neighbour
@@ -21,8 +27,8 @@ if TYPE_CHECKING:
 # Seeds are 63-bit: JSON readers in JavaScript (the Prefect UI among them) round numbers above 2**53,
 # so in JSON a seed is written as a string of digits (and read back from one, or from a number).
 Seed = Annotated[int, Field(ge=0, lt=2**63), PlainSerializer(str, return_type=str, when_used="json")]
-Stage = Literal["draft", "final"]
-Role = Literal["sample", "pivot", "neighbor"]
+Stage = Literal["draft", "path", "final"]
+Role = Literal["sample", "pivot", "neighbor", "branch", "particle"]
 
 
 class WalkStep(BaseModel):
@@ -62,18 +68,121 @@ class NoiseSpec(BaseModel):
         return latents, generator
 
 
+class Move(BaseModel):
+    """One move of a sample along its denoising path. `run`: the pipeline denoises it to step `to` of
+    the schedule, in a call of the stage `context` names (batched float math depends on the call, so
+    the stages before a sample are part of what it is). `renoise`: forward noising back to the earlier
+    step `to` with the seeded noise `seed` (search over paths). `refresh`: at the step it is at, its
+    noise part is mixed with the seeded noise `seed` by `eta` (FK steering's resampled particles: FLUX's
+    sampler is deterministic, so without it a copy of a particle would stay a copy)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["run", "renoise", "refresh"]
+    to: int = Field(ge=0)
+    context: str | None = None
+    seed: Seed | None = None
+    eta: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _fields_of_its_kind(self) -> "Move":
+        wanted = {"run": ("context",), "renoise": ("seed",), "refresh": ("seed", "eta")}[self.kind]
+        given = tuple(name for name in ("context", "seed", "eta") if getattr(self, name) is not None)
+        if given != wanted:
+            raise ValueError(f"a {self.kind} move takes {', '.join(wanted)}; received {', '.join(given) or 'none'}")
+        return self
+
+
+class PathSpec(BaseModel):
+    """A sample's moves from its initial noise: the first and the last a `run`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    moves: tuple[Move, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _moves_follow_the_schedule(self) -> "PathSpec":
+        at = 0
+        if self.moves[0].kind != "run" or self.moves[-1].kind != "run":
+            raise ValueError("a path starts and ends with a run")
+        for move in self.moves:
+            if (move.kind == "run" and move.to <= at) or (move.kind == "renoise" and move.to >= at) or \
+                    (move.kind == "refresh" and move.to != at):
+                raise ValueError(f"move {move.kind} to step {move.to} from step {at}: runs go forward, "
+                                 "re-noising goes back, a refresh stays")
+            at = move.to
+        return self
+
+    @property
+    def stop(self) -> int:
+        return self.moves[-1].to
+
+    @property
+    def start(self) -> int:
+        """The step its last run starts from (where its own pipeline call begins)."""
+        return self.moves[-2].to if len(self.moves) > 1 else 0
+
+    def parent(self) -> "PathSpec | None":
+        """The path whose end this one's last run continues from (None: it starts at the initial noise)."""
+        for end in range(len(self.moves) - 2, -1, -1):
+            if self.moves[end].kind == "run":
+                return PathSpec(moves=self.moves[: end + 1])
+        return None
+
+    def bridge(self) -> tuple[Move, ...]:
+        """The moves between the parent's end and this path's last run (a re-noising, a refresh)."""
+        parent = self.parent()
+        return self.moves[len(parent.moves) if parent else 0 : -1]
+
+    def then(self, *moves: Move) -> "PathSpec":
+        return PathSpec(moves=(*self.moves, *moves))
+
+    def tag(self) -> str:
+        return digest([move.model_dump(exclude_none=True) for move in self.moves], 10)
+
+
 class Candidate(BaseModel):
-    """One image to generate and grade: its noise, its denoising steps, and why it is in the round."""
+    """One image to generate and grade: its noise, its denoising steps (the schedule's length), why it
+    is in the round, and, for a search on the denoising path, its path and lineage (`parent`: the index
+    in the round's record of the candidate it continues; `weight`: its parent's normalized resampling
+    weight, FK steering)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     noise: NoiseSpec
     steps: int = Field(ge=1)
     stage: Stage = "final"
     role: Role = "sample"
+    path: PathSpec | None = None
+    parent: int | None = None
+    weight: float | None = None
 
     def key(self) -> str:
-        """What names its image: the noise and the steps (the stage and role do not change pixels)."""
+        """What names its image: the noise, its path, and the steps (stage, role, lineage do not change
+        pixels)."""
+        if self.path is not None:
+            return f"{self.noise.tag()}-p{self.path.tag()}-{self.path.stop}of{self.steps}"
         return f"{self.noise.tag()}-st{self.steps}"
+
+    @property
+    def own_nfe(self) -> int:
+        """Denoiser evaluations of its own pipeline call (a path's last run; its earlier ones are its
+        ancestors')."""
+        return self.steps if self.path is None else self.path.stop - self.path.start
+
+    def runs(self) -> list[tuple[str, int]]:
+        """Every pipeline run that made it, as (what names that run's result, its denoiser evaluations):
+        its own for a plain candidate; each run on a path (its ancestors' included, once per round)."""
+        if self.path is None:
+            return [(self.key(), self.steps)]
+        found, at = [], 0
+        for end, move in enumerate(self.path.moves):
+            if move.kind == "run":
+                node = self.model_copy(update={"path": PathSpec(moves=self.path.moves[: end + 1])})
+                found.append((node.key(), move.to - at))
+            at = move.to
+        return found
+
+    def segment(self) -> tuple[int, int, int]:
+        """(schedule length, first step, stop step) of its pipeline call: what a batch must share."""
+        return (self.steps, 0, self.steps) if self.path is None else (self.steps, self.path.start, self.path.stop)
 
     def at(self, steps: int, stage: Stage) -> "Candidate":
         return self.model_copy(update={"steps": steps, "stage": stage})

@@ -6,89 +6,34 @@ The nested layout mirrors tt-scale-flux's configs/*.json (`pretrained_model_name
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import tomllib
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ttsf_core.config_base import ConfigError, _device, _Frozen, digest, merge
+from ttsf_core.config_errors import format_validation_error, shown
+from ttsf_core.config_prompts import (
+    DEFAULT_DATASET,
+    MAX_PROMPT_CHARS,
+    PROMPT_ALLOWED,
+    PromptSource,
+    prompt_problem,
+)
+from ttsf_core.model_defaults import DEFAULT_MODEL, MODEL_DEFAULTS
 
-DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
-DEFAULT_DATASET = "data-is-better-together/open-image-preferences-v1-binarized"
+# The config's parts live in config_base (models, ConfigError, digest, merge) and config_prompts (where
+# prompts come from); importing them from here keeps one place to find a config's names.
+__all__ = ["DEFAULT_DATASET", "DEFAULT_MODEL", "MAX_PROMPT_CHARS", "PROMPT_ALLOWED", "BudgetArgs", "CommonSearchArgs",
+           "ConfigError", "DispatchArgs", "ExportArgs", "PipelineCallArgs", "PriceOverride", "PromptSource",
+           "RunConfig", "SearchArgs", "VerifierArgs", "build_config", "digest", "merge", "prompt_problem"]
+
 TORCH_DTYPES = ("bf16", "fp16", "fp32")
-TINY_FLUX = "tiny-flux"
-# The default model keeps tt-scale-flux's FLUX config (configs/flux.1_dev.json), not FluxPipeline's own
-# defaults (28 steps): FLUX runs keep the identities (and folders) they always had.
-FLUX_DEV_CALL_ARGS: dict[str, Any] = {
-    "height": 1024, "width": 1024, "guidance_scale": 3.5, "num_inference_steps": 50, "max_sequence_length": 512,
-}
-# The offline tiny FLUX is for CPU runs in seconds: its own defaults, under anything given explicitly.
-TINY_FLUX_DEFAULTS: dict[str, Any] = {
-    "torch_dtype": "fp32",
-    # 64 text tokens, not 512: in the tiny transformer the text, not the image, dominates the cost.
-    "pipeline_call_args": {"height": 128, "width": 128, "num_inference_steps": 4, "max_sequence_length": 64},
-}
-# Offline tiny versions of the newer flow-matching families (ttsf_core/pipelines/families/): CPU
-# defaults in seconds, with the guidance their real models' cards recommend (so CFG paths run too).
-TINY_FLUX2, TINY_FLUX2_KLEIN, TINY_QWEN_IMAGE, TINY_SD3, TINY_Z_IMAGE = (
-    "tiny-flux2", "tiny-flux2-klein", "tiny-qwen-image", "tiny-sd3", "tiny-z-image")
-_TINY_SIZE = {"height": 128, "width": 128, "num_inference_steps": 4}
-TINY_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    # 256 text tokens: the chat template's system message alone is ~200 of the tiny byte-level tokens.
-    TINY_FLUX2: {"torch_dtype": "fp32", "pipeline_call_args": {**_TINY_SIZE, "guidance_scale": 4.0,
-                                                               "max_sequence_length": 256}},
-    TINY_FLUX2_KLEIN: {"torch_dtype": "fp32", "pipeline_call_args": {**_TINY_SIZE, "guidance_scale": 1.0,
-                                                                     "max_sequence_length": 64}},
-    TINY_QWEN_IMAGE: {"torch_dtype": "fp32", "pipeline_call_args": {**_TINY_SIZE, "true_cfg_scale": 4.0,
-                                                                    "negative_prompt": " "}},
-    TINY_SD3: {"torch_dtype": "fp32", "pipeline_call_args": {**_TINY_SIZE, "guidance_scale": 4.5,
-                                                             "max_sequence_length": 64}},
-    TINY_Z_IMAGE: {"torch_dtype": "fp32", "pipeline_call_args": {**_TINY_SIZE, "guidance_scale": 0.0,
-                                                                 "max_sequence_length": 64}},
-}
-# Call arguments a config leaves unset are the pipeline's own defaults, except for these models.
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    DEFAULT_MODEL: {"pipeline_call_args": FLUX_DEV_CALL_ARGS},
-    TINY_FLUX: {**TINY_FLUX_DEFAULTS,
-                "pipeline_call_args": {**FLUX_DEV_CALL_ARGS, **TINY_FLUX_DEFAULTS["pipeline_call_args"]}},
-    **TINY_MODEL_DEFAULTS,
-}
 # Verifier options that only say how the API is reached; they never change a grade.
 TRANSPORT_OPTIONS = ("base_url", "api_version")
 _DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_as_numbers(cls, value: Any, info) -> Any:
-        # pydantic reads true as 1: YAML's `search_rounds: true` would run one round.
-        if isinstance(value, bool) and bool not in _leaf_types(cls.model_fields[info.field_name].annotation):
-            raise ValueError("allowed: " + _kind(cls.model_fields[info.field_name].annotation))
-        return value
-
-
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-DEVICES_ALLOWED = "auto, cpu, cuda, cuda:N or mps"
-
-
-def _leaf_types(annotation: Any) -> set:
-    args = get_args(annotation)
-    return set().union(*(_leaf_types(arg) for arg in args)) if args else {annotation}
-
-
-def _device(value: Any) -> Any:
-    if isinstance(value, str) and not DEVICE_PATTERN.match(value.strip().lower()):
-        raise ValueError(f"allowed: {DEVICES_ALLOWED}")
-    return value.strip().lower() if isinstance(value, str) else value
 
 
 # Call arguments ttsf itself passes (the prompt's embeddings, the candidates' latents and generators,
@@ -105,8 +50,8 @@ class PipelineCallArgs(_Frozen):
     """Arguments of the diffusers pipeline call (tt-scale-flux's `pipeline_call_args`): the five named
     here, and any other keyword the pipeline's __call__ takes (negative_prompt, num_frames, ...),
     checked against that signature before the model loads. Unset (or null): the pipeline's own default,
-    and not passed at all. num_inference_steps is never left unset: RunConfig fills in the pipeline
-    class's default (the engine counts denoiser evaluations and drafts take a fraction of it)."""
+    and not passed at all. num_inference_steps is never left unset in a resolved run: resolve fills in
+    the pipeline class's default (the engine counts denoiser evaluations and drafts take a fraction)."""
 
     model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
 
@@ -194,39 +139,6 @@ class VerifierArgs(_Frozen):
     def _known_device(cls, value: Any) -> Any:
         return _device(value)
 
-    def grading_identity(self) -> dict[str, Any]:
-        """What decides a grade: not concurrency, timeouts or where the API is reached; the rubric by
-        its text (an edited rubric file grades anew)."""
-        options = {k: v for k, v in self.options.items() if k not in TRANSPORT_OPTIONS}
-        identity = {"name": self.name, "model_name": self.model_name, "max_new_tokens": self.max_new_tokens,
-                    "options": options}
-        if self._reads_rubric():
-            identity["rubric_sha256"] = hashlib.sha256(self._rubric_bytes()).hexdigest()
-        if self.seed is not None:
-            identity["seed"] = self.seed
-        return identity | self._sent_settings()
-
-    def _sent_settings(self) -> dict[str, Any]:
-        """What the verifier resolves from these args and sends beyond them (a default model, the
-        thinking and media settings it sends): they change grades, so they are part of the identity."""
-        from ttsf_core.verifiers.registry import grading_settings_for  # the registry imports this module
-
-        return grading_settings_for(self)
-
-    def _reads_rubric(self) -> bool:
-        """A grader that reads the rubric (gemini, qwen, openai, or an ensemble holding one): its grades
-        change when the rubric does, so the rubric's text is part of their identity."""
-        from ttsf_core.verifiers.registry import reads_rubric  # the registry imports this module
-
-        return self.prompt_path is not None or reads_rubric(self.name)
-
-    def _rubric_bytes(self) -> bytes:
-        if self.prompt_path is not None:
-            return Path(self.prompt_path).read_bytes()
-        from ttsf_core.verifiers.rubric import load_rubric
-
-        return load_rubric().encode("utf-8")
-
     @field_validator("name")
     @classmethod
     def _name_not_empty(cls, value: str) -> str:
@@ -235,139 +147,40 @@ class VerifierArgs(_Frozen):
             raise ValueError("allowed: a registered verifier name, or several separated by commas")
         return ",".join(members)
 
-    @field_validator("prompt_path")
-    @classmethod
-    def _readable_rubric(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).is_file():
-            raise ValueError("allowed: an existing text file holding a grading rubric")
-        return value
 
-
-SEARCH_METHODS = ("random", "zero-order")
 MAX_POOL = 4096  # noises in one round: beyond this a typo, not a search (16 rounds of 2 would be 65536)
 _SEARCH_METHOD_ALIASES = {"zero_order": "zero-order", "zeroorder": "zero-order", "zo": "zero-order"}
 
 
-class SearchArgs(_Frozen):
-    """The search over initial noises (tt-scale-flux's `search_args`, zero-order keys included)."""
+class CommonSearchArgs(_Frozen):
+    """What every strategy takes: the rounds, and cheap drafts (over any strategy: every candidate first
+    at draft_steps, the best draft_keep again at full steps)."""
 
-    search_method: Literal["random", "zero-order"] = "random"
     search_rounds: int = Field(4, ge=1, le=16)
-    # random: round r (1-based) draws initial_pool_size * 2**(r-1) noises: 2, 4, 8, ... by default.
-    initial_pool_size: int = Field(2, ge=1, le=1024)
-    # zero-order: each round grades a pivot and num_neighbors neighbours at cosine `threshold` to it.
-    threshold: float = Field(0.95, gt=0, lt=1)
-    num_neighbors: int = Field(4, ge=1, le=256)
-    # Cheap drafts: every candidate first at draft_steps, the best draft_keep again at full steps.
     draft_steps: int | None = Field(None, ge=1)
     draft_keep: int = Field(2, ge=1, le=1024)
+
+    def __hash__(self) -> int:  # a strategy's own arguments may be extras
+        return hash(json.dumps(self.model_dump(), sort_keys=True, default=str))
+
+
+class SearchArgs(CommonSearchArgs):
+    """The search (tt-scale-flux's `search_args`). A strategy's own arguments (random's
+    initial_pool_size, zero-order's threshold and num_neighbors, ...) are validated by the arguments
+    model in the strategy's own file (ttsf_core.search), chosen by `search_method`, when the run is
+    resolved (ttsf_core.resolve): this model keeps them as given."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
+
+    search_method: str = "random"
 
     @field_validator("search_method", mode="before")
     @classmethod
     def _method_alias(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip().lower()
-            return _SEARCH_METHOD_ALIASES.get(text, text)
-        return value
-
-    def identity(self) -> dict[str, Any]:
-        """What decides the records of a run beyond its images and grades: the strategy and its own
-        parameters. Not `search_rounds`: a longer run extends a shorter one in the same folder."""
-        own = {"random": ("initial_pool_size",), "zero-order": ("threshold", "num_neighbors")}[self.search_method]
-        identity = {"search_method": self.search_method, **{name: getattr(self, name) for name in own}}
-        if self.draft_steps is not None:
-            identity |= {"draft_steps": self.draft_steps, "draft_keep": self.draft_keep}
-        return identity
-
-    @model_validator(mode="after")
-    def _pools_are_bounded(self) -> "SearchArgs":
-        largest = self.pool_size(self.search_rounds)
-        if largest > MAX_POOL:
-            raise ValueError(f"search_rounds: received {self.search_rounds} (round {self.search_rounds} would draw "
-                             f"{largest} noises), allowed: rounds whose largest pool is at most {MAX_POOL} noises "
-                             f"(initial_pool_size * 2**(search_rounds - 1))")
-        return self
-
-    def pool_size(self, search_round: int) -> int:
-        """Noises a round draws (its final-stage candidates before any draft cut)."""
-        if self.search_method == "zero-order":
-            return 1 + self.num_neighbors
-        return self.initial_pool_size * 2 ** (search_round - 1)
-
-
-MAX_PROMPT_CHARS = 20_000  # a T5 encoder reads 512 tokens (~2-3k characters); beyond this is not a prompt
-# Control characters a prompt cannot carry (NUL, escape codes): tab, line feed and carriage return can.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-PROMPT_ALLOWED = "a non-empty text without control characters (tabs and line breaks are kept as they are)"
-
-
-def prompt_problem(text: str) -> str | None:
-    """Why `text` cannot be searched as it is (None: it can). A prompt is never changed: it is searched
-    exactly as given, or refused."""
-    if not text.strip():
-        return "it is blank"
-    control = _CONTROL.search(text)
-    if control is not None:
-        return f"it holds the control character {control.group()!r} at character {control.start()}"
-    if len(text) > MAX_PROMPT_CHARS:
-        return f"it has {len(text)} characters, over {MAX_PROMPT_CHARS}"
-    return None
-
-
-class PromptSource(_Frozen):
-    """Where prompts come from: one `prompt`, or the first `num_prompts` of a dataset."""
-
-    prompt: str | None = None
-    dataset: str = DEFAULT_DATASET
-    dataset_split: str = "train"
-    prompt_column: str = "prompt"
-    num_prompts: int | Literal["all"] | None = 2
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_prompt_has_no_count(cls, data: Any) -> Any:
-        # One prompt is not a dataset: its count is None unless given (and then refused below).
-        if isinstance(data, dict) and data.get("prompt") is not None and "num_prompts" not in data:
-            return {**data, "num_prompts": None}
-        return data
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_searchable(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if len(value) > MAX_PROMPT_CHARS:
-            raise ValueError(f"allowed: a text of at most {MAX_PROMPT_CHARS} characters")
-        if prompt_problem(value) is not None:
-            raise ValueError(f"allowed: {PROMPT_ALLOWED}")
-        return value
-
-    @field_validator("num_prompts", mode="before")
-    @classmethod
-    def _num_prompts(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip().lower()
-            if text in ("none", "null", ""):
-                return None
-            if text == "all":
-                return "all"
-            if text.isdigit():
-                value = int(text)
-            else:
-                raise ValueError("allowed: a positive integer or 'all'")
-        if isinstance(value, bool) or (isinstance(value, int) and value < 1):
-            raise ValueError("allowed: a positive integer or 'all'")
-        return value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "PromptSource":
-        if self.prompt is not None and self.num_prompts is not None:
-            raise ValueError(f"num_prompts: received {self.num_prompts!r} together with a prompt, allowed: no count "
-                             "with --prompt (or None); a count selects dataset prompts")
-        if self.prompt is None and self.num_prompts is None:
-            raise ValueError("num_prompts: received None, allowed: a positive integer or 'all' (None only together "
-                             "with --prompt)")
-        return self
+        if not isinstance(value, str):
+            raise ValueError("allowed: the name of a search strategy (`ttsf run --help` lists them)")
+        text = value.strip().lower()
+        return _SEARCH_METHOD_ALIASES.get(text, text)
 
 
 class DispatchArgs(_Frozen):
@@ -423,7 +236,9 @@ class PriceOverride(_Frozen):
 
 
 class RunConfig(_Frozen):
-    """Everything one run needs. Only `search_identity()` fields decide what the images are."""
+    """Everything one run needs, as plain validated data: nothing is imported, read or asked of the
+    network to validate it. ttsf_core.resolve completes it (the pipeline's default steps, the verifier's
+    default metric, the strategy's own arguments) and says what decides images, grades and records."""
 
     pretrained_model_name_or_path: str = DEFAULT_MODEL
     torch_dtype: str = "bf16"
@@ -470,9 +285,9 @@ class RunConfig(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _model_defaults(cls, data: Any) -> Any:
-        """The default model's (and tiny-flux's) own defaults under what is given; then an unset
-        num_inference_steps is the pipeline class's __call__ default (model_index.json's class, read
-        without loading any weights)."""
+        """The default model's (and the tiny models') own defaults under what is given. What is left
+        unset is decided when the run is resolved (ttsf_core.resolve): the steps are the pipeline class's
+        own default, the metric the verifier's."""
         if not isinstance(data, dict):
             return data
         model = data.get("pretrained_model_name_or_path", DEFAULT_MODEL)
@@ -484,28 +299,6 @@ class RunConfig(_Frozen):
             data = {**data, "pipeline_call_args": {name: value for name, value in call.items() if value is not None}}
         if isinstance(model, str) and model in MODEL_DEFAULTS:
             data = merge(MODEL_DEFAULTS[model], data)
-        call = data.get("pipeline_call_args") or {}
-        if isinstance(model, str) and model and isinstance(call, dict) and call.get("num_inference_steps") is None:
-            from ttsf_core.pipelines.signature import default_steps  # pipelines import this module
-
-            data = {**data, "pipeline_call_args": {**call, "num_inference_steps": default_steps(model)}}
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _verifiers_own_metric(cls, data: Any) -> Any:
-        """An unset choice_of_metric is the chosen verifier's own default (decided here, so the run's
-        identity and folder name the metric that really selects)."""
-        if not isinstance(data, dict):
-            return data
-        verifier = data.get("verifier_args") or {}
-        if isinstance(verifier, dict) and verifier.get("choice_of_metric") is None:
-            from ttsf_core.verifiers.registry import default_metric_for  # the registry imports this module
-
-            name = verifier.get("name", VerifierArgs.model_fields["name"].default)
-            metric = default_metric_for(name) if isinstance(name, str) else None
-            if metric is not None:
-                data = {**data, "verifier_args": {**verifier, "choice_of_metric": metric}}
         return data
 
     @field_validator("torch_dtype", mode="before")
@@ -536,211 +329,10 @@ class RunConfig(_Frozen):
             raise ValueError("allowed: a hub id, a local folder or 'tiny-flux'")
         return value.strip()
 
-    @model_validator(mode="after")
-    def _drafts_are_cheaper(self) -> "RunConfig":
-        draft, full = self.search_args.draft_steps, self.pipeline_call_args.num_inference_steps
-        if draft is not None and draft >= full:
-            raise ValueError(f"search_args.draft_steps: received {draft}, allowed: an integer >= 1 and < "
-                             f"pipeline_call_args.num_inference_steps ({full})")
-        return self
-
-    def generation_identity(self) -> dict[str, Any]:
-        """What decides an image's pixels besides its noise and its steps (both part of its file name):
-        the model, the dtype and every call argument the config sets (unset ones are the model's own);
-        for videos a frame rate other than the pipeline's (it changes the mp4's bytes)."""
-        identity = {"model": self.pretrained_model_name_or_path, "torch_dtype": self.torch_dtype,
-                    **self.pipeline_call_args.given()}
-        if self.export_args.fps is not None:
-            identity["fps"] = self.export_args.fps
-        if self.quantize != "none":
-            identity["quantize"] = self.quantize
-        if self.vae_tiling:
-            identity["vae_tiling"] = True
-        return identity
-
-    def search_identity(self) -> dict[str, Any]:
-        """What decides a run folder's records: images, grades and selection (not the round count)."""
-        verifier = self.verifier_args
-        return {
-            "generation": self.generation_identity(),
-            "num_inference_steps": self.pipeline_call_args.num_inference_steps,
-            "seed": self.seed,
-            "search": self.search_args.identity(),
-            "verifier": verifier.grading_identity(),
-            "choice_of_metric": verifier.choice_of_metric,
-            # Another way of grading videos grades (and so selects) differently.
-            **self.export_args.grading_identity(),
-        }
-
-    def identity_hash(self) -> str:
-        return digest(self.search_identity())
-
-
-def digest(payload: Any, length: int = 12) -> str:
-    """A short, stable hash of a JSON-able payload (sorted keys): names folders and cache entries."""
-    blob = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-class ConfigError(ValueError):
-    """A bad input, with one line per problem naming the field, what was received and what is allowed."""
-
-
-def format_validation_error(error: ValidationError) -> str:
-    """One `dotted.field: received X, allowed: Y` line per bad field; Y in plain words, built from
-    the field's type and constraints, never pydantic's own wording."""
-    lines: dict[str, str] = {}
-    for item in error.errors():
-        field, line = _problem(item)
-        lines.setdefault(field, line)  # a union field fails once per member: one line for it
-    return "\n".join(lines.values())
-
-
-def _problem(item: dict[str, Any]) -> tuple[str, str]:
-    field, info, model = _locate(item["loc"])
-    if item["type"] == "extra_forbidden":
-        allowed = ", ".join(model.model_fields)
-        hint = did_you_mean(str(item["loc"][-1]), field.rpartition(".")[0])
-        return field, f"{field}: received unknown field {item['loc'][-1]!r}{hint}, allowed: {allowed}"
-    own = str(item.get("ctx", {}).get("error", "")) if item["type"] == "value_error" else ""
-    sub, _, rest = own.partition(": ")
-    if rest.startswith("received "):  # a model validator naming its own field: "sub.field: received ..."
-        field = ".".join(filter(None, (field, sub)))
-        return field, f"{field}: {rest}"
-    allowed = own.removeprefix("allowed: ") or _allowed(info, item.get("ctx"))
-    return field, f"{field or 'config'}: received {shown(item['input'])}, allowed: {allowed}"
-
-
-def did_you_mean(name: str, where: str) -> str:
-    """" (did you mean search_args.search_rounds?)" for a field given at the wrong level or misspelled,
-    from every field of RunConfig (the closest by spelling, the same level first); "" when none is close."""
-    import difflib
-
-    paths = _field_paths(RunConfig)
-    here = {path.rpartition(".")[2]: path for path in paths if path.rpartition(".")[0] == where}
-    anywhere = {path.rpartition(".")[2]: path for path in reversed(paths)}
-    found = ([path for path in paths if path.rpartition(".")[2] == name]  # the right name at another level
-             or [here[leaf] for leaf in difflib.get_close_matches(name, here, n=1, cutoff=0.7)]
-             or [path for leaf, path in here.items() if name and (leaf.startswith(name) or name.startswith(leaf))]
-             or [anywhere[leaf] for leaf in difflib.get_close_matches(name, anywhere, n=1, cutoff=0.8)])
-    return f" (did you mean {found[0]}?)" if found else ""
-
-
-def _field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
-    found = []
-    for name, info in model.model_fields.items():
-        path = f"{prefix}{name}"
-        found.append(path)
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            found += _field_paths(info.annotation, path + ".")
-    return found
-
-
-def shown(value: Any, limit: int = 80) -> str:
-    """A received value as an error line shows it: its repr, cut short when long (a 1 MB prompt)."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
-    return f"{text[:limit]}... ({size})"
-
-
-def _locate(loc: tuple) -> tuple[str, FieldInfo | None, type[BaseModel]]:
-    """The dotted field `loc` names, its FieldInfo, and the model holding it (pydantic's union-member
-    parts of a loc, like 'int' or "literal['all']", are dropped)."""
-    model: type[BaseModel] = RunConfig
-    names: list[str] = []
-    info = None
-    parts = list(loc)
-    while parts:
-        part = parts.pop(0)
-        names.append(str(part))
-        info = model.model_fields.get(str(part))
-        annotation = info.annotation if info else None
-        if get_origin(annotation) is dict and parts:  # {name: Model}: the key, then the model's fields
-            names.append(str(parts.pop(0)))
-            annotation = get_args(annotation)[1]
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            break
-        model = annotation
-    return ".".join(names), info, model
-
-
-_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a text", Path: "a path",
-          dict: "a mapping of names to values"}
-
-
-def _allowed(info: FieldInfo | None, ctx: dict[str, Any] | None) -> str:
-    """E.g. "an integer >= 1 and <= 16": the field's type, then every bound it has."""
-    limits = {key: value for key, value in (ctx or {}).items() if key in _BOUNDS}
-    for constraint in info.metadata if info else ():
-        limits |= {key: getattr(constraint, key) for key in _BOUNDS if hasattr(constraint, key)}
-    bounds = " and ".join(f"{_BOUNDS[key]} {limits[key]}" for key in _BOUNDS if key in limits)
-    return " ".join(filter(None, (_kind(info.annotation) if info else "a valid value", bounds)))
-
-
-def _kind(annotation: Any) -> str:
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is Literal:
-        return f"one of {', '.join(map(str, args))}" if len(args) > 1 else repr(args[0])
-    if origin in (Union, UnionType):
-        return " or ".join(_kind(arg) for arg in args if arg is not type(None))
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return f"a mapping of {', '.join(annotation.model_fields)}"
-    return _KINDS.get(origin or annotation, "a valid value")
-
 
 def build_config(data: dict[str, Any]) -> RunConfig:
     """Validate a nested dict into a RunConfig, raising ConfigError with readable lines."""
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error)) from None
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON, TOML or YAML config file into a nested dict (tt-scale-flux's JSON keys included)."""
-    path = Path(path)
-    parse = _PARSERS.get(path.suffix.lower())
-    if parse is None or not path.is_file():
-        raise ConfigError(f"config: received {str(path)!r}, allowed: an existing .json, .toml, .yaml or .yml file")
-    try:
-        data = parse(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError) as error:  # JSON, TOML and decoding errors are ValueErrors
-        detail = " ".join(str(error).split())  # YAML's spans several lines
-        raise ConfigError(f"config: received {str(path)!r} (it could not be parsed: {detail}), allowed: "
-                          f"a valid {path.suffix.lower().lstrip('.').upper()} file") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config: received {str(path)!r} (it holds a {type(data).__name__}), allowed: "
-                          "a mapping of field names to values")
-    return _lift_tt_scale_flux_keys(data)
-
-
-def _load_yaml(text: str) -> Any:
-    return yaml.safe_load(text) or {}  # an empty file sets nothing
-
-
-_PARSERS = {".json": json.loads, ".toml": tomllib.loads, ".yaml": _load_yaml, ".yml": _load_yaml}
-
-
-def _lift_tt_scale_flux_keys(data: dict[str, Any]) -> dict[str, Any]:
-    """tt-scale-flux puts prompt-source keys at the top level; ours nest them under `prompts`."""
-    data = dict(data)
-    prompt_keys = set(PromptSource.model_fields) & set(data)
-    if prompt_keys:
-        prompts = dict(data.get("prompts") or {})
-        prompts.update({key: data.pop(key) for key in prompt_keys})
-        data["prompts"] = prompts
-    return data
-
-
-def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge `overrides` (e.g. CLI flags) over `base` (e.g. a config file)."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+        raise ConfigError(format_validation_error(error, RunConfig)) from None

@@ -23,7 +23,8 @@ from typing import Any, Protocol
 from ttsf_core.budget import Allowance
 from ttsf_core.candidates import Candidate
 from ttsf_core.config import RunConfig
-from ttsf_core.jobs import FinishJob, GenerateJob, GradeJob, GradeResult
+from ttsf_core.resolve import ResolvedRun, resolve
+from ttsf_core.jobs import GenerateJob, GradeJob, GradeResult, SelectJob
 from ttsf_core.progress import TALLY
 from ttsf_core.records import RoundRecord, RunLayout, read_round_record
 from ttsf_core.search import GradedCandidate, Strategy, build_strategy
@@ -43,7 +44,7 @@ class Future(Protocol):
 class Executor(Protocol):
     def generate(self, job: GenerateJob) -> Future: ...
     def grade(self, job: GradeJob) -> Future: ...
-    def finish(self, job: FinishJob) -> Future: ...
+    def select(self, job: SelectJob) -> Future: ...
 
 
 class Observer:
@@ -123,6 +124,7 @@ class _Round:
     prompt: str
     search_round: int
     graded: list[GradedCandidate] = field(default_factory=list)
+    stages: list[list[Candidate]] = field(default_factory=list)  # graded ones, in order
     stage: list[Candidate] = field(default_factory=list)
     images: list[StoredImage | None] = field(default_factory=list)
     verdicts: list[Verdict | None] = field(default_factory=list)
@@ -133,17 +135,31 @@ class _Round:
 class SearchEngine:
     """Runs batches of prompts through one strategy with one executor."""
 
-    def __init__(self, config: RunConfig, executor: Executor, *, grade_chunk: int,
-                 observer: Observer | None = None, strategy: Strategy | None = None):
-        if grade_chunk < 1:
-            raise ValueError(f"grade_chunk: received {grade_chunk}, allowed: a positive integer")
-        self.config = config
+    def __init__(self, run: ResolvedRun | RunConfig, executor: Executor, *, grade_chunk: int,
+                 observer: Observer | None = None, strategy: Strategy | None = None,
+                 path_grade_chunk: int | None = None):
+        run = resolve(run)
+        for name, chunk in (("grade_chunk", grade_chunk), ("path_grade_chunk", path_grade_chunk or 1)):
+            if chunk < 1:
+                raise ValueError(f"{name}: received {chunk}, allowed: a positive integer")
+        self.run = run
+        self.config = run.config
         self.executor = executor
         self.grade_chunk = grade_chunk
+        self.path_grade_chunk = path_grade_chunk or grade_chunk  # the path verifier's batch size
         self.observer = observer or Observer()
-        self.strategy = strategy or build_strategy(config)
-        self.layout = RunLayout(config)
-        self.store = Store(config)
+        self.strategy = strategy or build_strategy(run)
+        self.layout = RunLayout(run)
+        self.store = Store(run)
+        # Intermediate images of a search on the denoising path, graded by --path_verifier.
+        self.path_store = Store(run.path_run) if run.path_run is not None else None
+
+    def grading_of(self, stage: list[Candidate]) -> tuple[Store, int, bool]:
+        """Where a stage's grades are stored, the chunk size they are asked in, and whether the path
+        verifier grades them."""
+        if self.path_store is not None and stage and stage[0].stage == "path":
+            return self.path_store, self.path_grade_chunk, True
+        return self.store, self.grade_chunk, False
 
     def run_batch(self, prompts: list[tuple[int, str]], allowance: Allowance | None = None) -> BatchOutcome:
         """Search the prompts. `allowance` (ttsf_core.budget): the rounds the budget gives each prompt,
@@ -187,7 +203,7 @@ class _BatchRun:
         #    smallest pools are graded after the last image; dependent ones each prompt's next round.
         if self.strategy.independent_rounds:
             pending = [(index, r) for index, todo in self.todo.items() for r in todo]
-            pool = self.engine.config.search_args.pool_size
+            pool = self.strategy.pool_size
             for index, search_round in sorted(pending, key=lambda item: (-pool(item[1]), -item[1])):
                 self._start_round(index, search_round)
             self.todo.clear()
@@ -233,9 +249,9 @@ class _BatchRun:
             self._fail(work, error)
             return
         if stage is None:
-            job = FinishJob(prompt_index=work.prompt_index, prompt=work.prompt, search_round=work.search_round,
+            job = SelectJob(prompt_index=work.prompt_index, prompt=work.prompt, search_round=work.search_round,
                             graded=work.graded, nfe=self._nfe(work, history))
-            self._submit(self.engine.executor.finish(job), self._on_finished, work)
+            self._submit(self.engine.executor.select(job), self._on_selected, work)
             return
         work.stage, work.verdicts = stage, [None] * len(stage)
         work.images = [self.store.find_image(work.prompt, candidate) for candidate in stage]
@@ -248,20 +264,24 @@ class _BatchRun:
         # and so every image, is the same in a resumed run as in a clean one.
         earlier = self._earlier_keys(work, history)
         planned = [c for c, image in zip(stage, work.images) if c.key() not in earlier or image is None]
+        on_path = bool(stage) and stage[0].path is not None
+        sizes = self.strategy.batch_size_for
         job = GenerateJob(prompt_index=work.prompt_index, prompt=work.prompt, search_round=work.search_round,
-                          candidates=planned)
+                          candidates=planned, batch_size=sizes(stage),
+                          earlier=work.stages if on_path else [],
+                          earlier_batch_sizes=[sizes(done) for done in work.stages] if on_path else [])
         # A later stage finishes a round already begun: it goes ahead of rounds not yet started.
         (self.generation_queue.appendleft if work.graded else self.generation_queue.append)((work, job))
 
     def _earlier_keys(self, work: _Round, history: list[RoundRecord]) -> set[str]:
-        default_steps = self.engine.config.pipeline_call_args.num_inference_steps
+        default_steps = self.engine.run.steps
         return {c.candidate(default_steps).key() for r in history if r.search_round < work.search_round
                 for c in r.candidates}
 
     def _nfe(self, work: _Round, history: list[RoundRecord]) -> int:
         earlier = self._earlier_keys(work, history)
-        fresh = {item.candidate.key(): item.candidate.steps for item in work.graded}
-        return sum(steps for key, steps in fresh.items() if key not in earlier)
+        fresh = dict(run for item in work.graded for run in item.candidate.runs())
+        return sum(nfe for key, nfe in fresh.items() if key not in earlier)
 
     # -- generate ------------------------------------------------------------------------------
 
@@ -295,18 +315,19 @@ class _BatchRun:
     def _request_grades(self, work: _Round) -> None:
         if self.aborted:
             return
-        work.verdicts = [self.store.find_grade(work.prompt, image.sha256) for image in work.images]
+        store, size, by_path_verifier = self.engine.grading_of(work.stage)
+        work.verdicts = [store.find_grade(work.prompt, image.sha256) for image in work.images]
         missing = [position for position, verdict in enumerate(work.verdicts) if verdict is None]
         if missing and self._budget_spent():
             self._stop_for_budget(work)
             return
         self._found(grades=len(work.verdicts) - len(missing))
-        size = self.engine.grade_chunk
         chunks = [missing[start : start + size] for start in range(0, len(missing), size)]
         work.outstanding = len(chunks)
         for number, positions in enumerate(chunks):
             job = GradeJob(prompt_index=work.prompt_index, prompt=work.prompt, search_round=work.search_round,
-                           chunk=number, images=[work.images[p] for p in positions])
+                           chunk=number, images=[work.images[p] for p in positions],
+                           by_path_verifier=by_path_verifier)
             self._submit(self.engine.executor.grade(job), self._on_graded, (work, positions))
         if not chunks:
             self._stage_graded(work)
@@ -343,11 +364,12 @@ class _BatchRun:
                                         usage=v.usage, cost_usd=v.cost_usd)
                         for c, i, v in zip(work.stage, work.images, work.verdicts, strict=True)]
         self.counts.images_ungradeable += sum(v.ungradeable is not None for v in work.verdicts)
+        work.stages.append(list(work.stage))
         self._advance(work)
 
     # -- select and write ----------------------------------------------------------------------
 
-    def _on_finished(self, work: _Round, future: Future) -> None:
+    def _on_selected(self, work: _Round, future: Future) -> None:
         try:
             record: RoundRecord = future.result()
         except Exception as error:  # noqa: BLE001 - recorded; the batch goes on

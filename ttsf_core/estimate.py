@@ -14,10 +14,11 @@ from ttsf_core.budget import Allowance, RoundNeeds, measured_cost_per_request, n
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.costs import ModelPrice, today
 from ttsf_core.records import RunLayout
+from ttsf_core.resolve import ResolvedRun
 from ttsf_core.search import Strategy
 from ttsf_core.store import Store
 from ttsf_core.verifiers.base import Usage, add_usage
-from ttsf_core.verifiers.registry import member_names, verifier_class
+from ttsf_core.verifiers.catalog import member_names, verifier_class
 
 SAMPLE_PROMPT_CHARS = 200  # a typical dataset prompt, for the default estimate of text tokens
 
@@ -45,9 +46,10 @@ class Billing:
 class RoundRow:
     search_round: int
     prompts: int = 0  # prompts that would run this round
-    images: int = 0  # images to generate (not stored yet)
+    images: int = 0  # images to generate (not stored yet; a search on the path: its intermediate ones too)
     nfe: int = 0
     requests: int = 0
+    path_grades: int = 0  # intermediate images graded by --path_verifier (not billed by the run's verifier)
     cost_usd: float | None = 0.0
 
 
@@ -75,6 +77,10 @@ class Estimate:
     @property
     def nfe(self) -> int:
         return sum(row.nfe for row in self.rows)
+
+    @property
+    def path_grades(self) -> int:
+        return sum(row.path_grades for row in self.rows)
 
     def batch_cost_usd(self) -> float | None:
         discounts = {price.batch_discount for price in self.billing.prices}
@@ -119,16 +125,17 @@ def _prices(store: Store, usage) -> tuple[ModelPrice, ...]:
     return tuple(dict.fromkeys(price for price in found if price is not None))
 
 
-def estimate(config: RunConfig, prompts: list[str], strategy: Strategy, store: Store,
+def estimate(run: ResolvedRun, prompts: list[str], strategy: Strategy, store: Store,
              is_video: bool = False) -> Estimate:
     """Round by round: images to generate, their NFEs, requests and cost, of what is not yet stored;
     with a budget, only the rounds the budget allows."""
+    config = run.config
     bill = billing(config, store, is_video)
-    needs = RoundNeeds(config, strategy, store, bill.requests_per_image, bill.cost_per_request)
+    needs = RoundNeeds(run, strategy, store, bill.requests_per_image, bill.cost_per_request)
     indexed = list(enumerate(prompts))
     allowance = plan(indexed, config.search_args.search_rounds, needs, config.budget) \
         if config.budget.limited() else None
-    layout = RunLayout(config)
+    layout = RunLayout(run)
     result = Estimate(config, len(prompts), bill, allowance=allowance)
     for search_round in range(1, config.search_args.search_rounds + 1):
         row = RoundRow(search_round)
@@ -138,10 +145,11 @@ def estimate(config: RunConfig, prompts: list[str], strategy: Strategy, store: S
             if allowance is not None and not allowance.allows(index, search_round):
                 continue
             need = needs(index, prompt, search_round)
-            images, nfe = _to_generate(strategy, store, prompt, search_round)
+            images, nfe, path_grades = _to_generate(run, strategy, store, prompt, search_round)
             row.prompts += 1
             row.images += images
             row.nfe += nfe
+            row.path_grades += path_grades
             row.requests += need.requests
             row.cost_usd = None if row.cost_usd is None or need.cost_usd is None else \
                 round(row.cost_usd + need.cost_usd, 9)
@@ -149,18 +157,25 @@ def estimate(config: RunConfig, prompts: list[str], strategy: Strategy, store: S
     return result
 
 
-def _to_generate(strategy: Strategy, store: Store, prompt: str, search_round: int) -> tuple[int, int]:
-    """Images of a round not in the store yet, and their denoiser evaluations (later stages at full steps)."""
+def _to_generate(run: ResolvedRun, strategy: Strategy, store: Store, prompt: str,
+                 search_round: int) -> tuple[int, int, int]:
+    """Images of a round not in the store yet, their denoiser evaluations (a path's every run), and the
+    grades of its intermediate images by --path_verifier."""
     first = strategy.next_stage(prompt, search_round, [], [])
     exact = strategy.independent_rounds or search_round == 1
     missing = [c for c in first if not exact or store.find_image(prompt, c) is None]
-    later = strategy.later_stage_bound(first)
-    return len(missing) + later, sum(c.steps for c in missing) + later * strategy.full_steps
+    later = strategy.later_work(first)
+    images = len(missing) + later.images
+    path_grades = 0
+    if run.path_run is not None:
+        path_grades = later.path_grades + (len(first) if first and first[0].stage == "path" else 0)
+    return images, sum(c.own_nfe for c in missing) + later.nfe, path_grades
 
 
-def budget_allowance(config: RunConfig, prompts: list[str], strategy: Strategy, store: Store,
+def budget_allowance(run: ResolvedRun, prompts: list[str], strategy: Strategy, store: Store,
                      is_video: bool = False) -> Allowance | None:
     """The rounds a run may take within its budget (None: no budget)."""
+    config = run.config
     if not config.budget.limited():
         return None
     bill = billing(config, store, is_video)
@@ -170,5 +185,5 @@ def budget_allowance(config: RunConfig, prompts: list[str], strategy: Strategy, 
                           f"price for {model}, allowed: a cost budget for a model with a price (add it to the config: "
                           f"prices: {{{model!r}: {{input_per_1m_usd: ..., output_per_1m_usd: ...}}}}), or "
                           "--max_verifier_requests")
-    needs = RoundNeeds(config, strategy, store, bill.requests_per_image, bill.cost_per_request)
+    needs = RoundNeeds(run, strategy, store, bill.requests_per_image, bill.cost_per_request)
     return plan(list(enumerate(prompts)), config.search_args.search_rounds, needs, config.budget)

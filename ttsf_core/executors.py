@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ttsf_core import jobs
 from ttsf_core.config import RunConfig
+from ttsf_core.resolve import ResolvedRun, resolve
 from ttsf_core.engine import GENERATIONS_IN_FLIGHT
 from ttsf_core.records import RunLayout
 from ttsf_core.search import Strategy, build_strategy
@@ -31,27 +32,36 @@ GRADE_WORKERS = 4
 class ThreadExecutor:
     """Runs jobs on local threads. `load_generator` is called once, on the first generation job."""
 
-    def __init__(self, config: RunConfig, verifier: Verifier, load_generator: Callable[[], "CandidateGenerator"],
-                 strategy: Strategy | None = None, sleep: Callable[[float], None] = time.sleep):
-        self.config, self.verifier = config, verifier
-        self.store, self.layout = Store(config), RunLayout(config)
-        self.strategy = strategy or build_strategy(config)
+    def __init__(self, run: ResolvedRun | RunConfig, verifier: Verifier,
+                 load_generator: Callable[[], "CandidateGenerator"], strategy: Strategy | None = None,
+                 sleep: Callable[[float], None] = time.sleep, path_verifier: Verifier | None = None):
+        run = resolve(run)
+        self.run, self.config, self.verifier = run, run.config, verifier
+        self.store, self.layout = Store(run), RunLayout(run)
+        self.path_verifier = path_verifier
+        self.path_store = Store(run.path_run) if run.path_run is not None else None
+        self.strategy = strategy or build_strategy(run)
         self._load_generator, self._generator = load_generator, None
         self._load_lock = threading.Lock()
         self._sleep = sleep
         self._generation = ThreadPoolExecutor(GENERATIONS_IN_FLIGHT, thread_name_prefix="ttsf-generate")
         self._grading = ThreadPoolExecutor(GRADE_WORKERS, thread_name_prefix="ttsf-grade")
-        self._finishing = ThreadPoolExecutor(1, thread_name_prefix="ttsf-finish")
+        self._selecting = ThreadPoolExecutor(1, thread_name_prefix="ttsf-select")
 
     def generate(self, job: jobs.GenerateJob) -> Future:
         return self._generation.submit(lambda: jobs.generate(self.store, self.generator(), job))
 
     def grade(self, job: jobs.GradeJob) -> Future:
+        if job.by_path_verifier:
+            if self.path_verifier is None:
+                raise ValueError("a grade job for the path verifier, but none was given to the executor")
+            return self._grading.submit(jobs.grade, self.path_store, self.path_verifier, job,
+                                        jobs.RetryPolicy.of(self.config), self._sleep)
         return self._grading.submit(jobs.grade, self.store, self.verifier, job, jobs.RetryPolicy.of(self.config),
                                     self._sleep)
 
-    def finish(self, job: jobs.FinishJob) -> Future:
-        return self._finishing.submit(jobs.finish, self.config, self.layout, self.strategy, job)
+    def select(self, job: jobs.SelectJob) -> Future:
+        return self._selecting.submit(jobs.select, self.run, self.layout, self.strategy, job)
 
     def generator(self) -> "CandidateGenerator":
         with self._load_lock:
@@ -59,12 +69,8 @@ class ThreadExecutor:
                 self._generator = self._load_generator()
             return self._generator
 
-    @property
-    def generator_loaded(self) -> bool:
-        return self._generator is not None
-
     def close(self) -> None:
-        for pool in (self._generation, self._grading, self._finishing):
+        for pool in (self._generation, self._grading, self._selecting):
             pool.shutdown(wait=True)
 
     def __enter__(self) -> "ThreadExecutor":

@@ -68,6 +68,6 @@ def _datapoint(record: RoundRecord, image: Path) -> dict:
         "choice_of_metric": record.choice_of_metric,
         "best_img_path": str(image),
     }
-    if record.neighbors_improvement is not None:
+    if getattr(record, "neighbors_improvement", None) is not None:  # zero-order's field (tt-scale-flux's key)
         datapoint["neighbors_improvement"] = record.neighbors_improvement
     return datapoint

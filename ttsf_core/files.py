@@ -118,6 +118,11 @@ def writable_problem(folder: Path) -> str | None:
     return None if os.access(probe, os.W_OK | os.X_OK) else "Permission denied"
 
 
+def model_slug(model: str) -> str:
+    """How folders name a model: the last part of its hub id or path, made safe ("FLUX_1_dev")."""
+    return safe_slug(Path(model).name or "model", 60)
+
+
 def write_json(path: Path, payload: dict) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 

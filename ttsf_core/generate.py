@@ -7,12 +7,16 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from ttsf_core.candidates import Candidate, NoiseSpec, draw_batch
 from ttsf_core.config import RunConfig
+
+if TYPE_CHECKING:
+    from ttsf_core.path_generation import PathStates
 
 Media = Image.Image | list[Image.Image]  # an image, or a video's frames
 _ENCODINGS_KEPT = 16  # prompts in flight at once are few; keep their embeddings, drop the rest
@@ -47,6 +51,9 @@ class CandidateGenerator:
     def __post_init__(self):
         from ttsf_core.pipelines.families import family_of
         from ttsf_core.pipelines.signature import check_call_args, signature_of
+        from ttsf_core.resolve import resolve
+
+        self.config = resolve(self.config).config  # completed: its steps are known
 
         self._encodings: OrderedDict[str, dict] = OrderedDict()
         self._lock = pipeline_lock(self.pipe)
@@ -67,6 +74,11 @@ class CandidateGenerator:
         self.geometry = self.family.geometry(self.pipe, self.arguments)
         # diffusers walks every module to answer this; it does not change while the pipe is loaded.
         self._device = self.pipe._execution_device
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held around every call of this generator's pipeline (one call at a time per pipeline)."""
+        return self._lock
 
     @property
     def batch_size(self) -> int:
@@ -101,29 +113,40 @@ class CandidateGenerator:
         for batch in plan_batches(candidates, self.batch_size):
             yield batch, self.generate_batch(prompt, batch)
 
-    def generate_batch(self, prompt: str, batch: list[Candidate]) -> list[Media]:
-        """One pipeline call for `batch` (at most batch_size candidates, one step count)."""
+    def generate_batch(self, prompt: str, batch: list[Candidate], states: "PathStates | None" = None) -> list[Media]:
+        """One pipeline call for `batch` (at most batch_size candidates, one segment of one schedule).
+        Candidates on a denoising path continue from their parents' states in `states` and leave theirs
+        there (ttsf_core.path_generation)."""
+        if batch[0].path is not None:
+            from ttsf_core.path_generation import generate_path_batch
+
+            return generate_path_batch(self, prompt, batch, states)
         with self._lock:
             kwargs = self.call_kwargs(prompt, batch)
-            output = self.pipe(**kwargs)
-            self.counts.pipeline_calls += 1
-            self.counts.images += len(batch)
-        frames = getattr(output, "frames", None)
-        if frames is not None:
-            return [list(video) for video in frames]
-        return list(output.images)
+            output = self.call(kwargs, len(batch))
+        return media_of(output)
 
-    def call_kwargs(self, prompt: str, batch: list[Candidate]) -> dict:
+    def call(self, kwargs: dict, candidates: int):
+        """The pipeline call itself (the caller holds the pipeline's lock), counted."""
+        output = self.pipe(**kwargs)
+        self.counts.pipeline_calls += 1
+        self.counts.images += candidates
+        return output
+
+    def call_kwargs(self, prompt: str, batch: list[Candidate], latents: "torch.Tensor | None" = None) -> dict:
         """The keyword arguments of the pipeline call for `batch`: the arguments the config sets (no
-        others: unset ones stay the pipeline's own), the steps, the prompt's encoding, the latents."""
+        others: unset ones stay the pipeline's own), the steps, the prompt's encoding, the latents
+        (`latents`: given, e.g. a path's sample part way; else each candidate's initial noise)."""
         encoding = self.encode(prompt)
         kwargs = {**self._passed, "num_inference_steps": batch[0].steps, "output_type": "pil"}
         if self.family.explicit:
-            latents, generators = draw_batch(self.pipe, batch, self.geometry)
+            generators = None
+            if latents is None:
+                latents, generators = draw_batch(self.pipe, batch, self.geometry)
             kwargs["latents"] = latents.to(self._device, self.family.latents_dtype(encoding))
             kwargs.update({name: _repeat(tensor, len(batch)) for name, tensor in encoding.items()})
             kwargs.update(self._cleared)
-            if self.family.pass_generators:
+            if self.family.pass_generators and generators is not None:
                 kwargs["generator"] = generators
         else:
             # Other pipelines draw their own noise: one CPU generator per candidate keeps it per-seed.
@@ -139,12 +162,21 @@ class CandidateGenerator:
         return kwargs
 
 
+def media_of(output) -> list[Media]:
+    """A pipeline output's images, or its videos as lists of frames."""
+    frames = getattr(output, "frames", None)
+    if frames is not None:
+        return [list(video) for video in frames]
+    return list(output.images)
+
+
 def plan_batches(candidates: list[Candidate], batch_size: int) -> list[list[Candidate]]:
-    """Consecutive runs of equal steps, cut into pieces of at most batch_size: the pipeline calls."""
+    """Consecutive runs of one segment (equal steps; for paths, the same first and last step), cut into
+    pieces of at most batch_size: the pipeline calls."""
     batches: list[list[Candidate]] = []
     for candidate in candidates:
         last = batches[-1] if batches else None
-        if last is not None and len(last) < batch_size and last[0].steps == candidate.steps:
+        if last is not None and len(last) < batch_size and last[0].segment() == candidate.segment():
             last.append(candidate)
         else:
             batches.append([candidate])

@@ -51,6 +51,7 @@ class GradeJob(BaseModel):
     search_round: int
     chunk: int
     images: list[StoredImage]
+    by_path_verifier: bool = False  # intermediate images of a search on the denoising path (--path_verifier)
 
 
 class GradeResult(BaseModel):

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.config import ConfigError, RunConfig, digest
-from ttsf_core.files import safe_slug
+from ttsf_core.files import model_slug, safe_slug
 from ttsf_core.records import RoundRecord, iter_round_records, resolve_image
 from ttsf_core.store import Recipe, Store
 
@@ -48,8 +48,12 @@ class _NothingToDo:
 
 def legacy_identity(config: RunConfig) -> dict[str, Any]:
     """The identity the earlier layout hashed into its folder name."""
+    from ttsf_core.resolve import resolve, verifier_identity
+
     verifier = config.verifier_args
-    search = config.search_args
+    search = resolve(config).search
+    # the earlier layout knew nothing of what a verifier sends beyond its args
+    grading = {name: value for name, value in verifier_identity(verifier).items() if name != "sent"}
     return {
         "model": config.pretrained_model_name_or_path,
         "torch_dtype": config.torch_dtype,
@@ -57,7 +61,7 @@ def legacy_identity(config: RunConfig) -> dict[str, Any]:
         "pipeline_call_args": config.pipeline_call_args.model_dump(),
         "search_args": {"search_method": search.search_method, "search_rounds": search.search_rounds,
                         "initial_pool_size": search.initial_pool_size},
-        "verifier": verifier.grading_identity() | {"choice_of_metric": verifier.choice_of_metric},
+        "verifier": grading | {"choice_of_metric": resolve(config).metric},
     }
 
 
@@ -65,9 +69,10 @@ def legacy_run_dir(config: RunConfig) -> Path | None:
     """The earlier layout's folder for this config, when it exists (random search only existed then)."""
     if config.search_args.search_method != "random" or config.search_args.draft_steps is not None:
         return None
-    verifier = config.verifier_args
-    folder = (Path(config.output_dir) / safe_slug(Path(config.pretrained_model_name_or_path).name or "model", 60)
-              / safe_slug(verifier.name) / verifier.choice_of_metric / digest(legacy_identity(config)))
+    from ttsf_core.resolve import resolve
+
+    folder = (Path(config.output_dir) / model_slug(config.pretrained_model_name_or_path)
+              / safe_slug(config.verifier_args.name) / resolve(config).metric / digest(legacy_identity(config)))
     return folder if (folder / "config.json").is_file() else None
 
 
@@ -89,15 +94,17 @@ def migrate(run_dir: Path) -> Migrated:
     from ttsf_core.engine import SearchEngine
     from ttsf_core.executors import ThreadExecutor
     from ttsf_core.records import RunLayout
+    from ttsf_core.resolve import resolve
     from ttsf_core.runner import write_config
 
-    config = legacy_config(run_dir)
+    run = resolve(legacy_config(run_dir))
+    config = run.config
     images, grades, prompts = _import(Path(run_dir), config)
-    layout = RunLayout(config)
-    write_config(layout, config)
+    layout = RunLayout(run)
+    write_config(layout, run)
     stand_in = _NothingToDo()
-    with ThreadExecutor(config, stand_in, stand_in) as executor:
-        outcome = SearchEngine(config, executor, grade_chunk=stand_in.batch_size).run_batch(sorted(prompts.items()))
+    with ThreadExecutor(run, stand_in, stand_in) as executor:
+        outcome = SearchEngine(run, executor, grade_chunk=stand_in.batch_size).run_batch(sorted(prompts.items()))
     outcome.raise_first()
     return Migrated(config, layout.run_dir, images, grades, outcome.counts.rounds_recorded)
 

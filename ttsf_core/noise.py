@@ -79,10 +79,3 @@ def sphere_neighbour(pivot: "torch.Tensor", seed: int, cosine: float) -> "torch.
     orthogonal = orthogonal / torch.linalg.vector_norm(orthogonal).clamp_min(1e-12)
     neighbour = norm * (cosine * unit + (1.0 - cosine**2) ** 0.5 * orthogonal)
     return neighbour.reshape(pivot.shape).to(torch.float32)
-
-
-def supports_explicit_latents(pipe) -> bool:
-    """Pipelines whose noise ttsf draws and passes as `latents=` (every family ttsf knows)."""
-    from ttsf_core.pipelines.families import family_of
-
-    return family_of(pipe).explicit

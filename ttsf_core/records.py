@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from ttsf_core.candidates import Candidate, NoiseSpec, Role, Seed, Stage
-from ttsf_core.config import RunConfig
-from ttsf_core.files import prompt_dirname, safe_slug, write_json
+from ttsf_core.candidates import Candidate, NoiseSpec, PathSpec, Role, Seed, Stage
+from ttsf_core.files import model_slug, prompt_dirname, safe_slug, write_json
 from ttsf_core.verifiers.base import Grades, Usage
+
+if TYPE_CHECKING:
+    from ttsf_core.config import RunConfig
+    from ttsf_core.resolve import ResolvedRun
 
 RECORD_GLOB = "prompts/*/round_*.json"
 
@@ -36,6 +39,11 @@ class CandidateRecord(BaseModel):
     steps: int | None = None  # None: a record from before drafts (the run's num_inference_steps)
     stage: Stage = "final"
     role: Role = "sample"
+    # Search on the denoising path: the candidate's moves from its noise, and its lineage (the index
+    # here of the candidate it continues; FK steering: that parent's resampling weight).
+    path: PathSpec | None = None
+    parent: int | None = None
+    weight: float | None = None
     img_path: str
     image_sha256: str
     score: float | None
@@ -56,11 +64,15 @@ class CandidateRecord(BaseModel):
         return data
 
     def candidate(self, default_steps: int) -> Candidate:
-        return Candidate(noise=self.noise, steps=self.steps or default_steps, stage=self.stage, role=self.role)
+        return Candidate(noise=self.noise, steps=self.steps or default_steps, stage=self.stage, role=self.role,
+                         path=self.path, parent=self.parent, weight=self.weight)
 
 
 class RoundRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A round's record: tt-scale-flux's keys, ttsf's, and the fields its strategy adds (its file's
+    `record_fields`, e.g. zero-order's neighbors_improvement), kept as they were written."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
     prompt: str
     prompt_index: int
     search_round: int
@@ -75,11 +87,14 @@ class RoundRecord(BaseModel):
     candidates: list[CandidateRecord]
     search_method: str = "random"
     best_noise: NoiseSpec | None = None
-    # Denoiser evaluations this round added to the prompt's search (steps of images not in earlier rounds).
+    # Denoiser evaluations this round added to the prompt's search (steps of images not in earlier rounds;
+    # a path's every run, intermediate ones included, once).
     nfe: int | None = None
-    # zero-order only (tt-scale-flux's key): did a neighbour beat the pivot?
-    neighbors_improvement: bool | None = None
     ungradeable: int = 0  # candidates the verifier never graded (excluded from selection)
+    # Grades this round asked of the run's verifier, and of --path_verifier (intermediate images) when
+    # one is set (None: a record written before ttsf counted them).
+    verifier_calls: int | None = None
+    path_verifier_calls: int | None = None
 
     @model_validator(mode="after")
     def _best_is_one_of_the_candidates(self) -> "RoundRecord":
@@ -93,7 +108,8 @@ class RoundRecord(BaseModel):
         if (best.seed, best.score, best.img_path) != (self.best_noise_seed, self.best_score, self.best_img_path):
             raise ValueError("best_noise_seed, best_score and best_img_path must be those of candidates[best_index]")
         if best.stage != "final":
-            raise ValueError(f"candidates[{self.best_index}] is a draft: the best is chosen among final images")
+            raise ValueError(f"candidates[{self.best_index}] is a {best.stage} image: the best is chosen among "
+                             "final images")
         return self
 
     @property
@@ -107,16 +123,14 @@ class RoundRecord(BaseModel):
 class RunLayout:
     """Where every file of a run lives. Paths are derived, never stored state."""
 
-    def __init__(self, config: RunConfig):
-        verifier = config.verifier_args
+    def __init__(self, run: "ResolvedRun | RunConfig"):
+        from ttsf_core.resolve import resolve  # a flow's or task's config: resolved once per process
+
+        run = resolve(run)
+        config = run.config
         self.output_dir = Path(config.output_dir)
-        self.run_dir = (
-            self.output_dir
-            / safe_slug(Path(config.pretrained_model_name_or_path).name or "model", 60)
-            / safe_slug(verifier.name)
-            / verifier.choice_of_metric
-            / config.identity_hash()
-        )
+        self.run_dir = (self.output_dir / model_slug(config.pretrained_model_name_or_path)
+                        / safe_slug(config.verifier_args.name) / run.metric / run.identity_hash)
 
     def prompt_dir(self, prompt: str) -> Path:
         return self.run_dir / "prompts" / prompt_dirname(prompt)

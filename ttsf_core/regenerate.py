@@ -59,6 +59,8 @@ def regenerate(record_path: Path, index: int, out: Path | None = None, device: s
     config = run_config_of(record_path)
     if device is not None:
         config = config.model_copy(update={"device": device})
+    if item.path is not None:
+        return _regenerate_on_path(record, index, config, out, generator)
     steps = item.steps or config.pipeline_call_args.num_inference_steps
     batch = item.batch or (item.noise,)
     config = config.model_copy(update={"batch_size_for_img_gen": len(batch)})
@@ -72,7 +74,43 @@ def regenerate(record_path: Path, index: int, out: Path | None = None, device: s
     if isinstance(media, list):  # a video: its mp4 is what the record's sha256 covers
         data, suffix = mp4_bytes(media, generator.frames_per_second()), VIDEO_SUFFIX
     else:
-        data, suffix = png_bytes(media, {RECIPE_KEY: recipe.model_dump_json()}), ".png"
+        data, suffix = png_bytes(media, {RECIPE_KEY: recipe.chunk()}), ".png"
     path = Path(out) if out is not None else Path.cwd() / f"{item.noise.tag()}-st{steps}{suffix}"
     atomic_write_bytes(path, data)
     return Regenerated(path=path, sha256=hashlib.sha256(data).hexdigest(), recorded_sha256=item.image_sha256)
+
+
+def _regenerate_on_path(record: RoundRecord, index: int, config: RunConfig, out: Path | None,
+                        generator: CandidateGenerator | None) -> Regenerated:
+    """A candidate of a search on the denoising path: the round's stages before its own are replayed as
+    the search made them (their pipeline calls, their re-noisings), then its own call."""
+    from ttsf_core.generate import plan_batches
+    from ttsf_core.path_generation import MemoryStates, generate_path_batch, prepare_stage, replay, stages_of, unique
+    from ttsf_core.resolve import resolve
+    from ttsf_core.search import build_strategy
+
+    run = resolve(config)
+    candidates = [item.candidate(run.steps) for item in record.candidates]
+    target = candidates[index]
+    stages = stages_of(candidates)
+    number = next(n for n, stage in enumerate(stages) if target.key() in {c.key() for c in stage})
+    if generator is None:
+        from ttsf_core.pipelines import load_pipeline
+
+        generator = CandidateGenerator(load_pipeline(run.config), run.config)
+    batching = build_strategy(run).batch_size_for
+    states = MemoryStates()
+    replay(generator, record.prompt, stages[:number], states, batching)
+    stage = stages[number]
+    prepare_stage(generator, record.prompt, stage, states, stages[:number], batching)
+    batch = next(batch for batch in plan_batches(unique(stage), batching(stage))
+                 if target.key() in {c.key() for c in batch})
+    position = next(p for p, candidate in enumerate(batch) if candidate.key() == target.key())
+    media = generate_path_batch(generator, record.prompt, batch, states)[position]
+    recipe = Recipe(noise=target.noise, steps=target.steps, batch=tuple(c.noise for c in batch),
+                    batch_position=position, path=target.path)
+    data = png_bytes(media, {RECIPE_KEY: recipe.chunk()})
+    path = Path(out) if out is not None else Path.cwd() / f"{target.key()}.png"
+    atomic_write_bytes(path, data)
+    return Regenerated(path=path, sha256=hashlib.sha256(data).hexdigest(),
+                       recorded_sha256=record.candidates[index].image_sha256)

@@ -42,6 +42,10 @@ BASE_COLUMNS: tuple[str, ...] = (
     "choice_of_metric",
     "best_img_path",
     "ungradeable",
+    # Grades the round asked: of the run's verifier, and of --path_verifier (a search on the denoising
+    # path's intermediate images); NaN for records written before ttsf counted them.
+    "verifier_calls",
+    "path_verifier_calls",
     # What grading the round's new images cost (an image already graded in an earlier round of the
     # prompt, a carried zero-order pivot, is counted there): billed requests, tokens, dollars at the
     # prices of the day each grade was made (NaN when a model had no price), and the models that answered
@@ -122,6 +126,8 @@ def _row(path: Path, record: RoundRecord) -> dict:
         # Relative to the report folder, so the report works wherever the output folder is moved or read.
         "best_img_path": _from_report(path, record.best_img_path) if best else "",
         "ungradeable": record.ungradeable,
+        "verifier_calls": record.verifier_calls if record.verifier_calls is not None else float("nan"),
+        "path_verifier_calls": record.path_verifier_calls if record.path_verifier_calls is not None else float("nan"),
         **(best.grades.scores() if best and best.grades else {}),
     }
 

@@ -18,10 +18,11 @@ from ttsf_core.estimate import budget_allowance
 from ttsf_core.executors import ThreadExecutor
 from ttsf_core.files import probe_writable, sweep_temp_files, writable_problem, write_json
 from ttsf_core.pipelines import check_devices, check_resolution, prompt_length_warnings
-from ttsf_core.pipelines.loader import pick_device
+from ttsf_core.devices import pick_device
 from ttsf_core.pipelines.speed import check_speed_options
 from ttsf_core.prompts import PromptRead, count_note, prompt_warnings, read_prompts
 from ttsf_core.records import RunLayout
+from ttsf_core.resolve import ResolvedRun, resolve
 from ttsf_core.search import Strategy, build_strategy
 from ttsf_core.store import Store
 from ttsf_core.verifiers.base import RetryableVerifierError, Verifier, verifier_batch_size
@@ -34,14 +35,20 @@ if TYPE_CHECKING:
 
 @dataclass
 class PreparedRun:
-    config: RunConfig
+    run: ResolvedRun
     layout: RunLayout
     prompts: list[str]
     verifier: Verifier
     strategy: Strategy
     warnings: list[str] = field(default_factory=list)  # worth saying, not worth stopping for
+    path_verifier: Verifier | None = None  # grades a search's intermediate images (--path_verifier)
     allowance: Allowance | None = None  # the rounds the budget gives each prompt (None: no budget)
     notes: list[str] = field(default_factory=list)  # worth knowing (e.g. how many of a dataset's prompts run)
+
+    @property
+    def config(self) -> RunConfig:
+        """The run's config, completed (its steps, metric and strategy's arguments decided)."""
+        return self.run.config
 
     def indexed_prompts(self) -> list[tuple[int, str]]:
         return list(enumerate(self.prompts))
@@ -50,9 +57,15 @@ class PreparedRun:
 def prepare_run(config: RunConfig, prompts: list[str] | None = None, write: bool = True) -> PreparedRun:
     """Every check that can fail on bad input, before any model is loaded; then (`write`) the run
     folder and its config.json (`start_run`). `prompts`: already loaded (the dataset is not read again)."""
+    run = resolve(config)
+    config = run.config
+    check_path_search(config)
     verifier = build_verifier(config.verifier_args)
     check_video_grading(config, verifier)
     access_warnings = check_verifier_access(verifier)
+    path_verifier = None if run.path_run is None else build_verifier(run.path_run.config.verifier_args)
+    if path_verifier is not None:
+        access_warnings += check_verifier_access(path_verifier)
     check_resolution(config)
     check_devices(config)
     if config.attention_backend is not None or config.quantize != "none":  # pick_device imports torch
@@ -62,11 +75,11 @@ def prepare_run(config: RunConfig, prompts: list[str] | None = None, write: bool
     warnings = access_warnings + (prompt_warnings(config.prompts, prompts) if read.available is not None else []) + \
         prompt_length_warnings(config, prompts)
     notes = [note] if (note := count_note(config.prompts, read)) else []
-    layout, store, strategy = RunLayout(config), Store(config), build_strategy(config)
+    layout, store, strategy = RunLayout(run), Store(run), build_strategy(run)
     ensure_writable(layout.run_dir, config.output_dir, write=False)
-    allowance = budget_allowance(config, prompts, strategy, store, config.budget.limited() and is_video_model(config))
-    prepared = PreparedRun(config=config, layout=layout, prompts=prompts, verifier=verifier, strategy=strategy,
-                           warnings=warnings, allowance=allowance, notes=notes)
+    allowance = budget_allowance(run, prompts, strategy, store, config.budget.limited() and is_video_model(config))
+    prepared = PreparedRun(run=run, layout=layout, prompts=prompts, verifier=verifier, strategy=strategy,
+                           warnings=warnings, allowance=allowance, notes=notes, path_verifier=path_verifier)
     if write:
         start_run(prepared)
     return prepared
@@ -75,11 +88,11 @@ def prepare_run(config: RunConfig, prompts: list[str] | None = None, write: bool
 def start_run(prepared: PreparedRun) -> None:
     """Once every check has passed, and only then (a refused input leaves nothing behind): the run folder,
     swept of what a killed write left, and its config.json."""
-    store = Store(prepared.config)
+    store = Store(prepared.run)
     ensure_writable(prepared.layout.run_dir, prepared.config.output_dir)
     for folder in (prepared.layout.run_dir, store.images_dir, store.grades_dir):
         sweep_temp_files(folder)
-    write_config(prepared.layout, prepared.config)
+    write_config(prepared.layout, prepared.run)
 
 
 def is_video_model(config: RunConfig) -> bool:
@@ -88,6 +101,30 @@ def is_video_model(config: RunConfig) -> bool:
     from ttsf_core.pipelines.signature import pipeline_class_name
 
     return family_of(pipeline_class_name(config.pretrained_model_name_or_path)).video
+
+
+def check_path_search(config: RunConfig) -> None:
+    """Search over paths and FK steering drive a flow-matching image pipeline through its own sigmas:
+    refused, in one line, for a family that cannot (read from model_index.json, no weights)."""
+    method = config.search_args.search_method
+    if method not in ("paths", "fk"):
+        return
+    from ttsf_core.pipelines.families import FAMILIES, family_of
+    from ttsf_core.pipelines.signature import pipeline_class_name
+
+    class_name = pipeline_class_name(config.pretrained_model_name_or_path)
+    if not family_of(class_name).drives_paths:
+        able = ", ".join(name for family in FAMILIES if family.drives_paths for name in family.classes)
+        raise ConfigError(f"search_args.search_method: received {method!r} for {class_name}, allowed: random or "
+                          f"zero-order ({method} needs a flow-matching image pipeline whose sigmas it can start part "
+                          f"way: {able})")
+    if config.budget.limited() and config.search_args.path_verifier is not None:
+        from ttsf_core.verifiers.registry import verifier_class
+
+        if getattr(verifier_class(config.search_args.path_verifier), "billed", False):
+            raise ConfigError(f"search_args.path_verifier: received {config.search_args.path_verifier!r} with a budget, "
+                              "allowed: a local verifier (the budget counts the run's verifier; a billed path "
+                              "verifier would go uncounted), or no budget")
 
 
 def check_video_grading(config: RunConfig, verifier: Verifier) -> None:
@@ -113,9 +150,9 @@ def check_verifier_access(verifier: Verifier) -> list[str]:
     return said
 
 
-def write_config(layout: RunLayout, config: RunConfig) -> None:
+def write_config(layout: RunLayout, run: ResolvedRun) -> None:
     """config.json: the run's identity and the config that last ran in the folder (rewritten only on change)."""
-    payload = {"identity": config.search_identity(), "config": config.model_dump(mode="json")}
+    payload = {"identity": run.identity, "config": run.config.model_dump(mode="json")}
     path = layout.config_path
     if path.is_file():
         try:
@@ -152,8 +189,11 @@ def run(config: RunConfig | PreparedRun, generator: "CandidateGenerator | None" 
 
         return generator or CandidateGenerator(load_pipeline(config), config)
 
-    with ThreadExecutor(config, prepared.verifier, load_generator, prepared.strategy) as executor:
-        engine = SearchEngine(config, executor, grade_chunk=verifier_batch_size(prepared.verifier),
-                              observer=observer, strategy=prepared.strategy)
+    path_verifier = prepared.path_verifier
+    with ThreadExecutor(prepared.run, prepared.verifier, load_generator, prepared.strategy,
+                        path_verifier=path_verifier) as executor:
+        engine = SearchEngine(prepared.run, executor, grade_chunk=verifier_batch_size(prepared.verifier),
+                              observer=observer, strategy=prepared.strategy,
+                              path_grade_chunk=verifier_batch_size(path_verifier) if path_verifier else None)
         outcome = engine.run_batch(prepared.indexed_prompts(), prepared.allowance)
     return prepared, outcome

@@ -20,29 +20,42 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from ttsf_core.candidates import Candidate, NoiseSpec
-from ttsf_core.config import RunConfig, digest
+from ttsf_core.candidates import Candidate, NoiseSpec, PathSpec
+from ttsf_core.config import digest
 from ttsf_core.costs import price_table
-from ttsf_core.files import atomic_write_bytes, file_sha256, prompt_dirname, safe_slug, write_json, write_png
+from ttsf_core.files import atomic_write_bytes, file_sha256, model_slug, prompt_dirname, safe_slug, write_json, write_png
 from ttsf_core.verifiers.base import Grades, Usage
 from ttsf_core.video import VIDEO_SUFFIX, mp4_bytes, poster_frame, poster_path
 
+if TYPE_CHECKING:
+    from ttsf_core.config import RunConfig
+    from ttsf_core.pipelines.paths import PathState
+    from ttsf_core.resolve import ResolvedRun
+
 STORE_DIRNAME = "store"
+STATES_DIRNAME = "states"  # path states of rounds in progress, beside the prompt's images
 RECIPE_KEY = "ttsf-recipe"
 
 
 class Recipe(BaseModel):
-    """How an image was made: its candidate, and the pipeline call it was part of."""
+    """How an image was made: its candidate, and the pipeline call it was part of (for a candidate on
+    a denoising path, its path too: the stages before it are named in its moves)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     noise: NoiseSpec
     steps: int
     batch: tuple[NoiseSpec, ...]
     batch_position: int
+    path: PathSpec | None = None
+
+    def chunk(self) -> str:
+        """The PNG text chunk (a recipe without a path is written as before paths existed)."""
+        return self.model_dump_json(exclude_none=True)
 
 
 class StoredImage(BaseModel):
@@ -87,14 +100,16 @@ class StoredGrade(BaseModel):
 class Store:
     """The image and grade folders for one config's generation and grading identities."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, run: "ResolvedRun | RunConfig"):
+        from ttsf_core.resolve import resolve  # a flow's or task's config: resolved once per process
+
+        run = resolve(run)
+        config = run.config
         root = Path(config.output_dir) / STORE_DIRNAME
-        generation = config.generation_identity()
-        grading = config.verifier_args.grading_identity()
+        generation, grading = run.generation_identity, run.grading_identity
         self.grade_frames = config.export_args.grade_frames  # frames of a video its grade averages
         self.whole_videos = config.export_args.video_grading == "whole"  # or the mp4 itself is graded
-        grading = {**grading, **config.export_args.grading_identity()}
-        model = safe_slug(Path(config.pretrained_model_name_or_path).name or "model", 60)
+        model = model_slug(config.pretrained_model_name_or_path)
         self.images_dir = root / "images" / f"{model}-{digest(generation)}"
         self.grades_dir = root / "grades" / f"{safe_slug(config.verifier_args.name)}-{digest(grading)}"
         self._identities = {self.images_dir: generation, self.grades_dir: grading}
@@ -127,7 +142,7 @@ class Store:
         if isinstance(image, list):
             return self._write_video(prompt, candidate, image, recipe, fps)
         path = self.image_path(prompt, candidate)
-        sha = write_png(path, image, {RECIPE_KEY: recipe.model_dump_json()})
+        sha = write_png(path, image, {RECIPE_KEY: recipe.chunk()})
         return StoredImage(key=candidate.key(), path=str(path), sha256=sha, recipe=recipe, generated=True)
 
     def _write_video(self, prompt: str, candidate: Candidate, frames: list[Image.Image], recipe: Recipe,
@@ -136,10 +151,36 @@ class Store:
             raise ValueError(f"video {candidate.key()}: a frame rate is needed to write it")
         path = self.video_path(prompt, candidate)
         data = mp4_bytes(frames, fps)
-        write_png(poster_path(path), poster_frame(frames), {RECIPE_KEY: recipe.model_dump_json()})
+        write_png(poster_path(path), poster_frame(frames), {RECIPE_KEY: recipe.chunk()})
         atomic_write_bytes(path, data)
         return StoredImage(key=candidate.key(), path=str(path), sha256=hashlib.sha256(data).hexdigest(), recipe=recipe,
                            generated=True)
+
+    # -- path states (search on the denoising path) --------------------------------------------
+
+    def state_path(self, prompt: str, candidate: Candidate) -> Path:
+        return self.images_dir / prompt_dirname(prompt) / STATES_DIRNAME / f"{candidate.key()}.pt"
+
+    def find_state(self, prompt: str, candidate: Candidate) -> "PathState | None":
+        """Where the candidate's path left its sample (written before its image), or None."""
+        from ttsf_core.pipelines.paths import PathState
+
+        path = self.state_path(prompt, candidate)
+        return PathState.from_bytes(path.read_bytes()) if path.is_file() else None
+
+    def write_state(self, prompt: str, candidate: Candidate, state: "PathState") -> None:
+        self._note_identity(self.images_dir)
+        atomic_write_bytes(self.state_path(prompt, candidate), state.to_bytes())
+
+    def remove_states(self, prompt: str, candidates: list[Candidate]) -> None:
+        """A finished round's states (and those of the noise-rooted parents its first stage started
+        from): nothing continues from them; a replay rebuilds them (ttsf_core.path_generation)."""
+        from ttsf_core.path_generation import parent_of
+
+        for candidate in candidates:
+            for done in (candidate, parent_of(candidate)):
+                if done is not None:
+                    self.state_path(prompt, done).unlink(missing_ok=True)
 
     # -- grades ------------------------------------------------------------------------------
 

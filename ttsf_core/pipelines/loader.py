@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+from ttsf_core.devices import device_problem, pick_device, visible_devices
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.pipelines.signature import check_call_args, pipeline_class_name, read_component_config
 from ttsf_core.pipelines.speed import apply_speed_options
@@ -24,18 +25,6 @@ def resolve_model_path(name: str) -> str:
     from ttsf_core.pipelines.families import family_of_tiny
 
     return str(ensure_tiny_model(name)) if family_of_tiny(name) is not None else name
-
-
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def _read_component_config(model_path: str, subfolder: str, filename: str) -> dict | None:
@@ -64,29 +53,9 @@ def check_devices(config: RunConfig) -> None:
     for field, device in (("device", config.device), ("verifier_args.device", config.verifier_args.device)):
         if device is None or device in ("auto", "cpu"):
             continue
-        problem = _device_problem(device)
+        problem = device_problem(device)
         if problem:
-            raise ConfigError(f"{field}: received {device!r} ({problem}), allowed: auto, cpu{_visible_devices()}")
-
-
-def _device_problem(device: str) -> str | None:
-    import torch
-
-    if device == "mps":
-        available = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-        return None if available else "no Apple GPU is visible here"
-    if not torch.cuda.is_available():
-        return "no CUDA device is visible here"
-    index = int(device.partition(":")[2] or 0)
-    count = torch.cuda.device_count()
-    return None if index < count else f"only {count} CUDA device(s) are visible"
-
-
-def _visible_devices() -> str:
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return "".join(f", cuda:{index}" for index in range(count))
+            raise ConfigError(f"{field}: received {device!r} ({problem}), allowed: auto, cpu{visible_devices()}")
 
 
 def prompt_length_warnings(config: RunConfig, prompts: list[str]) -> list[str]:

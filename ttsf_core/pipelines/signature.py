@@ -17,7 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ttsf_core.config import RESERVED_CALL_ARGS, ConfigError, RunConfig, shown
+from ttsf_core.config import RESERVED_CALL_ARGS, ConfigError, RunConfig
+from ttsf_core.config_errors import shown
 
 _lock = threading.Lock()
 _signatures: dict[str, "CallSignature"] = {}

@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from ttsf_core.config import TINY_FLUX as TINY_FLUX_NAME
+from ttsf_core.model_defaults import TINY_FLUX as TINY_FLUX_NAME
 
 BUILD_SEED = 0
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"

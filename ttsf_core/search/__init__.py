@@ -1,20 +1,42 @@
-"""Search strategies over initial noises: one file a strategy, one interface (base.Strategy)."""
+"""Search strategies over initial noises: one file a strategy, holding the strategy and its arguments
+model, one interface (base.Strategy). STRATEGIES is the one list of them: the config's choices, the
+CLI's flags and choices, and the README's table (checked by a test) all come from it."""
 
 from __future__ import annotations
 
-from ttsf_core.config import RunConfig
-from ttsf_core.search.base import GradedCandidate, Strategy, select_best
+from typing import TYPE_CHECKING
+
+from ttsf_core.search.base import GradedCandidate, Strategy, StrategyArgs
 from ttsf_core.search.draft import DraftSearch
+from ttsf_core.search.fk import FKSteering
+from ttsf_core.search.paths import PathsSearch
 from ttsf_core.search.random import RandomSearch
 from ttsf_core.search.zero_order import ZeroOrderSearch
 
-STRATEGIES: dict[str, type[Strategy]] = {"random": RandomSearch, "zero-order": ZeroOrderSearch}
+if TYPE_CHECKING:
+    from ttsf_core.config import RunConfig
+    from ttsf_core.resolve import ResolvedRun
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (RandomSearch, ZeroOrderSearch, PathsSearch,
+                                                                     FKSteering)}
 
 
-def build_strategy(config: RunConfig) -> Strategy:
-    """The configured strategy, wrapped in cheap drafts when `draft_steps` is set."""
-    strategy = STRATEGIES[config.search_args.search_method](config)
-    return DraftSearch(strategy) if config.search_args.draft_steps is not None else strategy
+def strategy_args(data: dict) -> StrategyArgs:
+    """search_args validated as the union of every strategy's arguments, discriminated by search_method:
+    the model of the strategy it names (a ValueError naming the method when none is registered)."""
+    method = data.get("search_method")
+    if method not in STRATEGIES:
+        raise ValueError(f"search_args.search_method: received {method!r}, allowed: one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[method].Args.model_validate(data)
 
 
-__all__ = ["STRATEGIES", "GradedCandidate", "Strategy", "build_strategy", "select_best"]
+def build_strategy(run: "ResolvedRun | RunConfig") -> Strategy:
+    """The run's strategy, wrapped in cheap drafts when `draft_steps` is set."""
+    from ttsf_core.resolve import resolve  # a task's config: resolved once per process
+
+    run = resolve(run)
+    strategy = STRATEGIES[run.search.search_method](run)
+    return DraftSearch(strategy) if run.search.draft_steps is not None else strategy
+
+
+__all__ = ["STRATEGIES", "GradedCandidate", "Strategy", "StrategyArgs", "build_strategy", "strategy_args"]

@@ -16,7 +16,7 @@ from ttsf_core.search.base import GradedCandidate, Strategy
 
 class DraftSearch(Strategy):
     def __init__(self, inner: Strategy):
-        super().__init__(inner.config)
+        super().__init__(inner.run)
         self.inner = inner
         self.name = f"{inner.name}+draft"
         self.independent_rounds = inner.independent_rounds
@@ -46,8 +46,9 @@ class DraftSearch(Strategy):
         keep |= {i for i, item in enumerate(drafts) if item.candidate.role == "pivot"}
         return [drafts[i] for i in sorted(keep)]
 
-    def round_fields(self, final: Sequence[GradedCandidate], best: int | None) -> dict[str, Any]:
-        return self.inner.round_fields(final, best)
+    def round_fields(self, final: Sequence[GradedCandidate], best: int | None,
+                     graded: Sequence[GradedCandidate] = ()) -> dict[str, Any]:
+        return self.inner.round_fields(final, best, graded)
 
     def later_stage_bound(self, first: Sequence[Candidate]) -> int:
         """Drafts: the kept ones (and every pivot) again at full steps; none when nothing was drafted."""

@@ -19,7 +19,7 @@ class Selector:
         self.mode = args.ensemble
         self.members: list[str] = []
         if self.metric == "ensemble":
-            from ttsf_core.verifiers.registry import ensemble_metrics
+            from ttsf_core.verifiers.catalog import ensemble_metrics
 
             self.members = ensemble_metrics(args.name)[1]
 

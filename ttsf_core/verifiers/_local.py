@@ -32,7 +32,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from ttsf_core.config import VerifierArgs
-from ttsf_core.verifiers.base import AspectGrade, Grades, VerifierConfigError, VerifierError
+from ttsf_core.verifiers.base import AspectGrade, Grades, VerifierConfigError, VerifierError, checked_images
 
 logger = logging.getLogger(__name__)
 
@@ -64,26 +64,18 @@ def finite_float(value: Any, key: str) -> float:
 
 
 def resolve_device(device: str | None) -> str:
-    """"cuda" when available for None/"auto", else the device asked for, checked against this machine."""
-    import torch
+    """The device a local verifier loads on: "auto"/None as the pipeline's (ttsf_core.devices), any
+    other checked against this machine (VerifierConfigError naming verifier_args.device)."""
+    from ttsf_core.devices import device_problem, pick_device, visible_devices
 
-    if device is None or device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise VerifierConfigError(
-            f"verifier_args.device: received {device!r}, allowed: cpu, cuda, cuda:N, mps, auto ({error})"
-        ) from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise VerifierConfigError(f"verifier_args.device: received {device!r}, but CUDA is not available here")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise VerifierConfigError(
-            f"verifier_args.device: received {device!r}, allowed: cuda:0..cuda:{torch.cuda.device_count() - 1}"
-        )
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise VerifierConfigError(f"verifier_args.device: received {device!r}, but MPS is not available here")
-    return str(parsed)
+    chosen = pick_device(device)
+    if chosen not in ("cpu", "mps") and not (chosen == "cuda" or chosen.startswith("cuda:")):
+        raise VerifierConfigError(f"verifier_args.device: received {device!r}, allowed: auto, cpu, cuda, cuda:N or mps")
+    problem = device_problem(chosen)
+    if problem is not None:
+        raise VerifierConfigError(f"verifier_args.device: received {device!r} ({problem}), allowed: auto, "
+                                  f"cpu{visible_devices()}")
+    return chosen
 
 
 def resolve_dtype(value: Any, device: str) -> str:
@@ -148,15 +140,7 @@ def model_file(source: str, filename: str, what: str) -> str:
 def checked_inputs(prompt: Any, images: Sequence[Any]) -> list[Image.Image]:
     if not isinstance(prompt, str):
         raise ValueError(f"prompt: received {type(prompt).__name__}, allowed: a text")
-    if isinstance(images, (str, bytes, Image.Image)):
-        raise ValueError(f"images: received {type(images).__name__}, allowed: a list of PIL images")
-    found = list(images)
-    for index, image in enumerate(found):
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"images[{index}]: received {type(image).__name__}, allowed: a PIL image")
-        if image.width < 1 or image.height < 1:
-            raise ValueError(f"images[{index}]: received a {image.width}x{image.height} image, allowed: at least 1x1")
-    return found
+    return checked_images(images)
 
 
 def load_error(what: str, source: str, error: BaseException) -> VerifierConfigError:

@@ -157,6 +157,20 @@ def grades_from_scores(scores: dict[str, float], explanation: str) -> Grades:
     return Grades({name: AspectGrade(explanation=explanation, score=float(score)) for name, score in scores.items()})
 
 
+def checked_images(images: Sequence[Image.Image]) -> list[Image.Image]:
+    """The images a verifier is given, checked before anything is scored or sent: a list of PIL images
+    of at least 1x1 pixels (ValueError naming the one that is not)."""
+    if isinstance(images, (str, bytes, Image.Image)):
+        raise ValueError(f"images: received {type(images).__name__}, allowed: a list of PIL images")
+    found = list(images)
+    for index, image in enumerate(found):
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"images[{index}]: received {type(image).__name__}, allowed: a PIL image")
+        if image.width < 1 or image.height < 1:
+            raise ValueError(f"images[{index}]: received a {image.width}x{image.height} image, allowed: at least 1x1")
+    return found
+
+
 def verifier_metrics(verifier) -> tuple[str, ...]:
     """The metrics a verifier (class or instance) scores: its `metrics`, else the rubric's."""
     return tuple(getattr(verifier, "metrics", RUBRIC_METRICS))

@@ -23,7 +23,7 @@ from ttsf_core.verifiers.base import (
     verifier_batch_size,
     verifier_metrics,
 )
-from ttsf_core.verifiers.registry import ENSEMBLE_METRIC, ensemble_metrics, member_names, verifier_class
+from ttsf_core.verifiers.catalog import ENSEMBLE_METRIC, ensemble_metrics, member_names, verifier_class
 
 
 class EnsembleVerifier:

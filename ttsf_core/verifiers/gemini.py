@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from google import genai
-from google.genai import errors as genai_errors
-from google.genai import types
 from PIL import Image
 
 from ttsf_core.config import VerifierArgs
@@ -32,24 +29,32 @@ from ttsf_core.verifiers.base import (
     Grades,
     OnResult,
     RetryableVerifierError,
-    RubricGrades,
     UngradeableError,
     Usage,
     VerifierConfigError,
     parse_grades,
     with_usage,
 )
-from ttsf_core.verifiers.gemini_errors import API_KEY_ENV, answer_text, classify, map_api_error
-from ttsf_core.verifiers.gemini_models import DEFAULT_GEMINI_MODEL, known_model, sent_settings, typical_tokens
-from ttsf_core.verifiers.remote import TRANSIENT_ERRORS, RemoteGrader, checked_images, png_bytes
+from ttsf_core.verifiers.gemini_models import (
+    API_KEY_ENV,
+    DEFAULT_GEMINI_MODEL,
+    known_model,
+    sent_settings,
+    typical_tokens,
+)
+from ttsf_core.verifiers.base import checked_images
+from ttsf_core.verifiers.remote import RemoteGrader
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
+
+if TYPE_CHECKING:  # the SDK loads when the verifier first talks to the API, not when it is named
+    from google import genai
+    from google.genai import types
 
 BASE_URL_ENV = "GEMINI_BASE_URL"
 ALLOWED_OPTIONS = ("base_url", "api_version")
 CHECK_TIMEOUT_MS = 15_000
 # Gemini's limit on a whole generateContent request with inline data (larger files need its File API).
 INLINE_LIMIT_BYTES = 20 * 2**20
-_MEDIA_MODALITIES = ("IMAGE", "VIDEO")
 
 
 class GeminiVerifier(RemoteGrader):
@@ -73,10 +78,12 @@ class GeminiVerifier(RemoteGrader):
                 f"{API_KEY_ENV} (verifier_args.name={self.name}): received nothing, allowed: your Gemini API key in "
                 "the environment (https://aistudio.google.com/apikey), or another --verifier_to_use"
             )
+        from ttsf_core.verifiers import gemini_wire as wire  # the SDK: a verifier built is about to talk
+
         # The SDK's own retry stays off (its default): retries belong to the caller, which honours
         # Retry-After; the SDK's retry would not. Its timeout is per read: the deadline on a whole
         # request is ours (request_timeout_s, enforced in `_ask`).
-        http_options = types.HttpOptions(
+        http_options = wire.types.HttpOptions(
             base_url=_base_url(options),
             api_version=options.get("api_version"),
             timeout=max(1, round(args.request_timeout_s * 1000)),
@@ -85,7 +92,7 @@ class GeminiVerifier(RemoteGrader):
         self._client: genai.Client | None = None
         # The one rubric (rubric.md, or verifier_args.prompt_path); the prompt joins it per request.
         self.rubric = load_rubric(args.prompt_path)
-        self._config = request_config(self.sent, args)
+        self._config = wire.request_config(self.sent, args)
         self._init_remote()
         # Once Gemini refuses the key or the model, no later request of this verifier is sent.
         self._refusal: VerifierConfigError | None = None
@@ -131,7 +138,9 @@ class GeminiVerifier(RemoteGrader):
         images = checked_images(images)  # before anything is sent
         if not images:
             return []
-        parts = [_image_part(image) for image in images]
+        from ttsf_core.verifiers.gemini_wire import image_part
+
+        parts = [image_part(image) for image in images]
         return self._event_loop().run(self._ask_all(prompt, parts, on_result))
 
     def score_videos_partial(self, prompt: str, videos: Sequence[bytes],
@@ -139,8 +148,10 @@ class GeminiVerifier(RemoteGrader):
         """One Graded or typed error per mp4 (its bytes), in input order, each sent whole as inline
         video/mp4: Gemini samples it itself (1 frame a second, with the audio track if any). A video over
         the inline request limit is ungradeable this way, and says how to grade it instead."""
+        from ttsf_core.verifiers.gemini_wire import video_part
+
         parts: list[types.Part | BaseException] = [
-            _video_part(video) if len(video) <= INLINE_LIMIT_BYTES else UngradeableError(
+            video_part(video) if len(video) <= INLINE_LIMIT_BYTES else UngradeableError(
                 f"image {index}: a {len(video) / 2**20:.1f} MB video is over Gemini's {INLINE_LIMIT_BYTES // 2**20} MB "
                 "inline request limit; grade videos by frames (export_args.video_grading: frames)", index)
             for index, video in enumerate(videos)]
@@ -150,7 +161,9 @@ class GeminiVerifier(RemoteGrader):
 
     def score_one(self, prompt: str, image: Image.Image, index: int = 0) -> Grades:
         """Grade one image (`index` only names it in errors)."""
-        result = self._event_loop().run(self._ask(prompt, _image_part(checked_images([image])[0]), index))
+        from ttsf_core.verifiers.gemini_wire import image_part
+
+        result = self._event_loop().run(self._ask(prompt, image_part(checked_images([image])[0]), index))
         if isinstance(result, BaseException):
             raise result
         return result.grades
@@ -160,14 +173,18 @@ class GeminiVerifier(RemoteGrader):
         not serve (then the models it lists are suggested instead), raises VerifierConfigError now,
         before any image is made; an unreachable service raises RetryableVerifierError (grading will
         retry it)."""
-        probe = types.HttpOptions(base_url=self._http_options.base_url, api_version=self._http_options.api_version,
-                                  timeout=CHECK_TIMEOUT_MS)
+        from ttsf_core.verifiers import gemini_wire as wire
+        from ttsf_core.verifiers.gemini_errors import map_api_error
+        from ttsf_core.verifiers.remote import TRANSIENT_ERRORS
+
+        probe = wire.types.HttpOptions(base_url=self._http_options.base_url,
+                                       api_version=self._http_options.api_version, timeout=CHECK_TIMEOUT_MS)
         try:
-            with genai.Client(api_key=self._api_key, http_options=probe) as client:
+            with wire.genai.Client(api_key=self._api_key, http_options=probe) as client:
                 try:
                     client.models.get(model=self.model_name)
-                except genai_errors.APIError as error:
-                    served = _served_flash_models(client) if error.code == 404 else None
+                except wire.genai.errors.APIError as error:
+                    served = wire.served_flash_models(client) if error.code == 404 else None
                     raise map_api_error(error, None, self.model_name, served) from error
         except TRANSIENT_ERRORS as error:
             raise RetryableVerifierError(f"Gemini could not be reached: {type(error).__name__}: {error}") from error
@@ -196,7 +213,10 @@ class GeminiVerifier(RemoteGrader):
         """One request, at most max_concurrency at once, each bounded by request_timeout_s from its
         first byte to its last; every failure is returned as one of the typed errors of `base` (one
         whose answer was billed carries its usage)."""
-        contents = [types.Part.from_text(text=grading_text(self.rubric, prompt)), media]
+        from ttsf_core.verifiers import gemini_wire as wire
+        from ttsf_core.verifiers.gemini_errors import answer_text, classify
+
+        contents = [wire.types.Part.from_text(text=grading_text(self.rubric, prompt)), media]
         async with self._semaphore():
             if self._refusal is not None:
                 return VerifierConfigError(f"{self._refusal} (request for image {index} not sent)", index)
@@ -209,7 +229,7 @@ class GeminiVerifier(RemoteGrader):
                 if isinstance(found, VerifierConfigError):
                     self._refusal = found
                 return found
-            usage = response_usage(response, self.model_name)
+            usage = wire.response_usage(response, self.model_name)
             try:
                 return Graded(parse_grades(answer_text(response, index), index), usage)
             except Exception as error:  # noqa: BLE001 - a billed answer that cannot be used
@@ -227,85 +247,12 @@ class GeminiVerifier(RemoteGrader):
             loop.close()
 
     def _genai_client(self) -> genai.Client:
+        from ttsf_core.verifiers.gemini_wire import genai
+
         with self._lock:
             if self._client is None:
                 self._client = genai.Client(api_key=self._api_key, http_options=self._http_options)
             return self._client
-
-
-def request_config(sent: dict[str, Any], args: VerifierArgs) -> types.GenerateContentConfig:
-    """The generation config of every request: structured output by the rubric's schema, and what
-    `sent_settings` decided for the model (a setting that is None is not sent)."""
-    thinking = None
-    if "thinking_level" in sent:
-        thinking = types.ThinkingConfig(thinking_level=types.ThinkingLevel(sent["thinking_level"].upper()))
-    elif "thinking_budget" in sent:
-        thinking = types.ThinkingConfig(thinking_budget=sent["thinking_budget"])
-    resolution = sent.get("media_resolution")
-    return types.GenerateContentConfig(
-        response_mime_type="application/json",
-        response_schema=gemini_response_schema(),
-        max_output_tokens=args.max_new_tokens,
-        temperature=sent.get("temperature"),  # None: the model's default (Gemini 3's guidance: 1.0)
-        seed=args.seed,  # verifier_args.seed; None: not sent
-        thinking_config=thinking,
-        media_resolution=types.MediaResolution(f"MEDIA_RESOLUTION_{resolution.upper()}") if resolution else None,
-    )
-
-
-def response_usage(response: types.GenerateContentResponse, model: str) -> tuple[Usage, ...]:
-    """The answer's usage as the API reported it: the model version that answered, its prompt tokens
-    (text and media; the image or video ones among them), thought tokens and answer tokens."""
-    meta = response.usage_metadata
-    if meta is None:
-        return (Usage(model=model, model_version=response.model_version),)
-    media = sum(detail.token_count or 0 for detail in meta.prompt_tokens_details or ()
-                if str(getattr(detail.modality, "value", detail.modality)) in _MEDIA_MODALITIES)
-    return (Usage(model=model, model_version=response.model_version, prompt_tokens=meta.prompt_token_count or 0,
-                  image_tokens=media, thought_tokens=meta.thoughts_token_count or 0,
-                  output_tokens=meta.candidates_token_count or 0),)
-
-
-def _served_flash_models(client: genai.Client, limit: int = 200) -> list[str] | None:
-    """The Flash models the API lists for generateContent today, newest first (None when it cannot say)."""
-    try:
-        names = []
-        for model in client.models.list(config={"page_size": 100}):
-            if len(names) >= limit:
-                break
-            name = (model.name or "").removeprefix("models/")
-            if "flash" in name and "generateContent" in (model.supported_actions or ["generateContent"]) \
-                    and not any(word in name for word in ("image", "tts", "live", "audio", "embedding")):
-                names.append(name)
-        return sorted(names, reverse=True)
-    except Exception:  # noqa: BLE001 - only a suggestion: the refusal itself is what matters
-        return None
-
-
-def _image_part(image: Image.Image) -> types.Part:
-    return types.Part.from_bytes(data=png_bytes(image), mime_type="image/png")
-
-
-def _video_part(mp4: bytes) -> types.Part:
-    return types.Part.from_bytes(data=mp4, mime_type="video/mp4")
-
-
-def gemini_response_schema() -> dict[str, Any]:
-    """The rubric's JSON schema (RubricGrades) without `additionalProperties`.
-
-    RubricGrades forbids extra fields, so pydantic emits `additionalProperties: false`; the SDK forwards it
-    as `additional_properties`, which the Gemini Developer API rejects with 400 INVALID_ARGUMENT
-    ("Unknown name"). parse_grades still rejects extra fields on our side.
-    """
-    return _without_key(RubricGrades.model_json_schema(), "additionalProperties")
-
-
-def _without_key(node: Any, key: str) -> Any:
-    if isinstance(node, dict):
-        return {k: _without_key(v, key) for k, v in node.items() if k != key}
-    if isinstance(node, list):
-        return [_without_key(v, key) for v in node]
-    return node
 
 
 def _checked_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -19,10 +19,9 @@ from ttsf_core.verifiers.base import (
     VerifierConfigError,
     VerifierError,
 )
-from ttsf_core.verifiers.gemini_models import DEFAULT_GEMINI_MODEL, known_model
+from ttsf_core.verifiers.gemini_models import API_KEY_ENV, DEFAULT_GEMINI_MODEL, known_model
 from ttsf_core.verifiers.remote import TRANSIENT_ERRORS, parse_retry_after
 
-API_KEY_ENV = "GEMINI_API_KEY"
 MODELS_PAGE = "https://ai.google.dev/gemini-api/docs/models"
 # Words of a 400 INVALID_ARGUMENT that refuses one of the settings ttsf sends, and the flag that sets it.
 _SETTING_WORDS = {"thinking": ("--verifier_thinking_level", "verifier_args.thinking_level"),

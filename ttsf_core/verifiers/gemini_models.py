@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 # The default grader: Google's newest stable Flash model (read 2026-12-03, see above). Everything that
 # names the default (help, errors, README, prefect.yaml, docs) takes it from here; a test checks them.
 DEFAULT_GEMINI_MODEL = "gemini-3.8-flash"
+API_KEY_ENV = "GEMINI_API_KEY"
 THINKING_LEVELS = ("minimal", "low", "medium", "high")  # lowest first
 MEDIA_RESOLUTIONS = ("low", "medium", "high")
 # A thinking level asked of a 2.5 model (which takes a budget of thinking tokens instead).

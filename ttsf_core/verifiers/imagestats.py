@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image
 
 from ttsf_core.config import VerifierArgs
-from ttsf_core.verifiers.base import SCORE_MAX, SCORE_MIN, AspectGrade, Grades, VerifierConfigError
+from ttsf_core.verifiers.base import SCORE_MAX, SCORE_MIN, AspectGrade, Grades, VerifierConfigError, checked_images
 
 DEFAULT_MAX_SIDE = 512
 NEUTRAL_SCORE = 5.0
@@ -198,9 +198,4 @@ class ImageStatsVerifier:
 
     def score(self, prompt: str, images: Sequence[Image.Image]) -> list[Grades]:
         """One Grades per image, in input order. `prompt` is not read (see accuracy_to_prompt)."""
-        grades = []
-        for index, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise ValueError(f"images[{index}]: received {type(image).__name__}, allowed: a PIL image")
-            grades.append(grade_image(image, self.max_side))
-        return grades
+        return [grade_image(image, self.max_side) for image in checked_images(images)]

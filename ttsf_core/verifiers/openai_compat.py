@@ -43,14 +43,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import math
 import os
-import re
 import urllib.parse
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import openai
-from openai.types.chat import ChatCompletion
 from PIL import Image
 
 from ttsf_core.config import VerifierArgs
@@ -60,7 +56,6 @@ from ttsf_core.verifiers.base import (
     Graded,
     Grades,
     OnResult,
-    RateLimitError,
     RetryableVerifierError,
     RubricGrades,
     UngradeableError,
@@ -70,8 +65,12 @@ from ttsf_core.verifiers.base import (
     parse_grades,
     with_usage,
 )
-from ttsf_core.verifiers.remote import RemoteGrader, checked_images, parse_retry_after, png_bytes
+from ttsf_core.verifiers.base import checked_images
+from ttsf_core.verifiers.remote import RemoteGrader, png_bytes
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
+
+if TYPE_CHECKING:  # the SDK loads when the verifier first talks to a server
+    import openai
 
 API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -118,7 +117,7 @@ class OpenAIVerifier(RemoteGrader):
             self._create_args["response_format"] = response_format_param(self.response_format)
         if args.seed is not None:
             self._create_args["seed"] = args.seed
-        self._client: openai.AsyncOpenAI | None = None
+        self._client: "openai.AsyncOpenAI | None" = None
         self._init_remote()
         # Once the server refuses the key, the model or the account, no later request is sent.
         self._refusal: VerifierConfigError | None = None
@@ -155,6 +154,10 @@ class OpenAIVerifier(RemoteGrader):
         VerifierConfigError now, before any image is made; an unreachable server raises
         RetryableVerifierError (grading will retry it). A server that only lists its models
         (GET /models) is asked for the list instead."""
+        import openai
+
+        from ttsf_core.verifiers.openai_errors import map_api_error
+
         client = openai.OpenAI(api_key=self._api_key or NO_KEY, base_url=self.base_url, max_retries=0,
                                timeout=CHECK_TIMEOUT_S)
         try:
@@ -178,9 +181,13 @@ class OpenAIVerifier(RemoteGrader):
             raise RetryableVerifierError(f"{self.base_url} could not be reached: {type(error).__name__}: "
                                          f"{error}") from error
 
-    def _model_from_list(self, client: openai.OpenAI, not_found: openai.NotFoundError) -> Any:
+    def _model_from_list(self, client: "openai.OpenAI", not_found: "openai.NotFoundError") -> Any:
         """The model from GET /models, for servers without GET /models/{id}; VerifierConfigError if the
         list lacks it (or the server has neither route: the base URL is wrong)."""
+        import openai
+
+        from ttsf_core.verifiers.openai_errors import map_api_error
+
         try:
             page = client.models.list()
         except openai.NotFoundError:
@@ -210,6 +217,8 @@ class OpenAIVerifier(RemoteGrader):
         """One request (the grading text, then the image), at most max_concurrency at once, each bounded
         by request_timeout_s from its first byte to its last; every failure is returned as one of the
         typed errors of `base`."""
+        from ttsf_core.verifiers.openai_errors import classify, completion_usage
+
         messages = [{"role": "user", "content": [
             {"type": "text", "text": text},
             {"type": "image_url", "image_url": {"url": image_url}},
@@ -234,6 +243,8 @@ class OpenAIVerifier(RemoteGrader):
     def _grades(self, response: Any, index: int) -> Grades:
         """The grades in one completion. A content filter or a refusal is final for this image
         (UngradeableError); a missing or unusable answer is a VerifierError."""
+        from openai.types.chat import ChatCompletion
+
         where = f"{self.base_url} answer for image {index}"
         if not isinstance(response, ChatCompletion):  # the SDK returns a non-JSON body as a str
             raise RetryableVerifierError(f"{where} is not a chat completion (a proxy's page?): {str(response)[:200]!r}")
@@ -261,123 +272,14 @@ class OpenAIVerifier(RemoteGrader):
                 loop.run(client.close())
             loop.close()
 
-    def _openai_client(self) -> openai.AsyncOpenAI:
+    def _openai_client(self) -> "openai.AsyncOpenAI":
+        import openai
+
         with self._lock:
             if self._client is None:
                 self._client = openai.AsyncOpenAI(api_key=self._api_key or NO_KEY, base_url=self.base_url,
                                                   max_retries=0, timeout=self.args.request_timeout_s)
             return self._client
-
-
-def completion_usage(response: Any, model: str) -> tuple[Usage, ...]:
-    """A completion's `usage` (prompt, completion and reasoning tokens) and the model that answered;
-    nothing for an answer that is not a completion (a proxy's page is not billed)."""
-    if not isinstance(response, ChatCompletion):
-        return ()
-    usage = response.usage
-    if usage is None:
-        return (Usage(model=model, model_version=response.model or None),)
-    details = usage.completion_tokens_details
-    reasoning = (details.reasoning_tokens or 0) if details is not None else 0
-    return (Usage(model=model, model_version=response.model or None, prompt_tokens=usage.prompt_tokens or 0,
-                  thought_tokens=reasoning, output_tokens=max(0, (usage.completion_tokens or 0) - reasoning)),)
-
-
-def classify(error: BaseException, index: int | None, verifier: OpenAIVerifier) -> BaseException:
-    """Any failure of one request as one of the typed errors of `base`: the caller decides on retries."""
-    where = f"{verifier.base_url} request for image {index}" if index is not None else f"{verifier.base_url} request"
-    if isinstance(error, (VerifierError, RetryableVerifierError)):
-        return error
-    if isinstance(error, openai.APIStatusError):
-        return map_api_error(error, index, verifier)
-    if isinstance(error, (asyncio.TimeoutError, openai.APITimeoutError)):
-        return RetryableVerifierError(
-            f"{where} had no complete answer within request_timeout_s={verifier.args.request_timeout_s:g} s")
-    if isinstance(error, openai.APIConnectionError):  # refused, reset, cut short: the cause says which
-        cause = error.__cause__
-        detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
-        return RetryableVerifierError(f"{where} failed in transit: {detail}")
-    if isinstance(error, (json.JSONDecodeError, openai.APIResponseValidationError)):
-        # A 200 whose body is not JSON, or not a completion: a proxy or a cut-off answer, not the model.
-        return RetryableVerifierError(f"{where}: the answer was not a JSON completion ({type(error).__name__}: {error})")
-    return RetryableVerifierError(f"{where} failed: {type(error).__name__}: {error}") \
-        if isinstance(error, OSError) else error
-
-
-def map_api_error(error: openai.APIStatusError, index: int | None, verifier: OpenAIVerifier) -> Exception:
-    """An HTTP error answer as one of our typed errors (see the module docstring)."""
-    status, code = error.status_code, error.code
-    detail = f"{status}{f' {code}' if code else ''}: {_message(error)}"
-    where = f"{verifier.base_url} request for image {index}" if index is not None else f"{verifier.base_url} request"
-    if status == 429 and code == "insufficient_quota":
-        return VerifierConfigError(
-            f"{API_KEY_ENV} (verifier_args.name={verifier.name}): received a key whose account has no quota left "
-            f"({detail}), allowed: a key of an account with credit (https://platform.openai.com/settings/organization/billing)",
-            index)
-    if status == 429:
-        return RateLimitError(f"{where} was rate limited ({detail})", retry_after=retry_after_seconds(error))
-    if status in (401, 403):
-        received = "a key the server rejects" if verifier._api_key else \
-            "nothing, and the server wants a key"
-        return VerifierConfigError(
-            f"{API_KEY_ENV} (verifier_args.name={verifier.name}): received {received} ({verifier.base_url} answered "
-            f"{detail}), allowed: a valid API key for {verifier.base_url} in the environment", index)
-    if status == 404:
-        return VerifierConfigError(
-            f"--verifier_model (verifier_args.model_name): received {verifier.model_name!r} ({verifier.base_url} "
-            f"answered {detail}), allowed: a model this server serves (GET {verifier.base_url}/models lists them; "
-            "an OpenAI-compatible base URL usually ends in /v1)", index)
-    if status in (408, 409) or status >= 500:
-        return RetryableVerifierError(f"{where} failed on the server side ({detail})", retry_after_seconds(error))
-    if status in (400, 422) and _about_response_format(error):
-        return VerifierConfigError(
-            f"verifier_args.options.response_format: received {verifier.response_format!r} ({verifier.base_url} "
-            f"refused it: {detail}), allowed: {', '.join(RESPONSE_FORMATS)} (json_object or none for servers "
-            "without structured outputs)", index)
-    return VerifierError(f"{where} was refused ({detail})", index)
-
-
-def _message(error: openai.APIStatusError) -> str:
-    body = error.body
-    if isinstance(body, dict):
-        for key in ("message", "detail", "error"):
-            if isinstance(body.get(key), str):
-                return body[key]
-    return str(body)[:300] if body else error.message
-
-
-def _about_response_format(error: openai.APIStatusError) -> bool:
-    text = f"{error.param or ''} {_message(error)}".lower()
-    return "response_format" in text or "json_schema" in text
-
-
-_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECASE)
-
-
-def retry_after_seconds(error: openai.APIStatusError) -> float | None:
-    """Seconds to wait, from `retry-after-ms`, `Retry-After` (seconds or an HTTP date), or OpenAI's
-    message ("Please try again in 20s"). When several say, the longest wait wins: retrying earlier than
-    any asks only earns another 429."""
-    headers = getattr(error.response, "headers", None) or {}
-    found: list[float | None] = []
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds:
-        seconds = _number(milliseconds)
-        found.append(None if seconds is None else seconds / 1000.0)
-    found.append(parse_retry_after(headers.get("retry-after")))
-    match = _TRY_AGAIN.search(_message(error))
-    if match:
-        found.append(float(match.group(1)) / (1000.0 if match.group(2).lower() == "ms" else 1.0))
-    waits = [max(0.0, value) for value in found if value is not None]
-    return max(waits) if waits else None
-
-
-def _number(text: str) -> float | None:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def response_format_param(kind: str) -> dict[str, Any]:

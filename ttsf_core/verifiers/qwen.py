@@ -26,8 +26,8 @@ from typing import Any, Sequence
 from PIL import Image
 
 from ttsf_core.config import VerifierArgs
-from ttsf_core.verifiers._local import resolve_device
-from ttsf_core.verifiers.base import Grades, VerifierConfigError, VerifierError, parse_grades
+from ttsf_core.verifiers._local import positive_int, resolve_device
+from ttsf_core.verifiers.base import Grades, VerifierConfigError, VerifierError, checked_images, parse_grades
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
 
 logger = logging.getLogger(__name__)
@@ -128,14 +128,14 @@ class QwenVerifier:
             raise VerifierConfigError(
                 f"verifier_args.model_name: received {self.model_name!r}, allowed: a hub id or an existing local folder"
             )
-        self.batch_size = _positive_int(options.get("batch_size", DEFAULT_BATCH_SIZE), "batch_size")
+        self.batch_size = positive_int(options.get("batch_size", DEFAULT_BATCH_SIZE), "batch_size")
         self.device = resolve_device(args.device)
         self.dtype_name = _resolve_dtype(options.get("torch_dtype"), self.device)
         self.attn_implementation = options.get("attn_implementation")
         self.image_kwargs: dict[str, int] = {}
         for key in ("min_pixels", "max_pixels"):
             if key in options:
-                self.image_kwargs[key] = _positive_int(options[key], key)
+                self.image_kwargs[key] = positive_int(options[key], key)
         self._processor_spec = processor if processor is not None else options.get("processor", "auto")
         if isinstance(self._processor_spec, str) and self._processor_spec not in ("auto", "image_only"):
             if ":" not in self._processor_spec:
@@ -219,10 +219,7 @@ class QwenVerifier:
         (the others' answers, already generated, are kept)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt: received {prompt!r}, allowed: a non-empty text")
-        images = list(images)
-        for index, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise ValueError(f"images[{index}]: received {type(image).__name__}, allowed: a PIL image")
+        images = checked_images(images)
         if not images:
             return []
         with self._lock:  # one model: batches from concurrent callers run one after another
@@ -299,12 +296,6 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
         elif value is not None:
             ids.update(int(v) for v in value)
     return ids
-
-
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise VerifierConfigError(f"verifier_args.options.{key}: received {value!r}, allowed: a positive integer")
-    return value
 
 
 def _resolve_dtype(value: Any, device: str) -> str:

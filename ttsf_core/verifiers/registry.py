@@ -8,74 +8,22 @@ Its class attributes `metrics` and `default_metric` are read without constructin
 
 from __future__ import annotations
 
-import functools
-import importlib
-import sys
-from importlib.metadata import entry_points
-
 from ttsf_core.config import ConfigError, VerifierArgs
 from ttsf_core.verifiers.base import Verifier, default_metric, verifier_metrics
+from ttsf_core.verifiers.catalog import (
+    BUILTIN_VERIFIERS,
+    ENSEMBLE_METRIC,
+    ENTRY_POINT_GROUP,
+    available_verifiers,
+    ensemble_metrics,
+    member_names,
+    verifier_class,
+)
+from ttsf_core.verifiers.ensemble import EnsembleVerifier
 
-ENTRY_POINT_GROUP = "ttsf.verifiers"
-BUILTIN_VERIFIERS: dict[str, str] = {
-    "gemini": "ttsf_core.verifiers.gemini:GeminiVerifier",
-    "qwen": "ttsf_core.verifiers.qwen:QwenVerifier",
-    "openai": "ttsf_core.verifiers.openai_compat:OpenAIVerifier",
-    "imagestats": "ttsf_core.verifiers.imagestats:ImageStatsVerifier",
-    "clip": "ttsf_core.verifiers.clip:ClipScoreVerifier",
-    "pickscore": "ttsf_core.verifiers.clip:PickScoreVerifier",
-    "laion_aesthetic": "ttsf_core.verifiers.aesthetic:LaionAestheticVerifier",
-    "image_reward": "ttsf_core.verifiers.image_reward:ImageRewardVerifier",
-}
-ENSEMBLE_METRIC = "ensemble"
-
-
-def available_verifiers() -> dict[str, str]:
-    """name -> "module:attribute" for every verifier this installation can build."""
-    return {**_installed_verifiers(tuple(sys.path)), **BUILTIN_VERIFIERS}
-
-
-@functools.lru_cache(maxsize=8)
-def _installed_verifiers(search_path: tuple[str, ...]) -> dict[str, str]:
-    # entry_points() reads every installed distribution's metadata (~50 ms on a 2-core VM), and every
-    # round record's identity asks which verifiers read the rubric: scan once per import path.
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def member_names(name: str) -> list[str]:
-    return [part.strip() for part in name.split(",") if part.strip()]
-
-
-def verifier_class(name: str) -> type:
-    targets = available_verifiers()
-    if name not in targets:
-        raise ConfigError(
-            f"verifier_to_use: received {name!r}, allowed: {', '.join(sorted(targets))} "
-            f"(or a verifier installed under the {ENTRY_POINT_GROUP!r} entry-point group, or several "
-            "separated by commas: an ensemble)"
-        )
-    module_name, _, attribute = targets[name].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigError(f"verifier_to_use: received {name!r} (it needs {error.name or error}, which is not "
-                          "installed), allowed: a verifier whose packages are installed") from None
-    return getattr(module, attribute)
-
-
-def ensemble_metrics(name: str) -> tuple[list[str], list[str]]:
-    """(every metric an ensemble's grades hold, each member's default metric), members' metrics named
-    `member:metric` where two members share a name (two VLM graders both score overall_score)."""
-    members = member_names(name)
-    own = {member: verifier_metrics(verifier_class(member)) for member in members}
-    seen: dict[str, int] = {}
-    for metrics in own.values():
-        for metric in metrics:
-            seen[metric] = seen.get(metric, 0) + 1
-    named = {member: {m: (f"{member}:{m}" if seen[m] > 1 else m) for m in metrics} for member, metrics in own.items()}
-    every = [renamed for member in members for renamed in named[member].values()]
-    primaries = [named[member][default_metric(verifier_class(member))] for member in members]
-    return every, primaries
+__all__ = ["BUILTIN_VERIFIERS", "ENSEMBLE_METRIC", "ENTRY_POINT_GROUP", "available_verifiers", "build_verifier",
+           "check_metric", "check_settings_for", "default_metric_for", "ensemble_metrics", "grading_settings_for",
+           "member_names", "metrics_for", "reads_rubric", "verifier_class"]
 
 
 def metrics_for(name: str) -> list[str]:
@@ -153,8 +101,6 @@ def check_metric(args: VerifierArgs) -> None:
 def build_verifier(args: VerifierArgs) -> Verifier:
     check_settings_for(args)
     if len(member_names(args.name)) > 1:
-        from ttsf_core.verifiers.ensemble import EnsembleVerifier
-
         verifier = EnsembleVerifier(args)
     else:
         verifier = verifier_class(args.name)(args)

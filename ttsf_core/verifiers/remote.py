@@ -90,14 +90,6 @@ def png_bytes(image: Image.Image) -> bytes:
     return files.png_bytes(image)
 
 
-def checked_images(images: Sequence[Image.Image]) -> list[Image.Image]:
-    images = list(images)
-    for index, image in enumerate(images):
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"images[{index}]: received {type(image).__name__}, allowed: a PIL image")
-    return images
-
-
 def _transient_errors() -> tuple[type[BaseException], ...]:
     """Timeouts, dropped or reset connections, cut bodies and proxy failures of every HTTP stack an
     SDK may use: httpx, httpx2 (taken over httpx when installed) and aiohttp (async paths)."""

@@ -71,15 +71,14 @@ def tiny_models() -> dict[str, Family]:
 def support_table() -> list[dict[str, object]]:
     """What each family supports, read from the families themselves (the README's table is checked
     against this): noise search, zero-order (neighbour noises), drafts, flow matching (declared
-    scheduler), path search / FK steering (flow matching, images only: after the path-search driver
-    lands), video."""
+    scheduler), path search / FK steering (flow matching, images, a default sigma list to start part
+    way: `Family.drives_paths`), video."""
     rows = []
     for family in FAMILIES:
-        paths = family.flow_matching and not family.video
+        paths = "yes" if family.drives_paths else "no"
         rows.append({"family": family.name, "classes": family.classes, "noise_search": True,
                      "zero_order": family.neighbour_noises, "drafts": True, "flow_matching": family.flow_matching,
-                     "paths": "after path search lands" if paths else "no",
-                     "fk": "after path search lands" if paths else "no", "video": family.video,
+                     "paths": paths, "fk": paths, "video": family.video,
                      "tiny": family.tiny})
     return rows
 

@@ -55,6 +55,22 @@ class Family:
             return False
         return all(_is_flow_matching(declared_scheduler(name)) for name in self.classes)
 
+    def path_sigmas(self, pipe, steps: int) -> list[float] | None:
+        """The sigma list the pipeline builds itself when called without `sigmas` (before its scheduler
+        shifts them), for families whose pipelines take `sigmas=` and whose noise ttsf draws: what lets
+        path search and FK steering start a call part way (None: this family cannot)."""
+        return None
+
+    def call_latents(self, pipe, loop_latents: "torch.Tensor", geometry: dict[str, int]) -> "torch.Tensor":
+        """Latents as the denoising loop holds them (what callback_on_step_end sees), in the layout the
+        call's `latents=` takes: the same for most families."""
+        return loop_latents
+
+    @property
+    def drives_paths(self) -> bool:
+        """Path search and FK steering: a flow-matching image family that says its pipeline's sigmas."""
+        return self.flow_matching and not self.video and self.path_sigmas(None, 2) is not None
+
     @property
     def neighbour_noises(self) -> bool:
         """Zero-order search walks a noise on the sphere: only when ttsf draws the noise itself."""
@@ -173,6 +189,13 @@ def gaussian(channels: int, geometry: dict[str, int], scale: int, generator) -> 
 
     shape = (1, channels, int(geometry["height"]) // scale, int(geometry["width"]) // scale)
     return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def linspace_sigmas(steps: int) -> list[float]:
+    """np.linspace(1.0, 1 / steps, steps): the sigmas FLUX-style pipelines build when given none."""
+    import numpy as np
+
+    return np.linspace(1.0, 1 / steps, steps).tolist()
 
 
 def lcm(*values: int) -> int:

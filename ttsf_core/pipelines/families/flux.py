@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ttsf_core.config import TINY_FLUX
-from ttsf_core.pipelines.families.base import Family, vae_scale
+from ttsf_core.model_defaults import TINY_FLUX
+from ttsf_core.pipelines.families.base import Family, linspace_sigmas, vae_scale
 
 
 class FluxFamily(Family):
@@ -14,6 +14,9 @@ class FluxFamily(Family):
     pass_generators = False  # nothing after the noise draws from it (and FLUX calls stay as they were)
     hub_ids = ("black-forest-labs/FLUX.1-dev",)
     tiny = TINY_FLUX
+
+    def path_sigmas(self, pipe, steps):
+        return linspace_sigmas(steps)  # what FluxPipeline.__call__ builds when given no sigmas
 
     def geometry(self, pipe, args):
         default = pipe.default_sample_size * pipe.vae_scale_factor

@@ -16,8 +16,10 @@ with torch's global RNG, so the image could not be regenerated from its record: 
 
 from __future__ import annotations
 
-from ttsf_core.config import TINY_FLUX2, TINY_FLUX2_KLEIN, ConfigError, shown
-from ttsf_core.pipelines.families.base import Family, vae_scale
+from ttsf_core.config import ConfigError
+from ttsf_core.config_errors import shown
+from ttsf_core.model_defaults import TINY_FLUX2, TINY_FLUX2_KLEIN
+from ttsf_core.pipelines.families.base import Family, linspace_sigmas, vae_scale
 
 
 class Flux2Family(Family):
@@ -37,6 +39,9 @@ class Flux2Family(Family):
                               "random state, so its images could not be regenerated from their records; upsample "
                               "the prompts beforehand instead)")
 
+    def path_sigmas(self, pipe, steps):
+        return linspace_sigmas(steps)  # what both pipelines build given no sigmas
+
     def geometry(self, pipe, args):
         default = pipe.default_sample_size * pipe.vae_scale_factor
         return {"height": args.get("height") or default, "width": args.get("width") or default}
@@ -50,6 +55,12 @@ class Flux2Family(Family):
         height, width = int(ids[0, :, 1].max()) + 1, int(ids[0, :, 2].max()) + 1
         # _pack_latents is (B, C, H, W) -> (B, H*W, C): undo it (a view of the same numbers).
         return packed.transpose(1, 2).reshape(1, packed.shape[2], height, width)
+
+    def call_latents(self, pipe, loop_latents, geometry):
+        # The loop holds them packed (B, H*W, C); `latents=` takes them (B, C, H, W), as draw gives them.
+        height = int(geometry["height"]) // (pipe.vae_scale_factor * 2)
+        width = int(geometry["width"]) // (pipe.vae_scale_factor * 2)
+        return loop_latents.transpose(1, 2).reshape(loop_latents.shape[0], loop_latents.shape[2], height, width)
 
     def multiple(self, read, args):
         return 2 * vae_scale(read)  # the pipeline rounds other sizes down to vae_scale_factor * 2

@@ -14,8 +14,8 @@ num_inference_steps is then ignored, so a step count other than the schedule's (
 
 from __future__ import annotations
 
-from ttsf_core.config import TINY_QWEN_IMAGE
-from ttsf_core.pipelines.families.base import Family, ones_mask
+from ttsf_core.model_defaults import TINY_QWEN_IMAGE
+from ttsf_core.pipelines.families.base import Family, linspace_sigmas, ones_mask
 
 
 class QwenImageFamily(Family):
@@ -27,6 +27,9 @@ class QwenImageFamily(Family):
     negative_outputs = ("negative_prompt_embeds", "negative_prompt_embeds_mask")
     hub_ids = ("Qwen/Qwen-Image", "Qwen/Qwen-Image-2512")
     tiny = TINY_QWEN_IMAGE
+
+    def path_sigmas(self, pipe, steps):
+        return linspace_sigmas(steps)  # what QwenImagePipeline.__call__ builds when given no sigmas
 
     def geometry(self, pipe, args):
         default = pipe.default_sample_size * pipe.vae_scale_factor
@@ -112,6 +115,9 @@ class QwenImage21Family(QwenImageFamily):
     negative_outputs = ("negative_prompt_embeds", "negative_prompt_embeds_mask", None)
     hub_ids = ("Qwen/Qwen-Image-2.1",)
     tiny = None  # its Qwen3-VL processor needs torchvision to load (a video processor), absent here
+
+    def path_sigmas(self, pipe, steps):
+        return None  # its checkpoint's sample_sigmas decide the schedule: no default list to start part way
 
     def fixed_steps(self, pipe):
         sigmas = getattr(pipe.config, "sample_sigmas", None)

@@ -8,7 +8,7 @@ guidance_scale > 1 (the pipeline's own rule), prompt_2/prompt_3 and negative_pro
 
 from __future__ import annotations
 
-from ttsf_core.config import TINY_SD3
+from ttsf_core.model_defaults import TINY_SD3
 from ttsf_core.pipelines.families.base import Family, vae_scale
 
 

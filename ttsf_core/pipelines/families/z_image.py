@@ -10,7 +10,7 @@ negative_prompt or the empty prompt; ttsf encodes that once too. Height and widt
 
 from __future__ import annotations
 
-from ttsf_core.config import TINY_Z_IMAGE
+from ttsf_core.model_defaults import TINY_Z_IMAGE
 from ttsf_core.pipelines.families.base import Family, vae_scale
 
 _DEFAULT_SIZE = 1024  # ZImagePipeline.__call__: `height = height or 1024` (not read from any config)
@@ -25,6 +25,11 @@ class ZImageFamily(Family):
     encode_outputs = ("prompt_embeds", "negative_prompt_embeds")
     hub_ids = ("Tongyi-MAI/Z-Image-Turbo",)
     tiny = TINY_Z_IMAGE
+
+    def path_sigmas(self, pipe, steps):
+        from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
+
+        return get_default_z_image_sigmas(steps)  # what ZImagePipeline.__call__ builds when given no sigmas
 
     def geometry(self, pipe, args):
         return {"height": args.get("height") or _DEFAULT_SIZE, "width": args.get("width") or _DEFAULT_SIZE}

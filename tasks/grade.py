@@ -18,12 +18,13 @@ from tasks import runtime
 from tasks.rate_limit import rpm_burst
 from ttsf_core import jobs
 from ttsf_core.config import RunConfig
+from ttsf_core.resolve import resolve
 from ttsf_core.store import Store
 
 
-@task(name="verify", task_run_name="verify-p{job.prompt_index}-r{job.search_round}-c{job.chunk}",
+@task(name="grade", task_run_name="grade-p{job.prompt_index}-r{job.search_round}-c{job.chunk}",
       cache_policy=NO_CACHE)
-def verify_task(config: RunConfig, job: jobs.GradeJob, rpm_limit_name: str | None = None) -> jobs.GradeResult:
+def grade_task(config: RunConfig, job: jobs.GradeJob, rpm_limit_name: str | None = None) -> jobs.GradeResult:
     def pace(requests: int) -> None:
         # One slot a request, taken in as few calls to the server as the burst allows (a chunk may
         # exceed it): each call is a round trip, and a fleet of workers pays them on every chunk.
@@ -32,5 +33,7 @@ def verify_task(config: RunConfig, job: jobs.GradeJob, rpm_limit_name: str | Non
             rate_limit(rpm_limit_name, occupy=min(requests, burst), strict=True)
             requests -= min(requests, burst)
 
-    return jobs.grade(Store(config), runtime.verifier_for(config.verifier_args), job, jobs.RetryPolicy.of(config),
-                      logger=get_run_logger(), pace=pace if rpm_limit_name else None)
+    run = resolve(config)
+    graded_by = run.path_run if job.by_path_verifier else run  # intermediate images: --path_verifier's
+    return jobs.grade(Store(graded_by), runtime.verifier_for(graded_by.config.verifier_args), job,
+                      jobs.RetryPolicy.of(config), logger=get_run_logger(), pace=pace if rpm_limit_name else None)

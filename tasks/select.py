@@ -7,11 +7,13 @@ from prefect.cache_policies import NO_CACHE
 
 from ttsf_core import jobs
 from ttsf_core.config import RunConfig
+from ttsf_core.resolve import resolve
 from ttsf_core.records import RoundRecord, RunLayout
 from ttsf_core.search import build_strategy
 
 
-@task(name="select-and-write", task_run_name="select-p{job.prompt_index}-r{job.search_round}",
+@task(name="select", task_run_name="select-p{job.prompt_index}-r{job.search_round}",
       cache_policy=NO_CACHE)
-def finish_round_task(config: RunConfig, job: jobs.FinishJob) -> RoundRecord:
-    return jobs.finish(config, RunLayout(config), build_strategy(config), job)
+def select_task(config: RunConfig, job: jobs.SelectJob) -> RoundRecord:
+    run = resolve(config)  # once per process: cached
+    return jobs.select(run, RunLayout(run), build_strategy(run), job)
