@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import subprocess
 import sys
@@ -136,7 +137,7 @@ BAD_INPUTS = [
     case([*OK, "--use_low_gpu_vram=yes"],
          "--use_low_gpu_vram (use_low_gpu_vram): received a value, allowed: --use_low_gpu_vram alone"),
     case([*OK, "stray"], "arguments: received 'stray', allowed: none"),
-    case([*OK, "--executor", "dask"], "executor: received 'dask', allowed: one of prefect, threads"),
+    case([*OK, "--executor", "dask"], "--executor: received 'dask', allowed: one of auto, prefect, threads"),
     # config files: JSON, TOML, YAML
     case([*OK, "--config", "{tmp}/none.json"],
          "config: received '{tmp}/none.json', allowed: an existing .json, .toml, .yaml or .yml file"),
@@ -232,10 +233,20 @@ def test_every_bad_input_is_one_line_in_one_format(flags, files, env, expected, 
     assert not any(words in result.output for words in (*PYDANTIC_WORDING, "Traceback")), result.output
 
 
+def without_prefect_server(tmp_path: Path) -> dict[str, str]:
+    """This environment with no Prefect server configured: no PREFECT_API_URL, no profile (a profiles
+    file that does not exist), so `--executor auto` runs without Prefect whatever this machine's
+    ~/.prefect/profiles.toml says."""
+    env = {name: value for name, value in os.environ.items()
+           if name.upper() not in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH")}
+    return env | {"PREFECT_PROFILES_PATH": str(tmp_path / "no-profiles.toml")}
+
+
 def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_flux_dir):
     command = [sys.executable, "-m", "ttsf.cli", "run", "--prompt", PROMPT, "--num_prompts=None", *TINY,
                "--search_rounds", "3", "--output_dir", str(tmp_path / "out")]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    env = without_prefect_server(tmp_path)
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == 0, first.stderr
     run_dir = first.stdout.strip().splitlines()[-1].removeprefix("Output: ")
     records = sorted((tmp_path / "out").rglob("round_*.json"))
@@ -250,7 +261,9 @@ def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_
     # The terminal gets the progress bar and ttsf's lines, nothing of Prefect's or the libraries' logs.
     assert "Log: " in first.stdout
     shown = [line for line in first.stderr.replace("\r", "\n").split("\n") if line.strip()]
-    assert shown[0].startswith("ttsf: starting a temporary Prefect server"), first.stderr  # said before the wait
+    # No server configured: the default runs without Prefect, and says in one line how to get the UI.
+    assert shown[0].startswith("ttsf: note: no Prefect server configured") and "--executor prefect" in shown[0], \
+        first.stderr
     assert all(line.lstrip("\x1b[A").startswith(("generate", "grade")) for line in shown[1:]), first.stderr
     # Both bars run over the 2 + 4 + 8 images of the run, from none to all of them.
     for bar in ("generate", "grade   "):
@@ -259,7 +272,7 @@ def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_
     for path in (tmp_path / "out").rglob("*"):
         if path.suffix in (".png", ".json") and path.name != "config.json":
             path.unlink()
-    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert second.returncode == 0, second.stderr
     assert outputs() == before
     assert json.loads(records[0].read_text())["search_round"] == 1
@@ -268,7 +281,7 @@ def test_the_console_script_runs_the_whole_job_and_reproduces_it(tmp_path, tiny_
 def test_help_types_each_value_and_says_which_model_a_default_belongs_to():
     text = " ".join(CliRunner().invoke(main, ["run", "--help"], terminal_width=200).output.split())
     for shown in ("--height INTEGER", "--guidance_scale FLOAT", "--search_method [random|zero-order|paths|fk]",
-                  "--num_prompts INTEGER|all", "--output_dir PATH", "--executor [prefect|threads]",
+                  "--num_prompts INTEGER|all", "--output_dir PATH", "--executor [auto|prefect|threads]",
                   "[1024 for FLUX.1-dev; 128 for tiny-flux", "any other model: its pipeline's own]"):
         assert shown in text, shown
     listing = CliRunner().invoke(main, ["--help"], terminal_width=80).output.partition("Commands:")[2]

@@ -106,6 +106,8 @@ def test_the_ui_shows_progress_seeds_pictures_failures_and_rate_limits(server, b
         out, err = run.communicate(timeout=300)
     assert run.returncode == 1, err.decode()[-3000:]
     assert "ttsf: error:" in err.decode() and "503" in err.decode()
+    # No --executor: the default finds the server PREFECT_API_URL names and orchestrates through it.
+    assert f"ttsf: orchestrated by the Prefect server at {api_url} (PREFECT_API_URL in the environment)" in err.decode()
     key = f"ttsf-{resolve(config).identity_hash}"
     records = [r for _, r in iter_round_records(prepare_run(config).layout.run_dir)]
     assert {r.prompt_index for r in records} == {0}

@@ -63,6 +63,11 @@ def run_options(function):
     return function
 
 
+def check_executor(executor: str) -> None:
+    if executor not in EXECUTORS:
+        fail(f"--executor: received {executor!r}, allowed: one of {', '.join(EXECUTORS)}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """ttsf: inference-time scaling for text-to-image diffusion by searching over initial noises."""
@@ -71,15 +76,18 @@ def main() -> None:
 @main.command("run", cls=RunCommand, context_settings={"allow_extra_args": True},
               short_help="Search noises per prompt, grade them, record each round's best.")
 @run_options
-@click.option("--executor", default="prefect", show_default=True, metavar="[" + "|".join(EXECUTORS) + "]",
-              help=f"{' or '.join(EXECUTORS)}. prefect: the search-dataset flow, every job a task run (visible in "
-                   "the Prefect UI); threads: the same search loop on local threads, no orchestrator.")
+@click.option("--executor", default="auto", show_default=True, metavar="[" + "|".join(EXECUTORS) + "]",
+              help="prefect: the search-dataset flow, every job a task run (visible in the Prefect UI; without a "
+                   "configured server, on a temporary one for this run); threads: the same search loop on local "
+                   "threads, no orchestrator (the same records, images and report). auto: prefect when a Prefect "
+                   "server is configured (PREFECT_API_URL, .env, prefect.toml or the active Prefect profile) or "
+                   "the config asks for what only Prefect does (dispatch pool, verifier_rpm, result_storage); "
+                   "threads otherwise.")
 def run_command(executor: str, **options: Any) -> None:
     """Search noises for each prompt, grade every image, record each round's best."""
     from ttsf.cli_run import run_and_print
 
-    if executor not in EXECUTORS:
-        fail(f"executor: received {executor!r}, allowed: one of {', '.join(EXECUTORS)}")
+    check_executor(executor)
     try:
         config = config_from_options(options)
     except ConfigError as error:
@@ -90,12 +98,14 @@ def run_command(executor: str, **options: Any) -> None:
 @main.command("estimate", cls=RunCommand, context_settings={"allow_extra_args": True},
               short_help="What `ttsf run` with these flags would spend, before it runs.")
 @run_options
-@click.option("--executor", default="prefect", show_default=True, help="As for `ttsf run` (ignored here).")
+@click.option("--executor", default="auto", show_default=True, metavar="[" + "|".join(EXECUTORS) + "]",
+              help="As for `ttsf run` (ignored here).")
 def estimate_command(executor: str, **options: Any) -> None:
     """Print what `ttsf run` with the same flags would spend (images, denoiser evaluations, verifier
     requests, tokens, cost), before anything runs: nothing is generated, graded or sent."""
     from ttsf.cli_estimate import estimate_and_print
 
+    check_executor(executor)
     try:
         config = config_from_options(options)
     except ConfigError as error:

@@ -1,15 +1,20 @@
 """What `ttsf run`, `ttsf report` and `ttsf regenerate` do once their input is valid.
 
-`ttsf run` runs the `search_dataset` Prefect flow in this process, on Prefect's embedded temporary
-server (or the server PREFECT_API_URL names), or with `--executor threads` the same search loop on
-local threads without Prefect. A run with nothing left to do starts neither Prefect nor a model.
+`ttsf run` runs the `search_dataset` Prefect flow in this process on the Prefect server configured
+(PREFECT_API_URL, a .env or prefect.toml, the active Prefect profile: ttsf.prefect_api), or the same
+search loop on local threads without Prefect (`--executor threads`, and `auto`, the default, when no
+server is configured: a temporary server nobody sees would cost seconds and show nothing). Only the
+chosen path is imported: the threads path imports no Prefect. A run with nothing left to do starts
+neither Prefect nor a model, and imports no torch.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +22,9 @@ from ttsf.progress_bars import RunProgress
 
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.verifiers.base import VerifierConfigError
+
+if TYPE_CHECKING:
+    from ttsf.prefect_api import PrefectApi
 
 # A fresh embedded server runs its migrations first (10-15 s here); Prefect's default may give up.
 # Flow and task logs go to the API (and so the UI) at INFO; the terminal shows the progress bar and
@@ -32,14 +40,57 @@ PREFECT_DEFAULTS = {
 RESUME_HINT = "finished rounds, images and grades are kept: run the same command again to resume"
 
 
-def run_and_print(config: RunConfig, executor: str = "prefect") -> None:
+# Config fields only the Prefect executor acts on: `--executor auto` takes Prefect when one is set.
+PREFECT_ONLY = {
+    "dispatch.mode=pool": lambda config: config.dispatch.mode == "pool",
+    "verifier_rpm": lambda config: config.verifier_rpm is not None,
+    "result_storage": lambda config: config.result_storage is not None,
+}
+UI_HINT = ("To watch runs in the Prefect UI: `prefect server start` and PREFECT_API_URL=http://127.0.0.1:4200/api "
+           "(or --executor prefect: a temporary server for this run).")
+
+
+@dataclass(frozen=True)
+class ExecutorChoice:
+    """What `--executor` comes to: `name` prefect or threads, the Prefect API found (prefect_api), and
+    the line that says why (None: nothing worth a line)."""
+
+    name: str
+    api: "PrefectApi"
+    note: str | None = None
+
+    @property
+    def temporary_server(self) -> bool:
+        return self.name == "prefect" and not self.api.configured
+
+
+def choose_executor(config: RunConfig, asked: str = "auto", api: "PrefectApi | None" = None) -> ExecutorChoice:
+    """`asked` (auto, prefect or threads, checked by the CLI) -> the executor this run uses."""
+    from ttsf.prefect_api import configured_api
+
+    api = configured_api() if api is None else api
+    if asked != "auto":
+        return ExecutorChoice(asked, api)
+    if api.configured:
+        return ExecutorChoice("prefect", api, f"ttsf: orchestrated by the Prefect server at {api.url} ({api.source}): "
+                                              "watch this run in its UI")
+    wanted = [name for name, asks in PREFECT_ONLY.items() if asks(config)]
+    if wanted:
+        return ExecutorChoice("prefect", api, f"ttsf: note: {' and '.join(wanted)} only work through Prefect: this "
+                                              "run uses it (no server configured: a temporary one)")
+    return ExecutorChoice("threads", api, "ttsf: note: no Prefect server configured: this run goes without Prefect "
+                                          f"(same search, same files). {UI_HINT}")
+
+
+def run_and_print(config: RunConfig, executor: str = "auto") -> None:
     from ttsf.exit import fail
     from ttsf_core import runner
     from ttsf_core.locks import RunLock
 
     try:
         prepared = runner.prepare_run(config, write=False)  # bad input fails before Prefect or a model starts
-        if executor == "prefect":
+        choice = choose_executor(prepared.config, executor)
+        if choice.name == "prefect":
             _check_prefect_inputs(config)
         runner.start_run(prepared)  # nothing is written before every input passed
         lock = RunLock(prepared.layout.run_dir)
@@ -51,7 +102,7 @@ def run_and_print(config: RunConfig, executor: str = "prefect") -> None:
     for warning in prepared.warnings:
         click.echo(f"ttsf: warning: {warning}", err=True)
     try:
-        _run_locked(prepared, executor, fail)
+        _run_locked(prepared, choice, fail)
     finally:
         lock.release()
 
@@ -66,8 +117,8 @@ def _check_prefect_inputs(config: RunConfig) -> None:
     check_result_storage(config)
 
 
-def _run_locked(prepared, executor: str, fail) -> None:
-    config = prepared.config
+def _run_locked(prepared, choice: ExecutorChoice, fail) -> None:
+    config, executor = prepared.config, choice.name
     pending = pending_rounds(prepared)
     if pending:
         remaining = _migrate_legacy_folder(prepared)
@@ -78,7 +129,9 @@ def _run_locked(prepared, executor: str, fail) -> None:
     else:
         log_path = start_log_file(prepared.layout.run_dir)
         click.echo(f"Log: {log_path}")
-        if executor == "prefect" and not os.environ.get("PREFECT_API_URL"):
+        if choice.note:
+            click.echo(choice.note, err=True)
+        if choice.temporary_server:
             click.echo("ttsf: starting a temporary Prefect server for this run (10-30 s the first time on a machine; "
                        "PREFECT_API_URL names a running one, --executor threads runs without Prefect) ...", err=True)
         with RunProgress(prepared, pending_rounds):

@@ -100,7 +100,7 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
     "result_storage": (("result_storage",), "Where cached task results persist: a folder, or a Prefect "
                        "storage block slug like s3-bucket/name [OUTPUT_DIR/.prefect-results]."),
 }
-EXECUTORS = ("prefect", "threads")
+EXECUTORS = ("auto", "prefect", "threads")
 
 
 def _flags_to_overrides(values: dict[str, Any]) -> dict[str, Any]:

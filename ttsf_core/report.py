@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from ttsf_core.files import atomic_write_bytes, atomic_writer, png_bytes, safe_slug, text_hash, write_json
@@ -334,6 +332,10 @@ def _write_best_images_zip(path: Path, frame: pd.DataFrame) -> None:
 def scaling_curve_png(frame: pd.DataFrame) -> bytes:
     """Mean best score and mean best-so-far per round against the cumulative cost per prompt: denoiser
     evaluations (NFEs, which compare strategies and drafts fairly) or, for older records, images."""
+    # matplotlib (~1 s to import) only when a curve is drawn: a re-run with nothing new reports without it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     per_round = _per_round_means(frame)
     figure = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(figure)  # explicit Agg: never touch pyplot's global backend from a library
