@@ -17,6 +17,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
@@ -100,7 +101,7 @@ class RunView(BaseModel):
     counts_before: dict[str, int | float]  # this run's counts before this batch
     batches_failed: int
     rpm_text: str
-    budget: dict[str, float | int | None] = {}  # the run's budget (BudgetArgs as data): shown with what it spent
+    budget: dict[str, Any] = {}  # the run's budget (BudgetArgs as data): shown with what it spent
     progress_id: UUID | None = None  # None only while the artifacts are being created
     status_id: UUID | None = None
 

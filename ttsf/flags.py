@@ -77,6 +77,14 @@ RUN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
                               "rounds are kept) [no limit]."),
     "max_verifier_cost": (("budget", "max_verifier_cost_usd"), "The same, in US dollars at the price table's prices "
                           "(ttsf estimate shows them) [no limit]."),
+    "nfe_budget": (("budget", "max_nfe"), "Denoiser evaluations the whole dataset may spend, recorded rounds "
+                   "included: rounds stop where the next would go over [no limit]."),
+    "allocation": (("budget", "allocation"), "uniform: every prompt's round 1, then round 2, ...; adaptive: round 1 "
+                   "for every prompt, then each next round to the prompts expected to gain most per NFE "
+                   "(README: Allocation across a dataset) [uniform]."),
+    "plateau_rounds": (("budget", "plateau_rounds"), "adaptive: stop a prompt once its best rose by less than "
+                       "--plateau_delta over its last K rounds [never]."),
+    "plateau_delta": (("budget", "plateau_delta"), "adaptive: the rise --plateau_rounds asks for [0]."),
     "choice_of_metric": (("verifier_args", "choice_of_metric"),
                          "Metric that picks each round's best: one the verifier scores (VLM graders: "
                          f"{', '.join(METRIC_NAMES)}; clip: clip_score; an ensemble: ensemble) [its default]."),

@@ -39,11 +39,12 @@ MEASURED_GRADES = 500
 
 @dataclass(frozen=True)
 class RoundNeed:
-    """What a round not yet recorded may need from the verifier: billed requests (an upper bound) and
-    their estimated cost (None: no price known)."""
+    """What a round not yet recorded may need: billed requests (an upper bound), their estimated cost
+    (None: no price known), and denoiser evaluations (an upper bound: exact for independent rounds)."""
 
     requests: int
     cost_usd: float | None
+    nfe: int = 0
 
 
 class Allowance(BaseModel):
@@ -54,6 +55,8 @@ class Allowance(BaseModel):
     search_rounds: int
     requests: int = 0  # reserved by the allowed rounds not yet recorded
     cost_usd: float = 0.0
+    nfe: int = 0  # denoiser evaluations reserved by them
+    spent_nfe: int = 0  # denoiser evaluations of the rounds already recorded (budget.max_nfe counts them)
     stopped: dict[int, int] = Field(default_factory=dict)  # prompt index -> the round it stops before
     # prompt index -> what its allowed rounds reserved (requests, dollars)
     reserved: dict[int, tuple[int, float]] = Field(default_factory=dict)
@@ -61,6 +64,14 @@ class Allowance(BaseModel):
     # The hard stop for one batch (its share of the budget): reached, it sends no further request.
     max_requests: int | None = None
     max_cost_usd: float | None = None
+
+    def hold(self, prompt_index: int, found: RoundNeed) -> None:
+        """Reserve what a round it allows may need."""
+        self.nfe += found.nfe
+        self.requests += found.requests
+        self.cost_usd = round(self.cost_usd + (found.cost_usd or 0.0), 9)
+        requests, cost = self.reserved.get(prompt_index, (0, 0.0))
+        self.reserved[prompt_index] = (requests + found.requests, round(cost + (found.cost_usd or 0.0), 9))
 
     def allows(self, prompt_index: int, search_round: int) -> bool:
         return search_round <= self.rounds.get(prompt_index, self.search_rounds)
@@ -95,30 +106,32 @@ class Allowance(BaseModel):
 
 
 def plan(prompts: Sequence[tuple[int, str]], search_rounds: int, need: Callable[[int, str, int], RoundNeed | None],
-         budget: BudgetArgs) -> Allowance:
+         budget: BudgetArgs, spent_nfe: int = 0) -> Allowance:
     """Walk rounds in order (round 1 of every prompt, then round 2, ...) and allow each round whose need
     fits what is left; a prompt stops before its first round that does not fit. `need` returns None for
-    a round already recorded (it costs nothing)."""
+    a round already recorded (it costs nothing now; `spent_nfe`: what the recorded rounds cost, which
+    budget.max_nfe counts)."""
     allowance = Allowance(rounds={index: 0 for index, _ in prompts}, search_rounds=search_rounds, budget=budget,
-                          max_requests=budget.max_verifier_requests, max_cost_usd=budget.max_verifier_cost_usd)
+                          max_requests=budget.max_verifier_requests, max_cost_usd=budget.max_verifier_cost_usd,
+                          spent_nfe=spent_nfe)
     for search_round in range(1, search_rounds + 1):
         for index, prompt in prompts:
             if index in allowance.stopped:
                 continue
             found = need(index, prompt, search_round)
-            if found is not None and not _fits(allowance, found, budget):
+            if found is not None and not fits(allowance, found, budget):
                 allowance.stopped[index] = search_round
                 continue
             allowance.rounds[index] = search_round
             if found is not None:
-                allowance.requests += found.requests
-                allowance.cost_usd = round(allowance.cost_usd + (found.cost_usd or 0.0), 9)
-                requests, cost = allowance.reserved.get(index, (0, 0.0))
-                allowance.reserved[index] = (requests + found.requests, round(cost + (found.cost_usd or 0.0), 9))
+                allowance.hold(index, found)
     return allowance
 
 
-def _fits(allowance: Allowance, found: RoundNeed, budget: BudgetArgs) -> bool:
+def fits(allowance: Allowance, found: RoundNeed, budget: BudgetArgs) -> bool:
+    """Whether `found` fits what the budget leaves beside what `allowance` already holds."""
+    if budget.max_nfe is not None and allowance.spent_nfe + allowance.nfe + found.nfe > budget.max_nfe:
+        return False
     if budget.max_verifier_requests is not None and allowance.requests + found.requests > budget.max_verifier_requests:
         return False
     if budget.max_verifier_cost_usd is not None:
@@ -145,7 +158,14 @@ class RoundNeeds:
         images = self.images_to_grade(prompt, search_round)
         requests = images * self.requests_per_image
         cost = None if self.cost_per_request is None else round(requests * self.cost_per_request, 9)
-        return RoundNeed(requests, cost if requests else 0.0)
+        return RoundNeed(requests, cost if requests else 0.0, self.nfe(prompt, search_round))
+
+    def nfe(self, prompt: str, search_round: int) -> int:
+        """The round's denoiser evaluations as its record will count them (budget.max_nfe's unit: the
+        search's own cost, whether or not another run already made some of its images): its first stage
+        where it is planned without history, its later stages as much as they may cost."""
+        first = self.strategy.next_stage(prompt, search_round, [], [])
+        return runs_nfe(first) + self.strategy.later_work(first).nfe
 
     def images_to_grade(self, prompt: str, search_round: int) -> int:
         """Images of the round without a stored grade: its first stage exactly where the strategy plans
@@ -162,6 +182,23 @@ class RoundNeeds:
     def _graded(self, prompt: str, candidate) -> bool:
         image = self.store.find_image(prompt, candidate)
         return image is not None and self.store.find_grade(prompt, image.sha256) is not None
+
+
+def runs_nfe(candidates) -> int:
+    """Denoiser evaluations of the candidates' runs, each run once (a path's shared ancestors too)."""
+    return sum(dict(run for candidate in candidates for run in candidate.runs()).values())
+
+
+def recorded_nfe(layout: RunLayout, prompts: Sequence[tuple[int, str]], search_rounds: int) -> int:
+    """Denoiser evaluations the prompts' recorded rounds spent (what budget.max_nfe counts first)."""
+    from ttsf_core.records import read_round_record
+
+    total = 0
+    for _, prompt in prompts:
+        for search_round in range(1, search_rounds + 1):
+            record = read_round_record(layout.record_path(prompt, search_round))
+            total += (record.nfe or 0) if record is not None else 0
+    return total
 
 
 def measured_cost_per_request(store: "Store", limit: int = MEASURED_GRADES) -> tuple[float | None, int]:

@@ -214,17 +214,27 @@ class DispatchArgs(_Frozen):
 
 
 class BudgetArgs(_Frozen):
-    """What one invocation may spend on the verifier. Rounds are taken in order (every prompt's round 1,
-    then round 2, ...); a prompt stops before the first round that would go over, finished rounds are
-    recorded and the report written. None: no limit."""
+    """What a run may spend across its dataset, and how its rounds go to prompts. `uniform`: rounds in
+    order (every prompt's round 1, then round 2, ...), a prompt stopping before the first round that
+    would go over; `adaptive` (ttsf_core.allocation): round 1 for every prompt, then each next round to
+    the prompts expected to gain most per NFE, a prompt stopping when its best plateaus. Finished rounds
+    are recorded and the report written. None: no limit."""
 
     # Answers billed by an API grader (an answer asked again because it did not fit counts too).
     max_verifier_requests: int | None = Field(None, ge=1)
     # US dollars at the price table's prices (ttsf_core/prices.toml and `prices`).
     max_verifier_cost_usd: float | None = Field(None, gt=0)
+    # Denoiser evaluations of the whole dataset (every prompt's rounds, recorded ones included).
+    max_nfe: int | None = Field(None, ge=1)
+    allocation: Literal["uniform", "adaptive"] = "uniform"
+    # Adaptive: a prompt stops once its best rose by less than plateau_delta over its last plateau_rounds.
+    plateau_rounds: int | None = Field(None, ge=1, le=16)
+    plateau_delta: float = Field(0.0, ge=0)
 
     def limited(self) -> bool:
-        return self.max_verifier_requests is not None or self.max_verifier_cost_usd is not None
+        """Whether rounds are planned before they run (a limit, or the adaptive allocation)."""
+        return self.max_verifier_requests is not None or self.max_verifier_cost_usd is not None or \
+            self.max_nfe is not None or self.allocation == "adaptive"
 
 
 class PriceOverride(_Frozen):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ttsf_core.budget import Allowance, RoundNeeds, measured_cost_per_request, newest_grades, plan
+from ttsf_core.budget import Allowance, RoundNeeds, measured_cost_per_request, newest_grades, plan, recorded_nfe, runs_nfe
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.costs import ModelPrice, today
 from ttsf_core.records import RunLayout
@@ -133,7 +133,8 @@ def estimate(run: ResolvedRun, prompts: list[str], strategy: Strategy, store: St
     bill = billing(config, store, is_video)
     needs = RoundNeeds(run, strategy, store, bill.requests_per_image, bill.cost_per_request)
     indexed = list(enumerate(prompts))
-    allowance = plan(indexed, config.search_args.search_rounds, needs, config.budget) \
+    spent = recorded_nfe(RunLayout(run), indexed, config.search_args.search_rounds)
+    allowance = plan(indexed, config.search_args.search_rounds, needs, config.budget, spent) \
         if config.budget.limited() else None
     layout = RunLayout(run)
     result = Estimate(config, len(prompts), bill, allowance=allowance)
@@ -169,7 +170,7 @@ def _to_generate(run: ResolvedRun, strategy: Strategy, store: Store, prompt: str
     path_grades = 0
     if run.path_run is not None:
         path_grades = later.path_grades + (len(first) if first and first[0].stage == "path" else 0)
-    return images, sum(c.own_nfe for c in missing) + later.nfe, path_grades
+    return images, runs_nfe(missing) + later.nfe, path_grades
 
 
 def budget_allowance(run: ResolvedRun, prompts: list[str], strategy: Strategy, store: Store,
@@ -186,4 +187,10 @@ def budget_allowance(run: ResolvedRun, prompts: list[str], strategy: Strategy, s
                           f"prices: {{{model!r}: {{input_per_1m_usd: ..., output_per_1m_usd: ...}}}}), or "
                           "--max_verifier_requests")
     needs = RoundNeeds(run, strategy, store, bill.requests_per_image, bill.cost_per_request)
-    return plan(list(enumerate(prompts)), config.search_args.search_rounds, needs, config.budget)
+    indexed = list(enumerate(prompts))
+    if config.budget.allocation == "adaptive":  # the first wave (ttsf_core.allocation decides the rest)
+        from ttsf_core.allocation import Allocator
+
+        return Allocator(run, indexed, needs).next_wave().allowance
+    spent = recorded_nfe(RunLayout(run), indexed, config.search_args.search_rounds)
+    return plan(indexed, config.search_args.search_rounds, needs, config.budget, spent)

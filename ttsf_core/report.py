@@ -447,7 +447,7 @@ td.prompt {{ text-align: left; max-width: 28em; white-space: pre-wrap; }}
 <h1>ttsf report</h1>
 <p class="meta">run folder: <code>{esc(str(run_dir.absolute()))}</code> · metric: {esc(_metric_label(frame))} ·
 prompts: {frame["prompt_index"].nunique()}</p>
-{_html_costs(frame)}
+{_html_costs(frame, run_dir)}
 <h2>Scaling curve</h2>
 <img src="{curve}" alt="scaling curve">
 <h2>Best image per round</h2>
@@ -460,11 +460,16 @@ prompts: {frame["prompt_index"].nunique()}</p>
 """
 
 
-def _html_costs(frame: pd.DataFrame) -> str:
-    lines = cost_lines(frame)
-    if not lines:
-        return ""
-    return "<h2>What grading cost</h2>\n" + "\n".join(f"<p>{html.escape(line)}</p>" for line in lines)
+def _html_costs(frame: pd.DataFrame, run_dir: Path) -> str:
+    from ttsf_core.allocation import allocation_lines
+
+    found = ""
+    if cost_lines(frame):
+        found += "<h2>What grading cost</h2>\n" + "\n".join(f"<p>{html.escape(line)}</p>" for line in cost_lines(frame))
+    if allocation_lines(frame, run_dir):
+        found += "\n<h2>Where the budget went</h2>\n" + "\n".join(
+            f"<p>{html.escape(line)}</p>" for line in allocation_lines(frame, run_dir))
+    return found
 
 
 def _html_prompt_row(prompt_rows: pd.DataFrame, rounds: list[int]) -> str:
@@ -493,6 +498,8 @@ def _html_prompt_row(prompt_rows: pd.DataFrame, rounds: list[int]) -> str:
 
 def summary_markdown(frame: pd.DataFrame, run_dir: str | Path) -> str:
     """A short markdown summary (e.g. for a Prefect artifact): per-round means, the gain, the files."""
+    from ttsf_core.allocation import allocation_lines
+
     folder = Path(run_dir) / REPORT_DIRNAME
     per_round = _per_round_means(frame)
     first, last = per_round.iloc[0], per_round.iloc[-1]
@@ -515,6 +522,7 @@ def summary_markdown(frame: pd.DataFrame, run_dir: str | Path) -> str:
         f"{first['best_score']:.3f} → {last['best_score']:.3f} ({gain:+.3f}); "
         f"best so far reaches {last['best_so_far']:.3f}.",
         *(["", *cost_lines(frame)] if cost_lines(frame) else []),
+        *(["", *allocation_lines(frame, run_dir)] if allocation_lines(frame, run_dir) else []),
         "",
         f"Files in `{folder}`: report.html, report.csv, report.parquet, scaling_curve.png, "
         "best_images.zip, collages/",

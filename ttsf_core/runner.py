@@ -195,5 +195,61 @@ def run(config: RunConfig | PreparedRun, generator: "CandidateGenerator | None" 
         engine = SearchEngine(prepared.run, executor, grade_chunk=verifier_batch_size(prepared.verifier),
                               observer=observer, strategy=prepared.strategy,
                               path_grade_chunk=verifier_batch_size(path_verifier) if path_verifier else None)
-        outcome = engine.run_batch(prepared.indexed_prompts(), prepared.allowance)
+        if config.budget.allocation == "adaptive":
+            outcome = run_adaptive(prepared, engine)
+        else:
+            outcome = engine.run_batch(prepared.indexed_prompts(), prepared.allowance)
     return prepared, outcome
+
+
+def run_adaptive(prepared: PreparedRun, engine: SearchEngine) -> BatchOutcome:
+    """Wave after wave (ttsf_core.allocation) until a wave gives no round; the outcome of all of them."""
+    from ttsf_core.allocation import BUDGET_STOP
+
+    allocator = allocator_for(prepared)
+    total, waves = None, []
+    for _ in range(len(prepared.prompts) * prepared.config.search_args.search_rounds + 1):
+        counts = total.counts if total is not None else None
+        wave = allocator.next_wave(counts.verifier_requests if counts else 0, counts.cost_usd if counts else 0.0)
+        waves.append(wave)
+        allocator.write(waves)
+        if wave.empty:
+            break
+        outcome = engine.run_batch(prepared.indexed_prompts(), wave.allowance)
+        total = outcome if total is None else merge_outcomes(total, outcome)
+        if outcome.failures:
+            break
+    if total is None:
+        total = engine.run_batch(prepared.indexed_prompts(), waves[-1].allowance)  # reads back what is recorded
+    # A wave holds back every round it does not give: only the prompts the budget stopped are over it.
+    history = allocator.history()
+    rounds = prepared.config.search_args.search_rounds
+    over = {index: len(history[index]) + 1 for index, why in waves[-1].stops.items() if why.endswith(BUDGET_STOP)}
+    total.over_budget = over
+    total.counts.rounds_over_budget = sum(rounds - len(history[index]) for index in over)
+    total.counts.prompts_over_budget = len(over)
+    return total
+
+
+def allocator_for(prepared: PreparedRun) -> "Allocator":
+    from ttsf_core.allocation import Allocator
+    from ttsf_core.budget import RoundNeeds
+    from ttsf_core.estimate import billing
+
+    run = prepared.run
+    store = Store(run)
+    bill = billing(run.config, store, is_video_model(run.config))
+    needs = RoundNeeds(run, prepared.strategy, store, bill.requests_per_image, bill.cost_per_request)
+    return Allocator(run, prepared.indexed_prompts(), needs)
+
+
+def merge_outcomes(first: BatchOutcome, then: BatchOutcome) -> BatchOutcome:
+    """Two waves' outcomes as one: every record once (the later wave reads back the earlier's), counts summed
+    (rounds read back by the later wave are not counted as skipped again)."""
+    counts = first.counts
+    skipped = counts.rounds_skipped
+    counts.add(then.counts)
+    counts.rounds_skipped = skipped
+    records = {(r.prompt_index, r.search_round): r for r in [*first.records, *then.records]}
+    return BatchOutcome(sorted(records.values(), key=lambda r: (r.prompt_index, r.search_round)),
+                        first.failures + then.failures, counts, then.unfinished_prompts, then.over_budget)

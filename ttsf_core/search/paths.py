@@ -164,9 +164,10 @@ class PathsSearch(OnPathStrategy):
     def later_work(self, first: Sequence[Candidate]) -> LaterWork:
         """After the first level: N runs to the start (computed with it), the other levels, the
         survivors' final grades."""
+        from ttsf_core.budget import runs_nfe
+
         paths = len(first) // self.search.path_branches
-        nfe = self.search.nfe(paths_round(self.search, paths), self.full_steps) - \
-            sum(candidate.own_nfe for candidate in first)
+        nfe = self.search.nfe(paths_round(self.search, paths), self.full_steps) - runs_nfe(first)
         intermediate, final = self.search.grades(paths_round(self.search, paths), self.full_steps)
         first_path = len(first) if first and first[0].stage == "path" else 0
         return LaterWork(final_grades=final - (len(first) - first_path), path_grades=intermediate - first_path,
