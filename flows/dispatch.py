@@ -87,15 +87,18 @@ class BatchResult:
 
 class LocalBatches:
     def __init__(self, config: RunConfig, prompt_list: str, rpm_name: str | None, view_for: Callable,
-                 allowance: Allowance | None = None, spent: Callable[[], tuple[int, float]] = lambda: (0, 0.0)):
+                 allowance: Allowance | None = None, spent: Callable[[], tuple[int, float]] = lambda: (0, 0.0),
+                 first_call: int = 0):
+        """`first_call`: the subflow call index of batch 0 (an adaptive run's later waves call each batch
+        again: wave w's batch N is call first_call + N, found again by a retry of the same wave)."""
         self.config, self.prompt_list, self.rpm_name, self.view_for = config, prompt_list, rpm_name, view_for
-        self.allowance, self.spent = allowance, spent
+        self.allowance, self.spent, self.first_call = allowance, spent, first_call
         self.flow = search_batch.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.task_workers),
                                               result_storage=result_storage_for(config))
 
     def run(self, batches: list[Batch]) -> Iterator[BatchResult]:
         for position, batch in enumerate(batches):
-            align_subflow_key(search_batch, batch.index)  # batch-N is batch N's run again on a retry
+            align_subflow_key(search_batch, self.first_call + batch.index)  # batch N's run again on a retry
             later = [index for other in batches[position + 1:] for index in range(other.start, other.stop)]
             allowance = _batch_allowance(self.allowance, batch, later, *self.spent())
             state = self.flow(self.config, batch.index, self.prompt_list, batch.start, batch.stop, self.rpm_name,
@@ -154,12 +157,13 @@ class Attempt:
 class PoolBatches:
     def __init__(self, config: RunConfig, prompt_list: str, rpm_name: str | None, on_tick: Callable[[], None],
                  allowance: Allowance | None = None, logger: logging.Logger | None = None,
-                 progress: Callable[[], str] = lambda: "", adopt: Iterable[FlowRun] = ()):
+                 progress: Callable[[], str] = lambda: "", adopt: Iterable[FlowRun] = (), wave: int = 0):
         """`adopt`: batch runs a previous attempt of this dataset run submitted and left unfinished
-        (flows/runs.py crash_orphaned_children): watched like new ones instead of submitted again."""
+        (flows/runs.py crash_orphaned_children): watched like new ones instead of submitted again.
+        `wave`: an adaptive run's wave (0: none), part of each batch run's key and name."""
         self.config, self.prompt_list, self.rpm_name, self.on_tick = config, prompt_list, rpm_name, on_tick
         self.allowance, self.progress = allowance, progress
-        self.adopt = list(adopt)
+        self.adopt, self.wave = list(adopt), wave
         self.logger = logger or _log
         self.dispatch = config.dispatch
         self.deployment = config.dispatch.deployment
@@ -423,9 +427,10 @@ class PoolBatches:
                 self._deployment = client.read_deployment_by_name(self.deployment)
             parent_task_run_id, key = None, None
             if parent is not None:
-                key = f"{parent.id}-try-{parent.run_count}-batch-{batch.index}-attempt-{number}"
+                wave = f"wave-{self.wave}-" if self.wave else ""
+                key = f"{parent.id}-try-{parent.run_count}-{wave}batch-{batch.index}-attempt-{number}"
                 tracker = client.create_task_run(task=Task(name=self.deployment, fn=_batch_run), flow_run_id=parent.id,
-                                                 dynamic_key=key, name=f"batch-{batch.index}-attempt-{number}",
+                                                 dynamic_key=key, name=f"{wave}batch-{batch.index}-attempt-{number}",
                                                  state=Pending())
                 parent_task_run_id = tracker.id
             return client.create_flow_run_from_deployment(self._deployment.id, parameters=parameters,

@@ -26,7 +26,8 @@ from prefect.client.schemas.actions import ArtifactUpdate
 from pydantic import BaseModel
 
 from flows.outages import fail_fast, is_outage, ride_out
-from ttsf_core.config import RunConfig
+from ttsf_core.budget import recorded_nfe
+from ttsf_core.config import BudgetArgs, RunConfig
 from ttsf_core.resolve import resolve
 from ttsf_core.engine import BatchCounts
 from ttsf_core.records import RoundRecord, RunLayout, resolve_image
@@ -102,6 +103,7 @@ class RunView(BaseModel):
     batches_failed: int
     rpm_text: str
     budget: dict[str, Any] = {}  # the run's budget (BudgetArgs as data): shown with what it spent
+    nfe_before: int = 0  # denoiser evaluations recorded before this run (budget.max_nfe counts them)
     progress_id: UUID | None = None  # None only while the artifacts are being created
     status_id: UUID | None = None
 
@@ -137,8 +139,10 @@ class RunView(BaseModel):
                                                           f"{counts.output_tokens:,}"),
                      ("cost so far (USD, price table)", f"{counts.cost_usd:.4f}" + (
                          f" + {counts.unpriced_requests} requests without a price" if counts.unpriced_requests else ""))]
-        if any(value is not None for value in self.budget.values()):
-            rows.append(("budget", budget_text(self.budget, counts)))
+        if BudgetArgs(**self.budget).limited():
+            rows.append(("budget", budget_text(self.budget, counts, self.nfe_before)))
+        if self.budget.get("allocation") == "adaptive":
+            rows.append(("prompts still searched (adaptive allocation)", self.total_prompts - done))
         return "\n".join([
             f"### {md_text(self.run_name)}",
             f"**Prompts finished: {done} of {self.total_prompts}** ({100 * done / max(self.total_prompts, 1):.0f}%) "
@@ -161,6 +165,8 @@ class RunMonitor:
         self.finished = {index for index, prompt in enumerate(prompts) if self._recorded(prompt)}
         self.done_at_start = len(self.finished)
         self.counts = BatchCounts()
+        self.nfe_before = recorded_nfe(self.layout, list(enumerate(prompts)), config.search_args.search_rounds) \
+            if config.budget.max_nfe is not None else 0
         self.batches: dict[int, dict] = {}
         self.recent: list[str] = []
         self.shown: set[int] = set()  # prompts in the gallery (or finished before this run)
@@ -190,13 +196,24 @@ class RunMonitor:
         return RunView(run_name=self.run_name, total_prompts=len(self.prompts), done_at_start=self.done_at_start,
                        done_before=len(self.finished), started_at=self.started_at, counts_before=vars(self.counts),
                        batches_failed=sum(row["status"] == "failed" for row in self.batches.values()),
-                       rpm_text=self.rpm_text, budget=self.config.budget.model_dump(),
+                       rpm_text=self.rpm_text, budget=self.config.budget.model_dump(), nfe_before=self.nfe_before,
                        progress_id=getattr(self, "progress_id", None),
                        status_id=getattr(self, "status_id", None))
 
     def tick(self) -> None:
         """Prompts finished by batches still running elsewhere (pool mode): read from the run folder."""
         newly = [i for i in range(len(self.prompts)) if i not in self.finished and self._recorded(self.prompts[i])]
+        if newly:
+            self.finished.update(newly)
+            done = len(self.finished)
+            _update(self.progress_id, 100.0 * done / max(len(self.prompts), 1),
+                    f"{done} of {len(self.prompts)} prompts finished · {self.run_name}")
+            _update(self.status_id, self.view().status_markdown(done, self.counts))
+
+    def settle(self, stops: dict[int, str]) -> None:
+        """Prompts the adaptive allocation gives no further round (every round, a plateau, the top score,
+        the budget): finished for this run."""
+        newly = set(stops) - self.finished
         if newly:
             self.finished.update(newly)
             done = len(self.finished)
@@ -244,16 +261,20 @@ class RunMonitor:
         _update(self.status_id, self.view().status_markdown(len(self.finished), self.counts, ended=f"run {how}"))
 
 
-def budget_text(budget: dict, counts: BatchCounts) -> str:
-    """What a budgeted run spent of its limits, and whether it stopped prompts ("budget reached")."""
+def budget_text(budget: dict, counts: BatchCounts, nfe_before: int = 0) -> str:
+    """What a budgeted run spent of its limits, and whether it stopped prompts ("budget reached").
+    `nfe_before`: denoiser evaluations recorded before this run (budget.max_nfe counts every record)."""
     parts = []
+    if budget.get("max_nfe") is not None:
+        spent = nfe_before + counts.nfe_recorded
+        parts.append(f"{spent:,} of {budget['max_nfe']:,} NFEs ({max(0, budget['max_nfe'] - spent):,} left)")
     if budget.get("max_verifier_requests") is not None:
         parts.append(f"{counts.verifier_requests} of {budget['max_verifier_requests']} requests")
     if budget.get("max_verifier_cost_usd") is not None:
         parts.append(f"${counts.cost_usd:.4f} of ${budget['max_verifier_cost_usd']:g}")
     reached = (f" · **budget reached**: {counts.prompts_over_budget} prompts stopped before a round, "
                f"{counts.rounds_over_budget} rounds not run") if counts.rounds_over_budget else ""
-    return " and ".join(parts) + reached
+    return (" and ".join(parts) or "no limit") + reached
 
 
 def prompt_rows(config: RunConfig, prompt: str) -> list[tuple[Path, RoundRecord]]:

@@ -131,10 +131,11 @@ class _FlowObserver(Observer):
                              record.search_round, record.choice_of_metric, record.best_score,
                              record.best_noise_seed, record.best.noise.tag())
         self.recorded[record.prompt_index] = self.recorded.get(record.prompt_index, 0) + 1
-        if self.recorded[record.prompt_index] == self.rounds:
-            self.finished_here += 1
-            if self.view is not None:
-                self.view.update(self.finished_here, counts)
+        finished = self.recorded[record.prompt_index] == self.rounds
+        self.finished_here += finished
+        # A run with an NFE budget shows what it spent round by round; otherwise a prompt at a time.
+        if self.view is not None and (finished or self.view.budget.get("max_nfe") is not None):
+            self.view.update(self.finished_here, counts)
 
 
 @flow(name="search-batch", flow_run_name="batch-{batch_index}", task_runner=ThreadPoolTaskRunner(max_workers=16))

@@ -24,7 +24,8 @@ from ttsf_core.resolve import resolve
 from ttsf_core.locks import RunLock
 from ttsf_core.prompts import prompt_source_label, save_prompt_list
 from ttsf_core.report import build_report, report_dataframe, summary_markdown
-from ttsf_core.runner import prepare_run
+from ttsf_core.allocation import ALLOCATION_FILENAME
+from ttsf_core.runner import allocator_for, budget_stops, prepare_run
 
 
 STOP_REPORT_S = 30.0  # a stopped run waits this long at most for the server to take its summary
@@ -81,36 +82,28 @@ def _search(prepared, logger, adopt=()) -> dict:
     rpm_name = ensure_rpm_limit(config)
     total, size = len(prepared.prompts), config.prompts_per_batch
     monitor = RunMonitor(config, FlowRunContext.get().flow_run.name, prepared.prompts, rpm_description(config))
-    batches = []
-    for index, start in enumerate(range(0, total, size)):
-        batch = Batch(index, start, min(start + size, total))
-        if all(i in monitor.finished for i in range(batch.start, batch.stop)):
-            # A finished batch costs no batch run (each costs ~1 s of Prefect bookkeeping).
-            monitor.batch_done(batch.index, batch.start, batch.stop, skipped=True)
-        else:
-            batches.append(batch)
-    where = "on work pool deployment " + config.dispatch.deployment if config.dispatch.mode == "pool" else "here"
-    logger.info("%d prompts in %d batches (%d to run, %s) -> %s", total, -(-total // size), len(batches), where,
-                run_dir)
+    every = [Batch(index, start, min(start + size, total)) for index, start in enumerate(range(0, total, size))]
     pool = config.dispatch.mode == "pool"
-    runner = PoolBatches(config, prompt_list, rpm_name, monitor.tick, prepared.allowance, logger,
-                         lambda: f"{len(monitor.finished)} of {total} prompts finished", adopt) if pool else \
-        LocalBatches(config, prompt_list, rpm_name, monitor.view, prepared.allowance,
-                     lambda: (monitor.counts.verifier_requests, monitor.counts.cost_usd))
-    failed, fatal = [], False
+    where = "on work pool deployment " + config.dispatch.deployment if pool else "here"
+
+    def runner_for(allowance, wave: int, adopting):
+        if pool:
+            return PoolBatches(config, prompt_list, rpm_name, monitor.tick, allowance, logger,
+                               lambda: f"{len(monitor.finished)} of {total} prompts finished", adopting, wave=wave)
+        return LocalBatches(config, prompt_list, rpm_name, monitor.view, allowance,
+                            lambda: (monitor.counts.verifier_requests, monitor.counts.cost_usd),
+                            first_call=max(wave - 1, 0) * len(every))
+
+    failed, fatal, runner = [], False, None
     try:
-        for result in runner.run(batches):
-            batch, summary = result.batch, result.summary
-            monitor.batch_done(batch.index, batch.start, batch.stop, result.counts, result.error,
-                               worker=summary.worker if summary else "")
-            if result.error:
-                failed.append((batch.index, result.error))
-                logger.error("batch %d failed: %s", batch.index, result.error)
-                if summary is not None and summary.fatal and not fatal:
-                    fatal = True  # the verifier refuses this configuration: every other batch would too
-                    runner.stop()
-                    if not pool:
-                        break
+        for allowance, wave, batches in _stages(prepared, monitor, every, logger):
+            logger.info("%d prompts in %d batches (%d to run%s, %s) -> %s", total, len(every), len(batches),
+                        f" in wave {wave}" if wave else "", where, run_dir)
+            runner = runner_for(allowance, wave, adopt)
+            adopt = ()  # a retried run's live batch runs belong to its first stage
+            fatal = _run_batches(runner, batches, monitor, failed, logger, pool)
+            if failed:
+                break
     except (KeyboardInterrupt, TerminationSignal) as signal:
         # A stop is a stop: Ctrl-C, SIGTERM (`kill`, systemd) or a Prefect cancellation of this run (its
         # worker sends SIGTERM, which Prefect's engine raises here as TerminationSignal; checked in
@@ -126,6 +119,58 @@ def _search(prepared, logger, adopt=()) -> dict:
         logger.error("%s; finished rounds, images and grades are kept: re-run the same config to resume", what)
         raise SearchFailed(f"{what} ({failed[0][1]})", fatal=fatal)
     return {"run_dir": str(run_dir), "counts": vars(monitor.counts)}
+
+
+def _stages(prepared, monitor: RunMonitor, every: list[Batch], logger):
+    """(allowance, wave, batches to run) for each stage of the run. Uniform allocation: one stage, every
+    batch with an unfinished prompt (a finished batch costs no batch run: ~1 s of Prefect bookkeeping
+    each). Adaptive: one stage a wave, decided from the records once the wave before has run (the
+    allocation is a stage of the dataset run; batches run the rounds a wave gives them)."""
+    if prepared.config.budget.allocation != "adaptive":
+        batches = []
+        for batch in every:
+            if all(i in monitor.finished for i in range(batch.start, batch.stop)):
+                monitor.batch_done(batch.index, batch.start, batch.stop, skipped=True)
+            else:
+                batches.append(batch)
+        yield prepared.allowance, 0, batches
+        return
+    allocator, waves = allocator_for(prepared), []
+    for _ in range(len(prepared.prompts) * prepared.config.search_args.search_rounds + 1):
+        wave = allocator.next_wave(monitor.counts.verifier_requests, monitor.counts.cost_usd)
+        waves.append(wave)
+        allocator.write(waves)
+        monitor.settle(wave.stops)
+        if wave.empty:
+            break
+        given = {decision.prompt_index for decision in wave.decisions}
+        logger.info("wave %d: %d rounds to %d prompts (%d NFEs at most); %d prompts stopped (%s)", wave.number,
+                    len(wave.decisions), len(given), wave.allowance.nfe, len(wave.stops), ALLOCATION_FILENAME)
+        yield wave.allowance, wave.number, [b for b in every if any(i in given for i in range(b.start, b.stop))]
+    over = budget_stops(prepared, allocator, waves[-1])
+    history = allocator.history()
+    monitor.counts.prompts_over_budget = len(over)
+    monitor.counts.rounds_over_budget = sum(prepared.config.search_args.search_rounds - len(history[index])
+                                            for index in over)
+
+
+def _run_batches(runner, batches: list[Batch], monitor: RunMonitor, failed: list, logger, pool: bool) -> bool:
+    """Run `batches`, each result into the monitor and failures into `failed`; whether the verifier
+    refused its configuration (every other batch would too: none is started after)."""
+    fatal = False
+    for result in runner.run(batches):
+        batch, summary = result.batch, result.summary
+        monitor.batch_done(batch.index, batch.start, batch.stop, result.counts, result.error,
+                           worker=summary.worker if summary else "")
+        if result.error:
+            failed.append((batch.index, result.error))
+            logger.error("batch %d failed: %s", batch.index, result.error)
+            if summary is not None and summary.fatal and not fatal:
+                fatal = True
+                runner.stop()
+                if not pool:
+                    break
+    return fatal
 
 
 def _stop_reason(signal: BaseException) -> str:
@@ -147,7 +192,7 @@ def _stop_reason(signal: BaseException) -> str:
 def _stopped(config, run_dir, monitor: RunMonitor, runner, reason: str, failed: list, logger) -> State:
     """Cancel what was submitted, say what finished and how to resume, and end the run Cancelled."""
     logger.warning("%s: cancelling every batch this run submitted", reason)
-    stopped = runner.cancel_all(reason)
+    stopped = runner.cancel_all(reason) if runner is not None else []
     monitor.tick()
     done, total = len(monitor.finished), len(monitor.prompts)
     what = f"{reason}: {done} of {total} prompts finished"
@@ -177,7 +222,7 @@ def _publish_summary(config: RunConfig, run_dir, monitor: RunMonitor, failed: li
             lines.append("- the verifier refused its configuration, so no further batch was started")
         lines.append("")
     if monitor.counts.rounds_over_budget:
-        lines += [f"**Budget reached**: {md_text(budget_text(config.budget.model_dump(), monitor.counts))}. "
+        lines += [f"**Budget reached**: {md_text(budget_text(config.budget.model_dump(), monitor.counts, monitor.nfe_before))}. "
                   "Finished rounds are kept; run again with a larger budget, or none, to pay only for the rounds "
                   "not yet done.", ""]
     try:

@@ -11,12 +11,12 @@ import pytest
 
 from conftest import small_config
 from ttsf_core import runner
-from ttsf_core.allocation import ALLOCATION_FILENAME, expected_improvement
+from ttsf_core.allocation import ALLOCATION_FILENAME, TOP_STOP, expected_improvement
 from ttsf_core.generate import CandidateGenerator
 from ttsf_core.records import iter_round_records
 from ttsf_core.store import Store
 from ttsf_core.verifiers import imagestats
-from ttsf_core.verifiers.base import RetryableVerifierError
+from ttsf_core.verifiers.base import RetryableVerifierError, grades_from_scores
 
 PROMPTS = ["a red fox", "a blue car", "an old map", "a castle at night", "a bowl of soup", "two cats"]
 
@@ -53,6 +53,10 @@ def test_expected_improvement_is_the_normal_best_of_m_gain():
     assert expected_improvement(scores, 2.0, 4, None) < gains[2]  # a higher best leaves less to gain
     # Little history borrows the dataset's spread: a wide pool lifts a prompt whose two scores agree.
     assert expected_improvement([5.0, 5.0], 5.0, 4, 1.0) > expected_improvement([5.0, 5.0], 5.0, 4, 0.01)
+    # A grader's scale with a top: a prompt already there has nothing left to gain, one near it little.
+    assert expected_improvement([9.0, 10.0], 10.0, 8, None, ceiling=10.0) == 0.0
+    assert 0 < expected_improvement([9.0, 9.5], 9.5, 8, None, ceiling=10.0) < expected_improvement([9.0, 9.5], 9.5, 8,
+                                                                                                  None)
 
 
 def test_uniform_rounds_stop_where_the_nfe_budget_would_go_over(tmp_path, tiny_pipe):
@@ -83,6 +87,32 @@ def test_adaptive_allocation_is_exact_deterministic_and_written_down(tmp_path, t
     rounds = {r.prompt_index: r.search_round for r in outcome.records}
     assert len(set(rounds.values())) > 1  # prompts got different numbers of rounds
     assert set(decisions["stops"]) == {str(index) for index in range(len(PROMPTS))}  # each says why it ended
+
+
+class TopForSome:
+    """imagestats on its 0-10 scale, except that the prompts in `easy` score the top, 10, every time."""
+
+    name, batch_size, score_max = "imagestats", 16, 10.0
+
+    def __init__(self, config, easy):
+        self.inner, self.easy = imagestats.ImageStatsVerifier(config.verifier_args), set(easy)
+
+    def score(self, prompt, images):
+        if prompt not in self.easy:
+            return self.inner.score(prompt, images)
+        return [grades_from_scores({"overall_score": 10.0}, "at the top") for _ in images]
+
+
+def test_a_prompt_at_the_top_of_the_scale_gets_no_further_round(tmp_path, tiny_pipe):
+    easy = PROMPTS[::2]
+    config = _config(tmp_path, max_nfe=150, allocation="adaptive")
+    prepared, outcome, _ = _run(config, tiny_pipe, TopForSome(config, easy))
+    outcome.raise_first()
+    rounds = {PROMPTS[r.prompt_index]: r.search_round for r in outcome.records}
+    assert all(rounds[prompt] == 1 for prompt in easy)  # their budget went to the others
+    assert all(rounds[prompt] > 1 for prompt in PROMPTS if prompt not in easy)
+    stops = json.loads((prepared.layout.run_dir / ALLOCATION_FILENAME).read_text())["stops"]
+    assert all(stops[str(PROMPTS.index(prompt))].startswith(TOP_STOP) for prompt in easy)
 
 
 class FailsOnce:

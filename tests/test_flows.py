@@ -265,3 +265,32 @@ def test_ttsf_run_builds_the_verifier_once_checks_access_once_and_a_rerun_does_n
         again = CliRunner().invoke(main, ["run", "--config", str(path), "--executor", "prefect"])
         assert again.exit_code == 0, again.output
         assert "(0 images generated, 0 graded)" in again.output and server.call_count == 18
+
+
+def test_an_adaptive_run_decides_its_waves_in_the_flow_as_the_direct_runner_does(tmp_path):
+    """Adaptive allocation is a stage of the dataset run: each wave decided from the records, its batches
+    run the rounds it gives; the same records and decisions as `--executor threads`, and the run's
+    status shows the NFE budget spent and left and the prompts still searched."""
+    from ttsf_core import runner
+    from ttsf_core.allocation import ALLOCATION_FILENAME
+    from ttsf_core.records import iter_round_records
+
+    budget = {"max_nfe": 100, "allocation": "adaptive"}
+    flowed = _config(tmp_path / "flow", search_args={"search_rounds": 4}, budget=budget)
+    state = search_dataset(flowed, return_state=True)
+    assert state.is_completed(), state.message
+    direct = _config(tmp_path / "direct", search_args={"search_rounds": 4}, budget=budget)
+    runner.run(direct)[1].raise_first()
+
+    def files(config):
+        run_dir = RunLayout(config).run_dir
+        found = {str(path.relative_to(run_dir)): path.read_bytes() for path, _ in iter_round_records(run_dir)}
+        return found | {ALLOCATION_FILENAME: (run_dir / ALLOCATION_FILENAME).read_bytes()}
+
+    assert files(flowed) == files(direct)
+    decisions = json.loads(files(flowed)[ALLOCATION_FILENAME])
+    assert max(d["wave"] for d in decisions["rounds"].values()) >= 3  # the flow ran several waves
+    spent = sum(d["nfe"] for d in decisions["rounds"].values())
+    status = _read_artifact(f"ttsf-{resolve(flowed).identity_hash}-status", state.state_details.flow_run_id).data
+    assert f"{spent:,} of 100 NFEs ({100 - spent:,} left)" in status
+    assert "prompts still searched (adaptive allocation) | 0 |" in status

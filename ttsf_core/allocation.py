@@ -5,8 +5,9 @@ A run proceeds in waves. The first wave gives round 1 to every prompt (in datase
 budget lasts). Each later wave gives the next round to the prompts with the highest expected gain per
 denoiser evaluation, until it has committed half of what is left of `budget.max_nfe` (at least one
 round), so later waves decide on fresher curves. A prompt stops when it has run every round
-(`search_rounds`), when its best rose by less than `plateau_delta` over its last `plateau_rounds`
-rounds, or when its next round no longer fits the budget.
+(`search_rounds`), when its best reached the verifier's top score (a scale with one), when its best rose
+by less than `plateau_delta` over its last `plateau_rounds` rounds, or when its next round no longer fits
+the budget.
 
 The expected gain of a prompt's next round is the expected improvement over its best so far of the
 best of the m images the round chooses among (its final candidates), under a normal model of the
@@ -14,7 +15,8 @@ prompt's final-image scores: mean their observed mean, variance their observed v
 the dataset's pooled variance with SHRINK pseudo-observations (a prompt with little history borrows the
 dataset's spread):
     EI = integral from best to infinity of (1 - Phi((x - mean) / sd)^m) dx,
-computed on a fixed grid. Random search draws its round's images independently, so the model is its
+computed on a fixed grid, and only up to the verifier's top score where its scale has one (the rubric
+graders' 10): a prompt whose best is already there has nothing left to gain. Random search draws its round's images independently, so the model is its
 own; for zero-order, paths and FK steering it is a heuristic on their final images' scores. Divided by
 the round's NFEs (ttsf_core.budget: exact for independent rounds, an upper bound otherwise).
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 ALLOCATION_FILENAME = "allocation.json"
 BUDGET_STOP = "does not fit what is left of the budget"
+TOP_STOP = "its best reached the verifier's top score"
 SHRINK = 4.0  # pseudo-observations of the dataset's pooled variance in a prompt's variance
 GRID = 400  # points of the expected-improvement integral
 MIN_SD = 1e-6
@@ -70,8 +73,9 @@ class Wave:
         return not self.decisions
 
 
-def expected_improvement(scores: Sequence[float], best: float, draws: int, pooled_var: float | None) -> float:
-    """E[max(best of `draws` new scores) - best]^+ under the prompt's shrunk normal model."""
+def expected_improvement(scores: Sequence[float], best: float, draws: int, pooled_var: float | None,
+                         ceiling: float | None = None) -> float:
+    """E[min(best of `draws` new scores, ceiling) - best]^+ under the prompt's shrunk normal model."""
     count = len(scores)
     mean = sum(scores) / count
     own = sum((s - mean) ** 2 for s in scores) / (count - 1) if count > 1 else 0.0
@@ -79,6 +83,8 @@ def expected_improvement(scores: Sequence[float], best: float, draws: int, poole
     var = (own * (count - 1) + prior * SHRINK) / (count - 1 + SHRINK) if count > 1 or pooled_var is not None else own
     sd = max(math.sqrt(var), MIN_SD)
     top = max(best, mean) + 8.0 * sd
+    if ceiling is not None:
+        top = min(top, ceiling)
     if top <= best:
         return 0.0
     width = (top - best) / GRID
@@ -97,8 +103,11 @@ def _phi(z: float) -> float:
 class Allocator:
     """The adaptive policy over one run's prompts (indexed as the dataset orders them)."""
 
-    def __init__(self, run: "ResolvedRun", prompts: Sequence[tuple[int, str]], needs: RoundNeeds):
+    def __init__(self, run: "ResolvedRun", prompts: Sequence[tuple[int, str]], needs: RoundNeeds,
+                 ceiling: float | None = None):
+        """`ceiling`: the verifier's top score (verifiers.base.score_ceiling), None where it has none."""
         self.run, self.config = run, run.config
+        self.ceiling = ceiling
         self.prompts = list(prompts)
         self.needs = needs
         self.layout = RunLayout(run)
@@ -154,7 +163,7 @@ class Allocator:
                 gain = 0.0
             else:
                 draws = max(1, self.needs.strategy.pool_size(next_round))
-                gain = expected_improvement(scores, best, draws, pooled)
+                gain = expected_improvement(scores, best, draws, pooled, self.ceiling)
             ratio = gain / need.nfe if need.nfe else 0.0
             candidates.append((ratio, index, prompt, next_round, gain))
         cap = max(0, (self.budget.max_nfe - spent) // 2) if self.budget.max_nfe is not None else None
@@ -198,6 +207,8 @@ class Allocator:
     def _stop_reason(self, records: list[RoundRecord]) -> str | None:
         if len(records) >= self.rounds:
             return f"ran all {self.rounds} rounds"
+        if self.ceiling is not None and _best_so_far(records)[-1] >= self.ceiling:
+            return f"{TOP_STOP} ({self.ceiling:g})"
         k = self.budget.plateau_rounds
         if k is None or len(records) <= k:
             return None
@@ -263,7 +274,7 @@ def allocation_lines(frame, run_dir: str | Path) -> list[str]:
     kinds: dict[str, int] = {}
     for reason in data["stops"].values():
         kind = "plateau" if reason.startswith("plateau") else "every round" if reason.startswith("ran all") \
-            else "budget" if reason.endswith(BUDGET_STOP) else "other"
+            else "budget" if reason.endswith(BUDGET_STOP) else "top score" if reason.startswith(TOP_STOP) else "other"
         kinds[kind] = kinds.get(kind, 0) + 1
     stopped = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "none yet"
     return [f"Adaptive allocation: {int(nfe.sum())} NFEs over {len(rounds)} prompts; rounds a prompt: {spread}; "

@@ -217,7 +217,7 @@ class BudgetArgs(_Frozen):
     """What a run may spend across its dataset, and how its rounds go to prompts. `uniform`: rounds in
     order (every prompt's round 1, then round 2, ...), a prompt stopping before the first round that
     would go over; `adaptive` (ttsf_core.allocation): round 1 for every prompt, then each next round to
-    the prompts expected to gain most per NFE, a prompt stopping when its best plateaus. Finished rounds
+    the prompts expected to gain most per NFE, a prompt stopping at a plateau or the verifier's top. Finished rounds
     are recorded and the report written. None: no limit."""
 
     # Answers billed by an API grader (an answer asked again because it did not fit counts too).

@@ -63,6 +63,7 @@ class BatchCounts:
     grades_found: int = 0  # already in the store: not asked again
     images_ungradeable: int = 0  # the verifier refused them for good (excluded from selection)
     rounds_recorded: int = 0
+    nfe_recorded: int = 0  # denoiser evaluations of the rounds recorded (what budget.max_nfe counts)
     rounds_skipped: int = 0  # recorded before this run
     rate_limited: int = 0  # verifier requests refused with a 429
     retries: int = 0  # grading attempts beyond each chunk's first
@@ -378,6 +379,7 @@ class _BatchRun:
         self.history[work.prompt_index].append(record)
         self.records.append(record)
         self.counts.rounds_recorded += 1
+        self.counts.nfe_recorded += record.nfe or 0
         self.engine.observer.round_recorded(record, self.counts)
         if not self.strategy.independent_rounds and self.todo.get(work.prompt_index) and not self.aborted:
             self._start_round(work.prompt_index, self.todo[work.prompt_index].popleft())

@@ -30,6 +30,7 @@ from ttsf_core.verifiers.registry import build_verifier
 
 
 if TYPE_CHECKING:
+    from ttsf_core.allocation import Allocator, Wave
     from ttsf_core.generate import CandidateGenerator
 
 
@@ -204,8 +205,6 @@ def run(config: RunConfig | PreparedRun, generator: "CandidateGenerator | None" 
 
 def run_adaptive(prepared: PreparedRun, engine: SearchEngine) -> BatchOutcome:
     """Wave after wave (ttsf_core.allocation) until a wave gives no round; the outcome of all of them."""
-    from ttsf_core.allocation import BUDGET_STOP
-
     allocator = allocator_for(prepared)
     total, waves = None, []
     for _ in range(len(prepared.prompts) * prepared.config.search_args.search_rounds + 1):
@@ -221,26 +220,34 @@ def run_adaptive(prepared: PreparedRun, engine: SearchEngine) -> BatchOutcome:
             break
     if total is None:
         total = engine.run_batch(prepared.indexed_prompts(), waves[-1].allowance)  # reads back what is recorded
-    # A wave holds back every round it does not give: only the prompts the budget stopped are over it.
+    total.over_budget = budget_stops(prepared, allocator, waves[-1])
     history = allocator.history()
     rounds = prepared.config.search_args.search_rounds
-    over = {index: len(history[index]) + 1 for index, why in waves[-1].stops.items() if why.endswith(BUDGET_STOP)}
-    total.over_budget = over
-    total.counts.rounds_over_budget = sum(rounds - len(history[index]) for index in over)
-    total.counts.prompts_over_budget = len(over)
+    total.counts.rounds_over_budget = sum(rounds - len(history[index]) for index in total.over_budget)
+    total.counts.prompts_over_budget = len(total.over_budget)
     return total
+
+
+def budget_stops(prepared: PreparedRun, allocator: "Allocator", last: "Wave") -> dict[int, int]:
+    """prompt index -> the round it stopped before, for the prompts the budget stopped (a wave holds back
+    every round it does not give: only these are over the budget)."""
+    from ttsf_core.allocation import BUDGET_STOP
+
+    history = allocator.history()
+    return {index: len(history[index]) + 1 for index, why in last.stops.items() if why.endswith(BUDGET_STOP)}
 
 
 def allocator_for(prepared: PreparedRun) -> "Allocator":
     from ttsf_core.allocation import Allocator
     from ttsf_core.budget import RoundNeeds
     from ttsf_core.estimate import billing
+    from ttsf_core.verifiers.base import score_ceiling
 
     run = prepared.run
     store = Store(run)
     bill = billing(run.config, store, is_video_model(run.config))
     needs = RoundNeeds(run, prepared.strategy, store, bill.requests_per_image, bill.cost_per_request)
-    return Allocator(run, prepared.indexed_prompts(), needs)
+    return Allocator(run, prepared.indexed_prompts(), needs, score_ceiling(prepared.verifier))
 
 
 def merge_outcomes(first: BatchOutcome, then: BatchOutcome) -> BatchOutcome:

@@ -176,6 +176,12 @@ def verifier_metrics(verifier) -> tuple[str, ...]:
     return tuple(getattr(verifier, "metrics", RUBRIC_METRICS))
 
 
+def score_ceiling(verifier) -> float | None:
+    """The highest score a verifier (class or instance) gives: its `score_max` (the rubric graders' and
+    imagestats' 10), None for rewards without a top (CLIP, PickScore, ImageReward, aesthetics, ensembles)."""
+    return getattr(verifier, "score_max", None)
+
+
 def default_metric(verifier) -> str:
     """The metric that picks the best unless --choice_of_metric says otherwise."""
     found = getattr(verifier, "default_metric", None)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from ttsf_core.config import VerifierArgs
 from ttsf_core.verifiers.base import (
+    SCORE_MAX,
     Graded,
     Grades,
     OnResult,
@@ -62,6 +63,7 @@ class GeminiVerifier(RemoteGrader):
 
     name = "gemini"
     reads_rubric = True  # its grades follow the rubric: the rubric is part of its grading identity
+    score_max = SCORE_MAX  # the rubric's scale has a top (adaptive allocation expects no gain above it)
     reads_video = True  # export_args.video_grading "whole": an mp4 is sent as it is (score_videos_partial)
     billed = True  # every answer has a price (ttsf_core.costs)
     takes_thinking = True  # verifier_args.thinking_level and media_resolution

@@ -178,6 +178,7 @@ class ImageStatsVerifier:
     """Grades images by classical no-reference statistics; ignores the prompt (see the module docstring)."""
 
     name = "imagestats"
+    score_max = SCORE_MAX  # every measure is clipped to the rubric scale
     batch_size = 16  # no model to batch for; bigger chunks only mean fewer jobs
 
     def __init__(self, args: VerifierArgs):

@@ -53,6 +53,7 @@ from ttsf_core.config import VerifierArgs
 from ttsf_core.verifiers.base import (
     RUBRIC_DEFAULT_METRIC,
     RUBRIC_METRICS,
+    SCORE_MAX,
     Graded,
     Grades,
     OnResult,
@@ -89,6 +90,7 @@ class OpenAIVerifier(RemoteGrader):
 
     name = "openai"
     reads_rubric = True  # its grades follow the rubric: the rubric is part of its grading identity
+    score_max = SCORE_MAX  # the rubric's scale has a top (adaptive allocation expects no gain above it)
     metrics = RUBRIC_METRICS
     default_metric = RUBRIC_DEFAULT_METRIC
     billed = True  # every answer has a price (ttsf_core.costs; set yours in config `prices`)

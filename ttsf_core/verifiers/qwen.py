@@ -27,7 +27,8 @@ from PIL import Image
 
 from ttsf_core.config import VerifierArgs
 from ttsf_core.verifiers._local import positive_int, resolve_device
-from ttsf_core.verifiers.base import Grades, VerifierConfigError, VerifierError, checked_images, parse_grades
+from ttsf_core.verifiers.base import (SCORE_MAX, Grades, VerifierConfigError, VerifierError, checked_images,
+                                     parse_grades)
 from ttsf_core.verifiers.rubric import grading_text, load_rubric
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class QwenVerifier:
 
     name = "qwen"
     reads_rubric = True  # its grades follow the rubric: the rubric is part of its grading identity
+    score_max = SCORE_MAX  # the rubric's scale has a top (adaptive allocation expects no gain above it)
     DEFAULT_MODEL = DEFAULT_MODEL
 
     def __init__(self, args: VerifierArgs, *, processor: Any = None, logits_processor: Any = None):
