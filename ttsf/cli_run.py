@@ -134,8 +134,13 @@ def _run_locked(prepared, choice: ExecutorChoice, fail) -> None:
         if choice.temporary_server:
             click.echo("ttsf: starting a temporary Prefect server for this run (10-30 s the first time on a machine; "
                        "PREFECT_API_URL names a running one, --executor threads runs without Prefect) ...", err=True)
-        with RunProgress(prepared, pending_rounds):
+        # The direct path only: there nothing else imports while the last grades arrive (a flow's task
+        # threads may, and the flow writes its own report).
+        warm = ReportImports() if executor == "threads" else None
+        with RunProgress(prepared, pending_rounds, when_generated=None if warm is None else warm.start):
             counts, error = _search(prepared, executor)
+        if warm is not None:
+            warm.wait()  # the report needs them next: never two threads importing the same libraries
         if error is not None:  # after the progress bar is closed: the error gets its own line
             _fail_search(error, fail, log_path)
         click.echo(f"This run generated {counts['images_generated']} images and graded {counts['images_graded']} "
@@ -149,6 +154,36 @@ def _run_locked(prepared, choice: ExecutorChoice, fail) -> None:
         print_summary(prepared.layout.run_dir)
     if pending and counts.get("rounds_over_budget"):
         click.echo(budget_line(config, counts))
+
+
+class ReportImports:
+    """What the report needs (pandas, matplotlib: 1.5-3 s of CPU on the VM of BENCHMARKS.md), imported on
+    a thread of its own while the last grades arrive (`start`, called when every image is generated), so
+    that the report is written the moment they are in. `wait` joins it before the report is built: the
+    main thread never imports beside it. Not a daemon: an exit meanwhile lets the import end rather than
+    tearing it down half done. An import that fails here fails again, with its message, in the report."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._load, name="ttsf-report-imports")
+            self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+    @staticmethod
+    def _load() -> None:
+        import importlib
+
+        try:
+            for name in ("matplotlib.figure", "matplotlib.backends.backend_agg", "ttsf_core.report"):  # report: pandas
+                importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the report imports them again and says what failed
+            pass
 
 
 def billed_line(counts: dict) -> str:
@@ -275,6 +310,7 @@ def _preload(runtime, config: RunConfig) -> None:
 
 
 def print_summary(run_dir: Path) -> None:
+    from ttsf_core.allocation import allocation_lines
     from ttsf_core.report import REPORT_DIRNAME, cost_lines, report_dataframe
 
     frame = report_dataframe(run_dir)
@@ -286,7 +322,7 @@ def print_summary(run_dir: Path) -> None:
     for search_round, row in by_round.iterrows():
         click.echo(f"  round {search_round}: {row['images']:g} images ({row['nfe']:g} NFEs) a prompt so far, "
                    f"mean best score {row['mean_best']:.3f}")
-    for line in cost_lines(frame):
+    for line in cost_lines(frame) + allocation_lines(frame, run_dir):
         click.echo(line)
     click.echo(f"Report: {run_dir / REPORT_DIRNAME}")
     click.echo(f"Output: {run_dir}")

@@ -36,10 +36,13 @@ def planned_images(prepared) -> int:
 
 
 class RunProgress:
-    """Two bars over the run's pending images, and the rounds recorded, until the search ends."""
+    """Two bars over the run's pending images, and the rounds recorded, until the search ends.
+    `when_generated` is called once (on the bars' thread) when every planned image is made: what is
+    left is grading, the time to get the report ready."""
 
-    def __init__(self, prepared, pending_rounds, interval_s: float = POLL_S):
+    def __init__(self, prepared, pending_rounds, interval_s: float = POLL_S, when_generated=None):
         self.pending_rounds, self.interval_s = pending_rounds, interval_s
+        self.when_generated = when_generated
         self.prepared = prepared
         self.rounds_total = len(prepared.prompts) * prepared.config.search_args.search_rounds
         self.rounds_at_start = self.rounds_total - pending_rounds(prepared)
@@ -70,6 +73,9 @@ class RunProgress:
             if value > bar.total:  # a later stage held fewer than it might: the plan was an upper bound
                 bar.total = value
             bar.update(value - bar.n)
+        if self.when_generated is not None and made >= self.made.total and not final:
+            when, self.when_generated = self.when_generated, None
+            when()
         self.made.set_postfix_str(f"rounds {self._rounds}/{self.rounds_total}", refresh=final)
 
     def __enter__(self) -> "RunProgress":

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ttsf_core.config import MAX_PROMPT_CHARS, PROMPT_ALLOWED, ConfigError, PromptSource, prompt_problem
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LOCAL_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
 
@@ -83,6 +85,8 @@ def _read_local(source: PromptSource) -> list[tuple[str, object]]:
     try:
         if suffix == ".txt":
             return [(f"line {number}", line) for number, line in enumerate(_lines(path), start=1)]
+        import pandas as pd  # here: a --prompt or a .txt does without its second of import
+
         frame = {
             # dtype str, no NA words: a prompt "1984" or "NA" stays the text it is.
             ".csv": lambda: pd.read_csv(path, dtype=str, keep_default_na=False),
@@ -105,6 +109,7 @@ def _lines(path: Path) -> list[str]:
 
 
 def _read_parquet_column(path: Path, source: PromptSource) -> pd.DataFrame:
+    import pandas as pd
     import pyarrow.parquet as pq
 
     # Read the one column: preference datasets carry image columns far larger than the prompts.
