@@ -10,10 +10,11 @@ something fails"); every two seconds it reads its batch runs' states (one reques
 files (flows/heartbeat.py, in the shared run folder) and decides:
 
 - a batch whose heartbeat stopped for `dispatch.lost_after_s` while the server says it runs, one a
-  worker took but never started within that time, or one the server reports Crashed, is lost: its run
-  is marked Crashed and the batch submitted again, with the same parameters (its verifier allowance
-  included), to whichever worker is free; the new attempt pays only for what has no record or stored
-  grade. After `dispatch.max_attempts` attempts the batch fails, named in one line.
+  worker took that has not begun beating when the server reports that worker offline (or after
+  PENDING_LIMIT_S whatever), or one the server reports Crashed, is lost: its run is marked Crashed and
+  the batch submitted again, with the same parameters (its verifier allowance included), to whichever
+  worker is free; the new attempt pays only for what has no record or stored grade. After
+  `dispatch.max_attempts` attempts the batch fails, named in one line.
 - a batch running longer than `dispatch.batch_timeout_s`, counted from when it was first seen running,
   is cancelled (through Prefect and through a stop file its heartbeat thread reads) and submitted again
   while attempts remain: it resumes from its records.
@@ -58,6 +59,8 @@ from ttsf_core.records import RunLayout
 POLL_S = 2.0
 REPORT_EVERY_S = 60.0  # the waiting line: one a minute, with counts
 STOP_CONFIRM_S = 15.0  # a stop waits this long to see its batch runs end before it reports
+PENDING_LIMIT_S = 900.0  # a batch taken by a worker and not started within this long is lost, whatever
+WORKER_STATUS_SETTLE_S = 90.0  # after an outage, workers' statuses on the server are stale this long
 TERMINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 FETCH_PAGE = 200  # flow runs read per request (Prefect's default page limit)
 _log = logging.getLogger("ttsf.dispatch")
@@ -93,6 +96,7 @@ class LocalBatches:
         again: wave w's batch N is call first_call + N, found again by a retry of the same wave)."""
         self.config, self.prompt_list, self.rpm_name, self.view_for = config, prompt_list, rpm_name, view_for
         self.allowance, self.spent, self.first_call = allowance, spent, first_call
+        self.current: Batch | None = None  # the batch running in this process right now
         self.flow = search_batch.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.task_workers),
                                               result_storage=result_storage_for(config))
 
@@ -101,8 +105,10 @@ class LocalBatches:
             align_subflow_key(search_batch, self.first_call + batch.index)  # batch N's run again on a retry
             later = [index for other in batches[position + 1:] for index in range(other.start, other.stop)]
             allowance = _batch_allowance(self.allowance, batch, later, *self.spent())
+            self.current = batch
             state = self.flow(self.config, batch.index, self.prompt_list, batch.start, batch.stop, self.rpm_name,
                               self.view_for(), allowance, return_state=True)
+            self.current = None
             summary = read_summary(self.config, batch.index, str(state.state_details.flow_run_id))
             yield BatchResult(batch, summary, None if state.is_completed() else state.message, counts_of(summary))
 
@@ -110,8 +116,8 @@ class LocalBatches:
         """Batches run one after another here: stopping is not starting the next (the caller's loop)."""
 
     def cancel_all(self, reason: str) -> list[str]:
-        """Nothing runs outside this process: an interrupted batch ended with it."""
-        return []
+        """Nothing runs outside this process: the batch it was running stopped with it."""
+        return [] if self.current is None else [f"{self.current.label()}: stopped (it ran in this process)"]
 
 
 def _batch_allowance(allowance: Allowance | None, batch: Batch, others: list[int], spent_requests: int = 0,
@@ -173,14 +179,11 @@ class PoolBatches:
         self.carried: dict[int, BatchCounts] = {}  # batch index -> counts of its lost attempts (last heartbeats)
         self.stopping: str | None = None
         self.down_since: float | None = None  # the server has not answered since
+        self.up_since: float | None = None  # the server has answered every poll since
+        self._statuses: tuple[float, dict[str, str]] | None = None
         self.poll_failures = 0
         self.last_report = time.monotonic()
         self._deployment = None
-
-    @property
-    def runs(self) -> dict[UUID, Batch]:
-        """The batch runs still awaited, by flow run id."""
-        return {run_id: attempt.batch for run_id, attempt in self.live.items()}
 
     def check(self) -> None:
         """The deployment batches go to must exist (before anything is submitted)."""
@@ -214,7 +217,7 @@ class PoolBatches:
                 "prompt_list": self.prompt_list, "start": batch.start, "stop": batch.stop,
                 "rpm_limit_name": self.rpm_name, "view": None,
                 "allowance": allowance.model_dump(mode="json") if allowance is not None else None})
-        self.logger.info("submitted %d batches to %s; a batch silent for %s is resubmitted (up to %d attempts)",
+        self.logger.info("%d batches on %s; a batch silent for %s is resubmitted (up to %d attempts)",
                          len(batches), self.deployment, _span(self.dispatch.lost_after_s), self.dispatch.max_attempts)
         # One HTTP line per request (httpx logs each at INFO) would bury the run's log while it waits.
         http_logger = logging.getLogger("httpx")
@@ -250,6 +253,7 @@ class PoolBatches:
             if not is_outage(error):
                 raise
             self.poll_failures += 1
+            self.up_since = None
             if self.down_since is None:
                 self.down_since = now
                 self.logger.warning("the Prefect server cannot be reached (%s: %s); batches go on, their heartbeats "
@@ -262,7 +266,9 @@ class PoolBatches:
             return None
         if self.down_since is not None:
             self.logger.info("the Prefect server answers again after %s", _span(now - self.down_since))
-            self.down_since, self.poll_failures = None, 0
+            self.down_since, self.poll_failures, self.up_since = None, 0, now
+        elif self.up_since is None:
+            self.up_since = now
         return {run.id: run for run in found}
 
     def _judge(self, attempt: Attempt, runs: dict[UUID, FlowRun] | None, now: float) -> BatchResult | None:
@@ -281,28 +287,79 @@ class PoolBatches:
             return None  # the server is away: nothing to decide that needs it (the beats are still read)
         if run.state_type in TERMINAL:
             return self._from_server(attempt, run, beat)
-        if attempt.stop_asked_at is not None and now - attempt.stop_asked_at > self.dispatch.lost_after_s:
-            # Neither its worker nor its own heartbeat thread stopped it: the process is gone or deaf.
-            self._set_state(attempt, Cancelled(message=f"{attempt.stop_reason}; it did not stop within "
-                                                       f"{self.dispatch.lost_after_s:g} s"))
-            return self._after_stop(attempt, None, beat)
+        if attempt.stop_asked_at is not None:
+            return self._judge_stopping(attempt, beat, now)
         if run.state_type == StateType.RUNNING or (beat is not None and run.state_type != StateType.CANCELLING):
-            if attempt.stop_asked_at is None and now - attempt.started_at > self.dispatch.batch_timeout_s:
+            if now - attempt.started_at > self.dispatch.batch_timeout_s:
                 self._ask_to_stop(attempt, f"it ran longer than dispatch.batch_timeout_s "
                                            f"({self.dispatch.batch_timeout_s:g} s)", kind="timeout")
                 return None
+            if beat is None:
+                # Running on the server, not beating yet: between the engine's report and the flow's first
+                # line, where a process may wait out an outage in Prefect's own retries (minutes, seen in
+                # the outage test). Silence proves nothing there, as while Pending.
+                return self._judge_not_beating(attempt, beat, now)
             silent = attempt.watch.silent_for(now, attempt.started_at)
-            if silent > self.dispatch.lost_after_s and attempt.stop_asked_at is None:
+            if silent > self.dispatch.lost_after_s:
                 return self._lost(attempt, f"no heartbeat for {_span(silent)} (dispatch.lost_after_s "
                                            f"{self.dispatch.lost_after_s:g}): its worker or machine is gone", beat)
             return None
         if run.state_type == StateType.PENDING:
-            if attempt.pending_since is None:
-                attempt.pending_since = now
-            if now - attempt.pending_since > self.dispatch.lost_after_s and attempt.stop_asked_at is None:
-                return self._lost(attempt, f"taken by a worker{attempt.where()} that did not start it within "
-                                           f"{_span(self.dispatch.lost_after_s)}", beat)
+            return self._judge_not_beating(attempt, beat, now)
         return None  # Scheduled (waiting for a free worker), Paused, or Cancelling on someone's request
+
+    def _judge_stopping(self, attempt: Attempt, beat: Beat | None, now: float) -> BatchResult | None:
+        """Asked to stop, not ended on the server yet. Its own heartbeat says when its process is gone
+        ("stopped", or silent for three beats): Prefect's confirmation may never come (a worker that
+        lost the server stops watching for cancellations: "Cancellation observer failed"), so the run
+        is set Cancelled here; one that neither stops nor goes quiet is set Cancelled after lost_after_s."""
+        if attempt.started_at is None:
+            # Never seen running: Cancelling on the server refuses its Running report, so it cannot begin.
+            # That state is left for its worker (or the server's cancellation cleanup) to confirm.
+            return self._after_stop(attempt, None, beat)
+        quiet = attempt.watch.silent_for(now, attempt.stop_asked_at) >= 3 * self.dispatch.heartbeat_s
+        if quiet or now - attempt.stop_asked_at > self.dispatch.lost_after_s:
+            late = "" if quiet else f"; it did not stop within {self.dispatch.lost_after_s:g} s"
+            self._set_state(attempt, Cancelled(message=f"{attempt.stop_reason}{late}"))
+            return self._after_stop(attempt, None, beat)
+        return None
+
+    def _judge_not_beating(self, attempt: Attempt, beat: Beat | None, now: float) -> BatchResult | None:
+        """Taken by a worker (Pending, or Running on the server) but not beating yet. Starting is slow (a
+        new process imports torch and the pipeline's libraries: 25 s seen on a busy 2-core VM) and may
+        wait out an outage in Prefect's retries, so silence alone proves nothing here: the batch is lost
+        when its worker has gone offline on the server (trusted only once the server has answered for
+        WORKER_STATUS_SETTLE_S, as workers report in every 30 s), or after PENDING_LIMIT_S."""
+        if attempt.pending_since is None:
+            attempt.pending_since = now
+        waited = now - attempt.pending_since
+        if waited > max(self.dispatch.lost_after_s, PENDING_LIMIT_S):
+            return self._lost(attempt, f"taken by a worker{attempt.where()} that did not start it within "
+                                       f"{_span(waited)}", beat)
+        settled = self.up_since is not None and now - self.up_since > WORKER_STATUS_SETTLE_S
+        if waited > self.dispatch.lost_after_s and settled and attempt.worker:
+            try:
+                status = self._worker_status(now).get(attempt.worker)
+            except Exception as error:  # noqa: BLE001 - an outage only postpones this; anything else is raised
+                if not is_outage(error):
+                    raise
+                return None
+            if status is not None and status != "ONLINE":
+                return self._lost(attempt, f"its worker {attempt.worker} went {status.lower()} before the batch "
+                                           "began", beat)
+        return None
+
+    def _worker_status(self, now: float) -> dict[str, str]:
+        """Worker name -> ONLINE/OFFLINE as the server sees it (read at most once a poll interval)."""
+        if self._statuses is not None and now - self._statuses[0] < POLL_S:
+            return self._statuses[1]
+        pool = getattr(self._deployment, "work_pool_name", None)
+        if not pool:
+            return {}
+        with fail_fast(), get_client(sync_client=True) as client:
+            workers = client.read_workers_for_work_pool(pool)
+        self._statuses = (now, {w.name: str(getattr(w.status, "value", w.status)).upper() for w in workers})
+        return self._statuses[1]
 
     def _observe(self, attempt: Attempt, run: FlowRun, now: float) -> None:
         worker = (run.labels or {}).get("prefect.worker.name") or ""
@@ -315,11 +372,18 @@ class PoolBatches:
     # ---- outcomes -------------------------------------------------------------------------------------
 
     def _ended(self, attempt: Attempt, run: FlowRun | None, beat: Beat, now: float) -> BatchResult | None:
-        """Its work is on disk (its last heartbeat says so): the server's word only catches up."""
+        """Its work is on disk (its last heartbeat says so): the server's word only catches up. Or it
+        stopped itself on its stop file ("stopped"): its process is going, Cancelled whatever Prefect says."""
         if run is not None and run.state_type in {StateType.COMPLETED, StateType.FAILED}:
             return self._from_server(attempt, run, beat)
         if run is None:
             return None  # the server is away: report when it answers
+        if beat.ended == "stopped":
+            if run.state_type != StateType.CANCELLED:
+                self._set_state(attempt, Cancelled(message=attempt.stop_reason or beat.message))
+            if attempt.stop_asked_at is not None:
+                return self._after_stop(attempt, None, beat)
+            return self._done(attempt, f"cancelled: {beat.message}", carry=beat)
         if attempt.ended_seen_at is None:
             attempt.ended_seen_at = now
         if run.state_type in TERMINAL or now - attempt.ended_seen_at > self.dispatch.lost_after_s:
@@ -453,7 +517,12 @@ class PoolBatches:
         attempt.watch.ask_to_stop(reason)
         if kind == "timeout":
             self.logger.warning("%s: %s; cancelling it%s", attempt.batch.label(), reason, attempt.where())
-        state = Cancelled(message=reason) if attempt.state in (None, StateType.SCHEDULED) and attempt.started_at is None \
+        # Waiting for a worker: Cancelled (workers only take Scheduled runs). Anything a worker may have
+        # taken: Cancelling, which the server keeps until it is confirmed Cancelled and which refuses a
+        # Running report ("Cannot transition flows that are cancelling to a state other than Cancelled"),
+        # so a process still starting cannot begin; Cancelled would not (Prefect 3.9.1's server accepts
+        # Cancelled -> Running: tried against its API). Its worker kills it and confirms.
+        state = Cancelled(message=reason) if attempt.state == StateType.SCHEDULED and attempt.started_at is None \
             else Cancelling(message=reason)
         try:
             self._set_state(attempt, state)
@@ -483,15 +552,31 @@ class PoolBatches:
             except ServerUnreachable:  # the stop files still stop what runs; the server hears later
                 break
             if runs is not None:
-                for run_id, run in runs.items():
-                    if run.state_type in TERMINAL and run_id in self.live:
-                        self.live[run_id].state = run.state_type
-            if all(a.state in TERMINAL for a in self.live.values()) or time.monotonic() > deadline:
+                now = time.monotonic()
+                for attempt in self.live.values():
+                    run = runs.get(attempt.run_id)
+                    attempt.state = run.state_type if run is not None else attempt.state
+                    beat = attempt.watch.read(now)
+                    # Only a batch that was running, and whose process is gone: one never seen running
+                    # stays Cancelling, which keeps it from beginning (see _ask_to_stop).
+                    gone = attempt.started_at is not None and (
+                        (beat is not None and beat.ended == "stopped")
+                        or attempt.watch.silent_for(now, attempt.stop_asked_at) >= 3 * self.dispatch.heartbeat_s)
+                    if attempt.state not in TERMINAL and gone:  # its process is gone: say so for Prefect
+                        try:
+                            self._set_state(attempt, Cancelled(message=reason))
+                        except ServerUnreachable:
+                            continue
+                        attempt.state = StateType.CANCELLED
+            if all(a.state in TERMINAL or a.started_at is None for a in self.live.values()) \
+                    or time.monotonic() > deadline:
                 break
             time.sleep(POLL_S)
         lines = []
         for attempt in sorted(self.live.values(), key=lambda a: a.batch.index):
-            ended = "stopped" if attempt.state in TERMINAL else "asked to stop (its worker stops it)"
+            ended = "stopped" if attempt.state in TERMINAL else \
+                "cancelling (it cannot begin; its worker confirms)" if attempt.started_at is None else \
+                "asked to stop (its worker stops it)"
             lines.append(f"{attempt.batch.label()}: {ended}" + (f", was running{attempt.where()}"
                                                                 if attempt.started_at is not None else ""))
         return lines
@@ -522,12 +607,11 @@ class PoolBatches:
         if not pool:
             return ""
         try:
-            with fail_fast(), get_client(sync_client=True) as client:
-                workers = client.read_workers_for_work_pool(pool)
+            statuses = self._worker_status(time.monotonic())
         except Exception as error:  # noqa: BLE001 - an outage only leaves this line out
             if is_outage(error):
                 return ""
             raise
-        online = [w.name for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE"]
+        online = [name for name, status in statuses.items() if status == "ONLINE"]
         return f"workers online in pool {pool}: {', '.join(online)}" if online else \
             f"no worker is online in pool {pool}: start one (docs/scale-out.md)"

@@ -50,7 +50,9 @@ class Beat(BaseModel):
     beat: int  # +1 every write: a change is noticed by the reader's clock, never by comparing clocks
     where: str  # the worker, host and process
     counts: dict[str, int | float] = {}  # the batch's counts so far (BatchCounts), as of this beat
-    ended: str | None = None  # None while it works; "completed" or "failed" once its work is on disk
+    # None while it works; "completed" or "failed" once its work is on disk; "stopped" when it ends itself
+    # on the dataset run's stop file
+    ended: str | None = None
     message: str = ""
 
 
@@ -117,6 +119,11 @@ class Heartbeat:
         except OSError as error:
             reason = f"(the stop file could not be read: {error})"
         self.logger.warning("the dataset run asked this batch to stop: %s", reason or "no reason given")
+        # The last beat says so first: the dataset run knows at once that this process is going, whether or
+        # not its worker can still tell the server (which then confirms it Cancelled).
+        with self._lock:
+            self.beat = self.beat.model_copy(update={"ended": "stopped", "message": (reason or "")[:500]})
+        self._write()
         # Prefect's engine installs a SIGTERM handler that raises TerminationSignal in the main thread
         # (prefect/utilities/engine capture_sigterm, 3.9.1): the batch ends as a flow run killed by its
         # worker would; without that handler SIGTERM ends the process as well.
@@ -160,6 +167,9 @@ class BeatWatch:
         atomic_write_bytes(stop_path(self.path), (reason + "\n").encode())
 
     def remove(self) -> None:
-        """An attempt the dataset run is done with leaves no files behind."""
-        for path in (self.path, stop_path(self.path)):
-            path.unlink(missing_ok=True)
+        """An attempt the dataset run is done with leaves no heartbeat behind. Its stop file, if it was
+        asked to stop, stays unless its last beat said it ended: a process still starting, or one its
+        worker could not reach, finds it when it begins and does not run (flows/search_batch.py)."""
+        self.path.unlink(missing_ok=True)
+        if self.last is not None and self.last.ended:
+            stop_path(self.path).unlink(missing_ok=True)

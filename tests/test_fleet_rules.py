@@ -4,7 +4,6 @@ rules on the real pieces: tests/test_scaleout.py."""
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 import uuid
@@ -23,7 +22,6 @@ from flows.search_batch import BatchSummary, read_batch_file, read_summary, reco
 from ttsf_core.config import ConfigError, build_config
 from ttsf_core.engine import BatchCounts
 from ttsf_core.files import write_json
-from ttsf_core.records import RunLayout
 
 # ---- config ----------------------------------------------------------------------------------------------
 
@@ -345,13 +343,38 @@ def test_nothing_is_decided_while_the_server_is_away_and_a_batch_that_died_meanw
     assert pool.server.set == [(dead.run_id, StateType.CRASHED, pool.server.set[0][2])]
 
 
-def test_a_run_taken_by_a_worker_that_never_starts_it_is_lost(pool):
+def test_a_run_taken_by_a_worker_is_lost_only_when_that_worker_went_offline_or_after_the_limit(pool):
+    statuses = {"w3": "ONLINE"}
+    pool._worker_status = lambda now: statuses
+    pool.up_since = -1000.0  # the server has answered for long: its worker statuses are current
+    slow = pool._submit(Batch(0, 0, 1), {})
+    pool.server.run(slow.run_id, StateType.PENDING, worker="w3")
+    assert _judge(pool, slow, now=0.0) is None
+    assert _judge(pool, slow, now=300.0) is None  # a slow start on a live worker is not a loss
+    assert pool.server.set == []
+    statuses["w3"] = "OFFLINE"
+    assert _judge(pool, slow, now=301.0) is None  # its worker is gone: lost, resubmitted
+    assert "its worker w3 went offline before the batch began" in pool.server.set[-1][2]
+    assert len(pool.server.created) == 2
+    stuck = next(iter(pool.live.values()))
+    statuses["w4"] = "ONLINE"
+    pool.server.run(stuck.run_id, StateType.PENDING, worker="w4")
+    assert _judge(pool, stuck, now=400.0) is None
+    result = _judge(pool, stuck, now=400.0 + dispatch.PENDING_LIMIT_S + 1)  # never started: lost anyway
+    assert "did not start it within" in pool.server.set[-1][2]
+    assert result.error.startswith("batch 0 (prompt 0) lost 2 times (dispatch.max_attempts 2); last on w4: taken")
+
+
+def test_right_after_an_outage_worker_statuses_are_not_trusted(pool):
+    pool._worker_status = lambda now: {"w3": "OFFLINE"}  # stale: workers have not reported in yet
+    pool.up_since = 500.0
     attempt = pool._submit(Batch(0, 0, 1), {})
     pool.server.run(attempt.run_id, StateType.PENDING, worker="w3")
-    assert _judge(pool, attempt, now=0.0) is None
-    assert _judge(pool, attempt, now=19.0) is None
-    assert _judge(pool, attempt, now=21.0) is None
-    assert "did not start it" in pool.server.set[-1][2] and len(pool.server.created) == 2
+    assert _judge(pool, attempt, now=450.0) is None
+    assert _judge(pool, attempt, now=520.0) is None  # pending 70 s, but the server answers only since 500
+    assert pool.server.set == []
+    assert _judge(pool, attempt, now=600.0) is None  # settled: offline now means gone
+    assert "went offline" in pool.server.set[-1][2]
 
 
 def test_the_waiting_line_is_one_a_minute_with_counts(pool, caplog):
@@ -393,3 +416,92 @@ def test_a_retried_dataset_run_watches_its_earlier_batch_runs_instead_of_submitt
     results = list(pool.run([Batch(0, 0, 1)]))
     assert pool.server.created == []  # nothing submitted: the live run from before the retry was watched
     assert [(r.batch.index, r.error) for r in results] == [(0, None)]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_ctrl_c_in_a_local_run_ends_it_cancelled_saying_what_finished(tmp_path, monkeypatch):
+    """dispatch: local. Ctrl-C lands in the batch running in this process: the run ends Cancelled with one
+    message naming what finished and the stopped batch (the CLI adds the resume hint, once)."""
+    from prefect.exceptions import CancelledRun
+
+    import flows.search_batch as search_batch_module
+    from flows.search_dataset import search_dataset
+
+    data = tmp_path / "prompts.txt"
+    data.write_text("a red lighthouse on a cliff\nan owl reading a map\n")
+    config = small_config(tmp_path, search_args={"search_rounds": 1}, prompts_per_batch=1,
+                          prompts={"prompt": None, "dataset": str(data), "num_prompts": "all"})
+    real = search_batch_module._search_batch
+
+    def interrupted(config, batch_index, *args):
+        if batch_index == 1:
+            raise KeyboardInterrupt
+        return real(config, batch_index, *args)
+
+    monkeypatch.setattr(search_batch_module, "_search_batch", interrupted)
+    with pytest.raises(CancelledRun) as stopped:
+        search_dataset(config)
+    message = str(stopped.value)
+    assert message == ("stopped by Ctrl-C: 1 of 2 prompts finished; batch 1 (prompt 1): stopped (it ran in this "
+                       "process)"), message
+    assert "resume" not in message
+
+
+def test_running_on_the_server_but_not_yet_beating_is_not_lost_by_silence(pool):
+    """A process may sit between the engine's Running report and the flow's first line for minutes
+    (an outage waited out in Prefect's retries): only its worker going offline, or the limit, loses it."""
+    pool._worker_status = lambda now: {"w1": "ONLINE"}
+    pool.up_since = -1000.0
+    attempt = pool._submit(Batch(0, 0, 1), {})
+    pool.server.run(attempt.run_id, StateType.RUNNING)
+    for second in range(0, 600, 30):
+        assert _judge(pool, attempt, now=float(second)) is None
+    assert pool.server.set == []
+    _beat(pool, attempt, 1)
+    assert _judge(pool, attempt, now=600.0) is None  # it began: from now on silence counts
+    assert _judge(pool, attempt, now=621.0) is None
+    assert "no heartbeat for 21 s" in pool.server.set[-1][2]
+
+
+def _running(pool):
+    """A batch seen running and beating at time 0."""
+    attempt = pool._submit(Batch(0, 0, 1), {})
+    pool.server.run(attempt.run_id, StateType.RUNNING)
+    _beat(pool, attempt, 1)
+    assert _judge(pool, attempt, now=0.0) is None
+    return attempt
+
+
+def test_a_batch_that_stops_itself_on_its_stop_file_is_cancelled_at_once(pool):
+    attempt = _running(pool)
+    pool._ask_to_stop(attempt, "stopped by Ctrl-C", kind="stop")
+    assert pool.server.set[-1][1] == StateType.CANCELLING
+    _beat(pool, attempt, 2, ended="stopped")  # what its heartbeat thread writes before it ends the process
+    result = _judge(pool, attempt, now=3.0)
+    assert result.error == "cancelled: stopped by Ctrl-C"
+    assert pool.server.set[-1][:2] == (attempt.run_id, StateType.CANCELLED)
+    assert not attempt.watch.path.exists() and not stop_path(attempt.watch.path).exists()  # it ended: no files
+
+
+def test_a_stop_cancels_a_waiting_batch_and_leaves_a_taken_one_cancelling_with_its_stop_file(pool):
+    """Workers take only Scheduled runs, so a waiting one is Cancelled. One a worker took may be starting:
+    Cancelling refuses its Running report, and its stop file (kept) stops it if it begins all the same."""
+    waiting, taken = pool._submit(Batch(0, 0, 1), {}), pool._submit(Batch(1, 1, 2), {})
+    pool.server.run(taken.run_id, StateType.PENDING, worker="w2")
+    assert _judge(pool, waiting, now=0.0) is None and _judge(pool, taken, now=0.0) is None
+    pool.stop()
+    assert [s[1] for s in pool.server.set] == [StateType.CANCELLED, StateType.CANCELLING]
+    assert _judge(pool, waiting, now=1.0).error.startswith("cancelled: ")
+    assert _judge(pool, taken, now=1.0).error.startswith("cancelled: ")  # done with it: it cannot begin
+    assert pool.server.runs[taken.run_id].state_type == StateType.CANCELLING  # its worker confirms it
+    assert stop_path(taken.watch.path).is_file() and not pool.live and len(pool.server.created) == 2
+
+
+def test_a_stopped_batch_that_goes_quiet_is_cancelled_without_waiting_for_prefect(pool):
+    attempt = _running(pool)
+    pool._ask_to_stop(attempt, "it ran longer than dispatch.batch_timeout_s (1000 s)", kind="timeout")
+    attempt.stop_asked_at = 10.0
+    pool.server.run(attempt.run_id, StateType.CANCELLING)
+    assert _judge(pool, attempt, now=15.0) is None  # 5 s quiet: not yet (3 beats of 2 s)
+    assert _judge(pool, attempt, now=16.5) is None  # quiet: Cancelled here, and resubmitted (a timeout)
+    assert pool.server.set[-1][1] == StateType.CANCELLED and len(pool.server.created) == 2
