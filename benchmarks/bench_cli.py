@@ -24,7 +24,9 @@ two OpenMP threads on a shared 2-core VM make runs erratic, see BENCHMARKS.md). 
 (they build the tiny model once, create the temporary Prefect server's database and fill the page cache).
 Each repeat runs every case once, alternating which side goes first.
 
-    python benchmarks/bench_cli.py                          # ~10 min on a 2-core VM: 3 repeats
+    python benchmarks/bench_cli.py                          # ~15 min on a busy 2-core VM: 3 repeats
+    python benchmarks/bench_cli.py --threads 0 --skip-prefect  # torch's own thread count, as a user runs it
+    python benchmarks/bench_cli.py --scaled --cases gemini     # a tiny FLUX whose search weighs more
     python benchmarks/bench_cli.py --repeats 1 --skip-prefect --latencies 0.3
 """
 
@@ -208,8 +210,9 @@ class Bench:
         if not self.args.scaled:
             return []
         steps = "num_inference_steps" if joiner == "_" else "steps"
+        ttsf_only = ["--guidance_scale", "3.5", "--torch_dtype", "fp32"]  # a folder's default dtype is FLUX's bf16
         return ["--height", "128", "--width", "128", f"--{steps}", "4",
-                f"--max{joiner}sequence{joiner}length", "128"] + (["--guidance_scale", "3.5"] if joiner == "_" else [])
+                f"--max{joiner}sequence{joiner}length", "128"] + (ttsf_only if joiner == "_" else [])
 
     # ----- the plan -----
 
@@ -259,13 +262,20 @@ class Bench:
                 server.stop()
 
     def check_picks(self, latency: float) -> None:
-        """Every run of this latency, either side, picked what the first one did (a difference stops the
-        benchmark: the two processes would not be doing the same search)."""
+        """Whether every run of this latency, either side, picked what the first one did in every (prompt,
+        round). A difference is reported (table, target) and its (prompt, round)s printed, not raised: on a
+        larger model batched and one-at-a-time float math may differ in the last bits, and a grade that is a
+        function of the pixels may then tip a near tie."""
         runs = [run for run in self.runs if run.case == f"gemini-{latency:g}"]
+        expected = self.args.prompts * self.args.rounds
         for run in runs:
-            run.same_picks = run.picks == runs[0].picks and len(run.picks) == self.args.prompts * self.args.rounds
+            run.same_picks = run.picks == runs[0].picks and len(run.picks) == expected
             if not run.same_picks:
-                raise RuntimeError(f"gemini-{latency:g}: {run.side} picked {run.picks}, the first run {runs[0].picks}")
+                differ = sorted(key for key in set(run.picks) | set(runs[0].picks)
+                                if run.picks.get(key) != runs[0].picks.get(key))
+                print(f"gemini-{latency:g}: {run.side} (repeat {run.repeat + 1}) picks differ from the first run's in "
+                      f"{differ}: {[run.picks.get(k) for k in differ]} vs {[runs[0].picks.get(k) for k in differ]}",
+                      file=sys.stderr, flush=True)
 
     def record(self, run: Run) -> None:
         self.runs.append(run)
