@@ -164,6 +164,13 @@ def running_fleet(folder: Path, batch_workers: int = 2, control: bool = True, de
             fleet.close()
 
 
+def _interruptible() -> None:
+    """Ctrl-C as in a terminal: SIGINT at its default. A suite started in the background by a shell
+    without job control (`pytest ... &`) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: the test would send a Ctrl-C nobody hears."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def ttsf_run(fleet: Fleet, config: dict, folder: Path, name: str) -> subprocess.Popen:
     """`ttsf run --config` against the fleet's server (the dataset run in this process, batches on the pool),
     in its own process group, as a person starts it from a terminal."""
@@ -173,6 +180,6 @@ def ttsf_run(fleet: Fleet, config: dict, folder: Path, name: str) -> subprocess.
     try:
         return subprocess.Popen([sys.executable, "-m", "ttsf.cli", "run", "--config", str(path)], env=fleet.env,
                                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_interruptible)
     finally:
         out.close()
