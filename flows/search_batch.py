@@ -38,6 +38,7 @@ from ttsf_core.files import write_json
 from ttsf_core.locks import RunLock
 from ttsf_core.prompts import read_prompt_list
 from ttsf_core.records import RoundRecord, RunLayout
+from ttsf_core.resolve import resolve
 from ttsf_core.verifiers.base import VerifierConfigError, verifier_batch_size
 
 
@@ -206,8 +207,10 @@ def _search_batch(config, batch_index, prompt_list, start, stop, rpm_limit_name,
     recorded = {i: sum(layout.record_path(p, r).is_file() for r in range(1, rounds + 1)) for i, p in prompts}
     observer = _FlowObserver(logger, view, rounds, recorded, heartbeat)
     verifier = runtime.verifier_for(config.verifier_args)
+    path_run = resolve(config).path_run  # --path_verifier: intermediate images in its own batch size, as the runner
+    path_chunk = verifier_batch_size(runtime.verifier_for(path_run.config.verifier_args)) if path_run else None
     engine = SearchEngine(config, PrefectExecutor(config, rpm_limit_name), grade_chunk=verifier_batch_size(verifier),
-                          observer=observer)
+                          observer=observer, path_grade_chunk=path_chunk)
     outcome = engine.run_batch(prompts, allowance)
     for index, search_round in outcome.over_budget.items():
         logger.info("prompt %d stops before round %d: the budget would not cover it", index, search_round)
