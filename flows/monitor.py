@@ -205,10 +205,14 @@ class RunMonitor:
         newly = [i for i in range(len(self.prompts)) if i not in self.finished and self._recorded(self.prompts[i])]
         if newly:
             self.finished.update(newly)
-            done = len(self.finished)
-            _update(self.progress_id, 100.0 * done / max(len(self.prompts), 1),
-                    f"{done} of {len(self.prompts)} prompts finished · {self.run_name}")
-            _update(self.status_id, self.view().status_markdown(done, self.counts))
+            self._show_progress()
+
+    def _show_progress(self) -> None:
+        """The progress bar and the status as the finished prompts and counts now stand."""
+        done = len(self.finished)
+        _update(self.progress_id, 100.0 * done / max(len(self.prompts), 1),
+                f"{done} of {len(self.prompts)} prompts finished · {self.run_name}")
+        _update(self.status_id, self.view().status_markdown(done, self.counts))
 
     def settle(self, stops: dict[int, str]) -> None:
         """Prompts the adaptive allocation gives no further round (every round, a plateau, the top score,
@@ -216,10 +220,7 @@ class RunMonitor:
         newly = set(stops) - self.finished
         if newly:
             self.finished.update(newly)
-            done = len(self.finished)
-            _update(self.progress_id, 100.0 * done / max(len(self.prompts), 1),
-                    f"{done} of {len(self.prompts)} prompts finished · {self.run_name}")
-            _update(self.status_id, self.view().status_markdown(done, self.counts))
+            self._show_progress()
 
     def batch_done(self, batch_index: int, start: int, stop: int, counts: BatchCounts | None = None,
                    error: str | None = None, skipped: bool = False, worker: str = "") -> None:
@@ -243,10 +244,7 @@ class RunMonitor:
             "cost (USD)": round(counts.cost_usd, 4), "rounds over budget": counts.rounds_over_budget, "ran on": worker,
         }
         _update(self.batches_id, json.dumps([self.batches[index] for index in sorted(self.batches)]))
-        done = len(self.finished)
-        _update(self.progress_id, 100.0 * done / max(len(self.prompts), 1),
-                f"{done} of {len(self.prompts)} prompts finished · {self.run_name}")
-        _update(self.status_id, self.view().status_markdown(done, self.counts))
+        self._show_progress()
         if newly:
             self.recent = (self.recent + [self.prompts[i] for i in newly])[-GALLERY_PROMPTS:]
             _update(self.best_id, gallery_markdown(self.config, self.recent))
