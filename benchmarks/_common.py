@@ -197,8 +197,8 @@ def generation_clock(generator):
 @contextmanager
 def png_clocks(generating_threads: set[int]):
     """Yield (on generating threads, on other threads): BusyClocks over the store's PNG writes
-    (ttsf_core.store.write_png), split by whether a generating thread did the write."""
-    import ttsf_core.store as store
+    (ttsf_core.storage.store.write_png), split by whether a generating thread did the write."""
+    import ttsf_core.storage.store as store
 
     on, off = BusyClock(), BusyClock()
 

@@ -1,4 +1,4 @@
-"""The end-to-end section of gpu_flux.py: ttsf's own search (`ttsf_core.runner.run`, the thread
+"""The end-to-end section of gpu_flux.py: ttsf's own search (`ttsf_core.usecases.runner.run`, the thread
 executor) on a FLUX.1-dev-shaped FluxPipeline with random weights, graded by a stand-in verifier.
 
 The pipeline: the full-size transformer (handed in by gpu_flux.py) and the full-size VAE
@@ -248,8 +248,8 @@ def run_search(pipe, config, device: str, warm_up: bool = True) -> dict:
     size the search makes (1 step, another prompt), so that kernel choice and compilation are not timed."""
     import torch
 
-    from ttsf_core import runner
-    from ttsf_core.generate import CandidateGenerator, seed_candidates
+    from ttsf_core.usecases import runner
+    from ttsf_core.engine.generate import CandidateGenerator, seed_candidates
 
     prepared = runner.prepare_run(config)
     warm_s = 0.0

@@ -4,7 +4,7 @@ stderr at exit saying how many pipelines the process loaded and which heavy libr
     python benchmarks/_ttsf_probe.py run --config cfg.json [--executor threads]
 
 It imports ttsf_core.pipelines before the CLI (every `ttsf run`, finished or not, imports it anyway,
-through ttsf_core.runner) and counts calls of its load_pipeline, which ttsf_core.runner and
+through ttsf_core.usecases.runner) and counts calls of its load_pipeline, which ttsf_core.usecases.runner and
 tasks.runtime bind when they are imported. Used by bench_resume.py.
 """
 

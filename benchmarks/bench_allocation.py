@@ -1,7 +1,7 @@
 """Uniform vs adaptive allocation of rounds across a dataset, at equal NFE budgets, on CPU.
 
 A SYNTHETIC OBJECTIVE: it measures the allocation policy, not image quality. Images are real (the
-offline tiny FLUX, random weights, 64x64, 2 steps, through ttsf_core.runner.run), but their score is a
+offline tiny FLUX, random weights, 64x64, 2 steps, through ttsf_core.usecases.runner.run), but their score is a
 stand-in with prompt-dependent difficulty, built so the right allocation is known:
     prompt p has a difficulty d_p in [0, 1) (from a hash of its text), a mean mu_p = 9.6 - 4 d_p and a
     spread sd_p = 0.5 + 1.0 d_p; an image's score is mu_p + sd_p * z clipped to the rubric's 0-10, where z
@@ -105,7 +105,7 @@ def run_policy(base: dict, seed: int, rounds: int, budget: dict, generator, fold
                store: Path) -> tuple[dict[int, float], int, float]:
     """prompt index -> best score, the NFEs spent (records), wall seconds. The run's own output folder
     `folder` holds its records; its store is the shared one (a link)."""
-    from ttsf_core import runner
+    from ttsf_core.usecases import runner
     from ttsf_core.config import build_config, merge
 
     folder.mkdir(parents=True)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     _common.set_threads(args.threads)
     _common.quiet_libraries()
     from ttsf_core.config import build_config
-    from ttsf_core.generate import CandidateGenerator
+    from ttsf_core.engine.generate import CandidateGenerator
     from ttsf_core.pipelines import load_pipeline
     from ttsf_core.verifiers import catalog
 

@@ -49,7 +49,7 @@ def make_config(args: argparse.Namespace, model_dir: Path, batch_size: int):
 
 def ours(pipe, config, seeds: list[int]):
     """ttsf: a fresh generator (so its one prompt encoding is inside the timing), batched calls."""
-    from ttsf_core.generate import CandidateGenerator, seed_candidates
+    from ttsf_core.engine.generate import CandidateGenerator, seed_candidates
 
     candidates = seed_candidates(seeds, config.pipeline_call_args.num_inference_steps)
     return CandidateGenerator(pipe, config).generate(PROMPT, candidates)

@@ -1,6 +1,6 @@
 """What Prefect costs: the same search through the `search_dataset` flow and through the direct runner.
 
-Both sides run the one search loop (ttsf_core.engine.SearchEngine) over the same prompts with the same
+Both sides run the one search loop (ttsf_core.engine.search_engine.SearchEngine) over the same prompts with the same
 tiny FLUX pipeline (loaded once, through tasks.runtime.generator_for, before anything is timed; the
 direct side gets that very CandidateGenerator, and the process-wide GeminiVerifier of
 tasks.runtime.verifier_for, so neither side loads a model or builds a client inside its timing) against
@@ -10,7 +10,7 @@ the same fake Gemini, which runs in its own process and answers after a fixed la
            whose PrefectExecutor submits every engine job as a task run: one generate task per round
            stage, one grade task per chunk of the verifier's batch size, one select task
            per round; then the report and the summary artifact.
-  direct   ttsf_core.runner.run(prepared, generator): the same engine with the ThreadExecutor (local
+  direct   ttsf_core.usecases.runner.run(prepared, generator): the same engine with the ThreadExecutor (local
            threads, no orchestrator), the same records; no report (built afterwards, timed apart, for
            the like-for-like column).
   prefect, no heartbeat
@@ -32,7 +32,7 @@ Where the difference goes is measured on both sides alike:
     thread holds it, and its CPU time; the generator's idle time before the first image (head), between
     images (gaps) and after the last (tail);
   - per job kind (generate / grade / select): from the executor's submit to the future being done, minus
-    the job's own work (ttsf_core.jobs.generate / grade / select timed inside): the executor's overhead a
+    the job's own work (ttsf_core.engine.jobs.generate / grade / select timed inside): the executor's overhead a
     job, i.e. a task run's cost for Prefect and a thread hand-off for the direct runner;
   - report building and flow runs joining their heartbeat thread (Prefect 3.9.1: up to 1 s a flow run);
   - this process's CPU, and the Prefect server's CPU during the run and after it until idle.
@@ -68,7 +68,7 @@ KINDS = ("generate", "grade", "select")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Wall time of the same search through the Prefect flow (search_dataset) and through "
-        "ttsf_core.runner directly (ThreadExecutor), with Prefect's server started beforehand and the pipeline "
+        "ttsf_core.usecases.runner directly (ThreadExecutor), with Prefect's server started beforehand and the pipeline "
         "loaded once.")
     parser.add_argument("--latency-s", type=float, default=0.2, help="fake Gemini answer latency in seconds")
     parser.add_argument("--steps", default="4,12",
@@ -113,10 +113,9 @@ class JobTimes:
 @contextmanager
 def job_timing(executor_class):
     """Time every job's submit-to-done on `executor_class` (its generate/grade/select methods), and the
-    work inside ttsf_core.jobs' functions, which both executors call (the Prefect tasks look them up as
+    work inside ttsf_core.engine.jobs' functions, which both executors call (the Prefect tasks look them up as
     `jobs.<name>` when they run)."""
-    from ttsf_core import jobs
-
+    from ttsf_core.engine import jobs
     times = JobTimes()
 
     def submit_wrapper(kind):
@@ -176,10 +175,10 @@ class Side:
 def run_side(side: str, config, generator, server, prefect, steps: int) -> Side:
     from tasks import runtime
     from tasks.executor import PrefectExecutor
-    from ttsf_core import runner
-    from ttsf_core.executors import ThreadExecutor
-    from ttsf_core.records import iter_round_records
-    from ttsf_core.report import build_report, report_dataframe
+    from ttsf_core.usecases import runner
+    from ttsf_core.engine.executors import ThreadExecutor
+    from ttsf_core.storage.records import iter_round_records
+    from ttsf_core.usecases.report import build_report, report_dataframe
 
     flow_module = importlib.import_module("flows.search_dataset")
     assert runtime.generator_for(config) is generator, "the flow would load another pipeline"
@@ -432,7 +431,7 @@ def print_report(args, results: list[dict[str, Side]], micro: list[list[object]]
          "after the last image s", "of that: report s", "of that: flow runs joining their heartbeat thread s",
          "this process: extra CPU ms / task run", "server CPU ms / task run (during + after)",
          "server cores busy during the run"], breakdown))
-    print("\nper job: the executor's overhead (submit to done, minus the job's own work inside ttsf_core.jobs: a task "
+    print("\nper job: the executor's overhead (submit to done, minus the job's own work inside ttsf_core.engine.jobs: a task "
           "run's bookkeeping, or waiting for a free thread; a generate job's work includes waiting for the generator's "
           "lock, two being in flight), medians of means:")
     print(_common.markdown_table(

@@ -22,7 +22,7 @@ Part 2, the flow path itself, in this process, inside one temporary Prefect serv
 timing (prefect_test_harness): flows.search_dataset.search_dataset(config) on the same finished config
 (re-run: must return 0 generated, 0 graded, and record no task run), and again after deleting the round
 records with the store kept (records deleted: 0 generated, 0 graded; one select task a round rewrites
-the same records), each beside the direct runner (ttsf_core.runner.run) doing the same.
+the same records), each beside the direct runner (ttsf_core.usecases.runner.run) doing the same.
 
     python benchmarks/bench_resume.py                  # ~2.3 min: 3 prompts x 4 rounds, 3 re-runs each
     python benchmarks/bench_resume.py --verifier gemini --rounds 3 --repeats 2
@@ -121,7 +121,7 @@ class InProcess:
 
 
 def records_of(run_dir: Path) -> dict:
-    from ttsf_core.records import iter_round_records
+    from ttsf_core.storage.records import iter_round_records
 
     return {(r.prompt_index, r.search_round): (r.best_noise.tag(), r.best_score) for _, r in iter_round_records(run_dir)}
 
@@ -129,8 +129,7 @@ def records_of(run_dir: Path) -> dict:
 def in_process(path: str, scenario: str, config, run_dir: Path, prefect, reference: dict) -> InProcess:
     import importlib
 
-    from ttsf_core import runner
-
+    from ttsf_core.usecases import runner
     flow_module = importlib.import_module("flows.search_dataset")
     report = _common.BusyClock()
     prefect.wait_idle()
@@ -192,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args, workdir: Path, prompts_file: Path, url: str | None):
     from ttsf_core.config import build_config
     from ttsf_core.config_files import read_config_file
-    from ttsf_core.records import RunLayout
+    from ttsf_core.storage.records import RunLayout
 
     configs = {name: write_config(workdir / f"config-{index}.json", args, prompts_file, workdir / f"out-{index}", url)
                for index, name in enumerate(COMMANDS)}

@@ -9,7 +9,7 @@ real HTTP with the real google-genai client; the server answers after a fixed la
             with the prompt TEXT (so the text encoders run again every time), save it, then grade
             the images with one request each on a pool of 4 threads and wait for all of them
             before going on. Grades are kept in input order, so both sides must pick the same seeds.
-  ttsf      ttsf_core.runner.run (the search engine with the thread executor) with GeminiVerifier at
+  ttsf      ttsf_core.usecases.runner.run (the search engine with the thread executor) with GeminiVerifier at
             the default batch size: the prompt is encoded once, candidates are generated in batches,
             and grading of earlier rounds overlaps generation of later ones.
 
@@ -147,8 +147,8 @@ def grade_like_tt_scale_flux(verifier, prompt: str, images: list) -> list:
 # ----- ttsf -----
 
 def run_ours(pipe, config, server) -> SideResult:
-    from ttsf_core import runner
-    from ttsf_core.generate import CandidateGenerator
+    from ttsf_core.usecases import runner
+    from ttsf_core.engine.generate import CandidateGenerator
 
     prepared = runner.prepare_run(config)
     generator = CandidateGenerator(pipe, config)
@@ -173,7 +173,7 @@ def run_ours(pipe, config, server) -> SideResult:
 def warm_up(pipe, config, prompt: str) -> None:
     """First calls pay one-off costs (allocator, oneDNN kernel choice) per batch shape: pay them
     for every shape both sides will use before anything is timed."""
-    from ttsf_core.generate import CandidateGenerator, seed_candidates
+    from ttsf_core.engine.generate import CandidateGenerator, seed_candidates
 
     generator = CandidateGenerator(pipe, config)
     for search_round in (1, 2):  # pools of 2 and 4: every ttsf batch shape at batch size 4

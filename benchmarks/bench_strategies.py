@@ -7,7 +7,7 @@ it spends, how fast it climbs a fixed objective, whether cheap drafts rank noise
 do - on a stand-in objective. It says nothing about which strategy finds better FLUX.1-dev images for a
 real verifier.
 
-Strategies (ttsf_core.search, through ttsf_core.runner.run, the direct runner):
+Strategies (ttsf_core.search, through ttsf_core.usecases.runner.run, the direct runner):
   random              round r draws 2**r fresh noises, all at full steps
   zero-order          a pivot and `num_neighbors` neighbours at cosine `threshold`; the best neighbour
                       becomes the next pivot when it beats the pivot
@@ -194,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def search_all(args, workdir: Path, prompts: list[str]):
     """runs[strategy][(prompt_index, seed)] = that prompt's records in round order."""
-    from ttsf_core import runner
+    from ttsf_core.usecases import runner
     from ttsf_core.config import build_config, merge
-    from ttsf_core.generate import CandidateGenerator
+    from ttsf_core.engine.generate import CandidateGenerator
     from ttsf_core.pipelines import load_pipeline
 
     prompts_file = workdir / "prompts.txt"
@@ -237,7 +237,7 @@ def print_report(args, prompts, runs, seconds, images) -> None:
     print(f"model: tiny-flux (random weights), 128x128, {args.steps} full steps, drafts {args.draft_steps} step(s), "
           f"draft_keep {args.draft_keep}; zero-order: {args.num_neighbors} neighbours at cosine {args.threshold:g}; "
           f"verifier imagestats, metric overall_score; {len(prompts)} prompts x {args.seeds} base seeds = "
-          f"{len(prompts) * args.seeds} runs a strategy; direct runner (ttsf_core.runner.run)")
+          f"{len(prompts) * args.seeds} runs a strategy; direct runner (ttsf_core.usecases.runner.run)")
     print(f"prompts: the first {len(prompts)} of {args.prompts_source}")
     rows = []
     for name in STRATEGIES:

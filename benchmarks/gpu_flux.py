@@ -39,7 +39,7 @@ for the sections after it, is skipped and listed as such):
    and verifier calls from the round record, wall time, GPU idle, best stand-in score. Random weights:
    it measures the machinery at full size (how long a path's partial calls and its grading take), not
    which method finds better images.
-4. end to end (--e2e): `ttsf_core.runner.run` (thread executor) with a CandidateGenerator around a
+4. end to end (--e2e): `ttsf_core.usecases.runner.run` (thread executor) with a CandidateGenerator around a
    FluxPipeline of the full-size transformer (the fastest mode measured at the search's batch size, or
    --e2e-mode) and the full-size VAE, small stand-in text encoders, and a stand-in verifier that
    answers in 1 s per call with image-statistics grades: 2 prompts x 3 rounds at 1024px, 28 steps,
@@ -1064,7 +1064,7 @@ def strategies_section(state: State) -> None:
     its NFEs and verifier calls (from its round record), wall time, GPU idle, and its best stand-in score."""
     import _gpu_e2e as e2e
     from ttsf_core.config import build_config
-    from ttsf_core.records import RunLayout, iter_round_records
+    from ttsf_core.storage.records import RunLayout, iter_round_records
 
     args, setup = state.args, state.setup
     mode = choose_e2e_mode(state)
@@ -1529,7 +1529,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{state.environment['diffusers']}")
     if args.e2e:
         try:
-            importlib.import_module("ttsf_core.runner")
+            importlib.import_module("ttsf_core.usecases.runner")
         except ImportError as error:
             state.say(f"ttsf_core does not import ({error}): the end-to-end runs will fail; carry ttsf's missing "
                       "packages as wheels (BENCHMARKS.md section 3)")

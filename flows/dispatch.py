@@ -53,8 +53,8 @@ from flows.search_batch import BatchSummary, counts_of, read_summary, search_bat
 from flows.storage import result_storage_for
 from ttsf_core.budget import Allowance
 from ttsf_core.config import ConfigError, RunConfig
-from ttsf_core.engine import BatchCounts
-from ttsf_core.records import RunLayout
+from ttsf_core.engine.search_engine import BatchCounts
+from ttsf_core.storage.records import RunLayout
 
 POLL_S = 2.0
 REPORT_EVERY_S = 60.0  # the waiting line: one a minute, with counts

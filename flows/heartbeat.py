@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from ttsf_core.files import atomic_write_bytes, write_json
+from ttsf_core.storage.files import atomic_write_bytes, write_json
 
 HEARTBEAT_DIR = "heartbeats"
 _log = logging.getLogger("ttsf.heartbeat")

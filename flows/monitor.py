@@ -29,9 +29,9 @@ from flows.outages import fail_fast, is_outage, ride_out
 from ttsf_core.budget import recorded_nfe
 from ttsf_core.config import BudgetArgs, RunConfig
 from ttsf_core.resolve import resolve
-from ttsf_core.engine import BatchCounts
-from ttsf_core.records import RoundRecord, RunLayout, resolve_image
-from ttsf_core.report import thumbnail_data_uri
+from ttsf_core.engine.search_engine import BatchCounts
+from ttsf_core.storage.records import RoundRecord, RunLayout, resolve_image
+from ttsf_core.usecases.report import thumbnail_data_uri
 
 GALLERY_PROMPTS = 24  # the run's gallery shows the prompts finished last; the report holds them all
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
@@ -276,7 +276,7 @@ def budget_text(budget: dict, counts: BatchCounts, nfe_before: int = 0) -> str:
 
 
 def prompt_rows(config: RunConfig, prompt: str) -> list[tuple[Path, RoundRecord]]:
-    from ttsf_core.records import read_round_record
+    from ttsf_core.storage.records import read_round_record
 
     layout = RunLayout(config)
     found = []

@@ -1,6 +1,6 @@
 """One batch of prompts through the search engine, with every job a Prefect task run.
 
-The loop is ttsf_core.engine's (the same as `ttsf_core.runner`'s); this flow only builds the Prefect
+The loop is ttsf_core.engine.search_engine's (the same as `ttsf_core.usecases.runner`'s); this flow only builds the Prefect
 executor, keeps the run's progress true as prompts finish, and shows the batch's results on its
 page. Finished rounds are read back, stored images and grades are reused, so a re-run or a retry
 redoes nothing finished.
@@ -33,11 +33,11 @@ from tasks import runtime
 from tasks.executor import PrefectExecutor
 from ttsf_core.budget import Allowance
 from ttsf_core.config import RunConfig
-from ttsf_core.engine import BatchCounts, Observer, SearchEngine
-from ttsf_core.files import write_json
-from ttsf_core.locks import RunLock
+from ttsf_core.engine.search_engine import BatchCounts, Observer, SearchEngine
+from ttsf_core.storage.files import write_json
+from ttsf_core.storage.locks import RunLock
 from ttsf_core.prompts import read_prompt_list
-from ttsf_core.records import RoundRecord, RunLayout
+from ttsf_core.storage.records import RoundRecord, RunLayout
 from ttsf_core.resolve import resolve
 from ttsf_core.verifiers.base import VerifierConfigError, verifier_batch_size
 

@@ -21,11 +21,11 @@ from tasks import runtime
 from tasks.rate_limit import ensure_rpm_limit, rpm_description
 from ttsf_core.config import RunConfig
 from ttsf_core.resolve import resolve
-from ttsf_core.locks import RunLock
+from ttsf_core.storage.locks import RunLock
 from ttsf_core.prompts import prompt_source_label, save_prompt_list
-from ttsf_core.report import build_report, report_dataframe, summary_markdown
+from ttsf_core.usecases.report import build_report, report_dataframe, summary_markdown
 from ttsf_core.allocation import ALLOCATION_FILENAME
-from ttsf_core.runner import allocator_for, budget_stops, prepare_run
+from ttsf_core.usecases.runner import allocator_for, budget_stops, prepare_run
 
 
 STOP_REPORT_S = 30.0  # a stopped run waits this long at most for the server to take its summary

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ttsf_core.config import ConfigError, RunConfig
-from ttsf_core.files import probe_writable
+from ttsf_core.storage.files import probe_writable
 
 LOCAL_RESULTS_DIRNAME = ".prefect-results"
 

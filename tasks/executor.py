@@ -2,7 +2,7 @@
 
 Each call submits a task to the flow's task runner and returns its Prefect future (which has
 `add_done_callback` and `result`, all the engine needs), so the Prefect path and the direct path run
-the same loop (ttsf_core.engine) and write the same records.
+the same loop (ttsf_core.engine.search_engine) and write the same records.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from prefect.futures import PrefectFuture
 from tasks.generate import generate_task
 from tasks.select import select_task
 from tasks.grade import grade_task
-from ttsf_core import jobs
+from ttsf_core.engine import jobs
 from ttsf_core.config import RunConfig
 
 

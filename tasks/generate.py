@@ -10,9 +10,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import runtime
-from ttsf_core import jobs
+from ttsf_core.engine import jobs
 from ttsf_core.config import RunConfig
-from ttsf_core.store import Store, StoredImage
+from ttsf_core.storage.store import Store, StoredImage
 
 
 @task(name="generate", task_run_name="generate-p{job.prompt_index}-r{job.search_round}-{job.stage}",

@@ -2,7 +2,7 @@
 
 Not cached by Prefect: the store is the cache, keyed by (verifier grading settings, prompt, image
 sha256), so a re-run re-asks only images without a stored verdict. Retries happen inside the job
-(ttsf_core.jobs.grade, the same loop as without Prefect) rather than as Prefect retries: only there
+(ttsf_core.engine.jobs.grade, the same loop as without Prefect) rather than as Prefect retries: only there
 can each wait honour the server's Retry-After, be logged with its true length, and be counted (429s,
 attempts, time waited) for the batch's table and summary. Every attempt takes its requests' slots of
 the shared requests-per-minute limit first.
@@ -16,10 +16,10 @@ from prefect.concurrency.sync import rate_limit
 
 from tasks import runtime
 from tasks.rate_limit import rpm_burst
-from ttsf_core import jobs
+from ttsf_core.engine import jobs
 from ttsf_core.config import RunConfig
 from ttsf_core.resolve import resolve
-from ttsf_core.store import Store
+from ttsf_core.storage.store import Store
 
 
 @task(name="grade", task_run_name="grade-p{job.prompt_index}-r{job.search_round}-c{job.chunk}",

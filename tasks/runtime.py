@@ -11,13 +11,13 @@ import threading
 from typing import TYPE_CHECKING
 
 from ttsf_core.config import RunConfig, VerifierArgs
-from ttsf_core.generate import CandidateGenerator
+from ttsf_core.engine.generate import CandidateGenerator
 from ttsf_core.pipelines import load_pipeline
 from ttsf_core.verifiers.base import Verifier
 from ttsf_core.verifiers.registry import build_verifier
 
 if TYPE_CHECKING:
-    from ttsf_core.runner import PreparedRun
+    from ttsf_core.usecases.runner import PreparedRun
 
 _lock = threading.Lock()
 _pipelines: dict[tuple, object] = {}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ttsf_core import jobs
+from ttsf_core.engine import jobs
 from ttsf_core.config import RunConfig
 from ttsf_core.resolve import resolve
-from ttsf_core.records import RoundRecord, RunLayout
+from ttsf_core.storage.records import RoundRecord, RunLayout
 from ttsf_core.search import build_strategy
 
 

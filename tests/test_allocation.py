@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import small_config
-from ttsf_core import runner
+from ttsf_core.usecases import runner
 from ttsf_core.allocation import ALLOCATION_FILENAME, TOP_STOP, expected_improvement
-from ttsf_core.generate import CandidateGenerator
-from ttsf_core.records import iter_round_records
-from ttsf_core.store import Store
+from ttsf_core.engine.generate import CandidateGenerator
+from ttsf_core.storage.records import iter_round_records
+from ttsf_core.storage.store import Store
 from ttsf_core.verifiers import imagestats
 from ttsf_core.verifiers.base import RetryableVerifierError, grades_from_scores
 

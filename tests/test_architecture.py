@@ -120,3 +120,32 @@ def test_no_two_modules_import_each_other_at_load():
     graph = {name: {target for target in targets if not (target.startswith(name + "."))} for name, targets in graph.items()}
     assert sum(map(len, graph.values())) > 100  # the parser sees the imports
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def _imports_anywhere(path: Path) -> set[str]:
+    """Every module `path` imports, at load or inside a function (a lazy import is still an arrow)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found |= {node.module or ""} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+# Each layer of ttsf_core and what it must never import: the arrows point down (README, Layout).
+LAYERS = {"ttsf_core.storage": ("ttsf_core.engine", "ttsf_core.usecases"),
+          "ttsf_core.engine": ("ttsf_core.usecases",),
+          "ttsf_core.search": ("ttsf_core.engine", "ttsf_core.usecases"),
+          "ttsf_core": ("prefect", "flows", "tasks", "ttsf")}
+
+
+def test_each_layer_imports_nothing_above_it():
+    found = []
+    for name, path in _modules().items():
+        for layer, above in LAYERS.items():
+            if name == layer or name.startswith(layer + "."):
+                found += [f"{name} imports {target}" for target in sorted(_imports_anywhere(path))
+                          if any(target == up or target.startswith(up + ".") for up in above)]
+    assert len([name for name in _modules() if name.startswith("ttsf_core.engine.")]) >= 6
+    assert found == []

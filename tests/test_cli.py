@@ -299,8 +299,8 @@ def test_help_explains_each_flag():
 
 def test_report_rebuilds_from_the_records_alone(tmp_path, tiny_pipe):
     from conftest import small_config
-    from ttsf_core import runner
-    from ttsf_core.generate import CandidateGenerator
+    from ttsf_core.usecases import runner
+    from ttsf_core.engine.generate import CandidateGenerator
 
     config = small_config(tmp_path, search_args={"search_rounds": 2})
     prepared = runner.prepare_run(config)
@@ -355,9 +355,9 @@ def test_regenerate_reproduces_a_recorded_image_and_says_when_it_does_not(tmp_pa
 def _write_legacy_run(output: Path, pipe) -> Path:
     """A run folder as the layout before the store wrote it: PNGs beside bare-seed records."""
     from conftest import small_config
-    from ttsf_core.files import prompt_dirname, write_json, write_png
-    from ttsf_core.generate import CandidateGenerator, seed_candidates
-    from ttsf_core.migrate import legacy_identity
+    from ttsf_core.storage.files import prompt_dirname, write_json, write_png
+    from ttsf_core.engine.generate import CandidateGenerator, seed_candidates
+    from ttsf_core.usecases.migrate import legacy_identity
     from ttsf_core.config import digest
     from ttsf_core.noise import round_seeds
     from ttsf_core.verifiers.imagestats import ImageStatsVerifier
@@ -403,7 +403,7 @@ def test_a_search_begun_in_the_old_layout_is_imported_not_redone(tmp_path, tiny_
 def test_export_writes_tt_scale_flux_layout_its_tools_read(tmp_path, tiny_flux_dir):
     import re as regex
 
-    from ttsf_core.export import prompt_to_filename
+    from ttsf_core.usecases.export import prompt_to_filename
 
     _run_threads(tmp_path, "--search_rounds", "2")
     run_dir = next((tmp_path / "out").rglob("config.json")).parent

@@ -55,7 +55,7 @@ PROBE = textwrap.dedent("""\
     from ttsf_core.progress import TALLY
     from ttsf_core.verifiers.imagestats import ImageStatsVerifier
 
-    _load = pipelines.load_pipeline  # ttsf_core.runner imports it from there when a run generates
+    _load = pipelines.load_pipeline  # ttsf_core.usecases.runner imports it from there when a run generates
     def load_pipeline(*args, **kwargs):
         seen["loads"] += 1
         return _load(*args, **kwargs)
@@ -146,7 +146,7 @@ def test_the_report_imports_start_once_when_every_planned_image_is_made(tmp_path
     then, and never from the closing update (a search that ended has nothing left to overlap)."""
     from ttsf.cli_run import pending_rounds
     from ttsf.progress_bars import RunProgress
-    from ttsf_core import runner
+    from ttsf_core.usecases import runner
     from ttsf_core.progress import TALLY
 
     prepared = runner.prepare_run(small_config(tmp_path), write=False)

@@ -19,8 +19,8 @@ import pytest
 import prefect_server as server_helpers
 from prefect_server import PREFECT, REPO, cli, get_json, running_server, stop, tail
 from ttsf_core.config import build_config
-from ttsf_core.records import RunLayout
-from ttsf_core.store import Store
+from ttsf_core.storage.records import RunLayout
+from ttsf_core.storage.store import Store
 from ttsf_core.resolve import resolve
 
 POOL = "ttsf-process"

@@ -13,17 +13,17 @@ import pytest
 from conftest import small_config
 from flows.search_dataset import search_dataset
 from tasks import runtime
-from ttsf_core import runner
-from ttsf_core.engine import SearchEngine
-from ttsf_core.executors import ThreadExecutor
-from ttsf_core.files import png_bytes
-from ttsf_core.generate import CandidateGenerator
-from ttsf_core.jobs import load_images
-from ttsf_core.records import iter_round_records
-from ttsf_core.regenerate import regenerate
-from ttsf_core.report import build_report
+from ttsf_core.usecases import runner
+from ttsf_core.engine.search_engine import SearchEngine
+from ttsf_core.engine.executors import ThreadExecutor
+from ttsf_core.storage.files import png_bytes
+from ttsf_core.engine.generate import CandidateGenerator
+from ttsf_core.engine.jobs import load_images
+from ttsf_core.storage.records import iter_round_records
+from ttsf_core.usecases.regenerate import regenerate
+from ttsf_core.usecases.report import build_report
 from ttsf_core.search import build_strategy
-from ttsf_core.store import Store
+from ttsf_core.storage.store import Store
 from ttsf_core.verifiers import imagestats
 from ttsf_core.verifiers.base import RetryableVerifierError, UngradeableError, VerifierConfigError, VerifierError
 
@@ -183,8 +183,7 @@ class SlowGrades:
 
 
 def test_a_dependent_strategy_generates_other_prompts_while_one_is_graded(tmp_path, tiny_pipe, monkeypatch):
-    from ttsf_core import jobs
-
+    from ttsf_core.engine import jobs
     verifier = SlowGrades(0.4)
     started: list[tuple[str, int, float]] = []
     real_generate = jobs.generate
@@ -282,8 +281,7 @@ def test_a_round_with_no_gradeable_image_is_recorded_without_a_best(tmp_path, ti
 
 def test_independent_rounds_are_generated_largest_first_across_the_batch(tmp_path, tiny_pipe, monkeypatch):
     """So that only the smallest pools are left to grade after the generator's last image."""
-    from ttsf_core import jobs
-
+    from ttsf_core.engine import jobs
     started: list[tuple[int, int]] = []
     real_generate = jobs.generate
 

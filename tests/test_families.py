@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ttsf_core import runner
+from ttsf_core.usecases import runner
 from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.config import build_config, merge
 from ttsf_core.config_files import read_config_file
-from ttsf_core.generate import CandidateGenerator, seed_candidates
-from ttsf_core.records import iter_round_records, resolve_image
-from ttsf_core.regenerate import regenerate
+from ttsf_core.engine.generate import CandidateGenerator, seed_candidates
+from ttsf_core.storage.records import iter_round_records, resolve_image
+from ttsf_core.usecases.regenerate import regenerate
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a tiny astronaut hatching from an egg on the moon"

@@ -21,11 +21,11 @@ import pytest
 
 from conftest import small_config
 from fake_gemini import FaultSchedule, FakeGeminiServer
-from ttsf_core import runner
+from ttsf_core.usecases import runner
 from ttsf_core.config import build_config
-from ttsf_core.generate import CandidateGenerator
-from ttsf_core.records import iter_round_records
-from ttsf_core.store import Store
+from ttsf_core.engine.generate import CandidateGenerator
+from ttsf_core.storage.records import iter_round_records
+from ttsf_core.storage.store import Store
 from ttsf_core.verifiers.base import VerifierConfigError
 
 PROMPTS = ["a red lighthouse on a cliff at dawn", "a bowl of ramen, studio photo", "an owl reading a map"]

@@ -20,8 +20,8 @@ from flows.dispatch import Batch, PoolBatches
 from flows.heartbeat import Beat, BeatWatch, Heartbeat, heartbeat_path, stop_path
 from flows.search_batch import BatchSummary, read_batch_file, read_summary, record_attempt, summary_path
 from ttsf_core.config import ConfigError, build_config
-from ttsf_core.engine import BatchCounts
-from ttsf_core.files import write_json
+from ttsf_core.engine.search_engine import BatchCounts
+from ttsf_core.storage.files import write_json
 
 # ---- config ----------------------------------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ from conftest import small_config
 from fake_gemini import FakeGeminiServer
 from flows.search_dataset import search_dataset
 from tasks import runtime
-from ttsf_core import jobs
-from ttsf_core.files import png_bytes
-from ttsf_core.records import RunLayout
+from ttsf_core.engine import jobs
+from ttsf_core.storage.files import png_bytes
+from ttsf_core.storage.records import RunLayout
 from ttsf_core.search import build_strategy
 from ttsf_core.verifiers import imagestats, registry
 from ttsf_core.resolve import resolve
@@ -271,9 +271,9 @@ def test_an_adaptive_run_decides_its_waves_in_the_flow_as_the_direct_runner_does
     """Adaptive allocation is a stage of the dataset run: each wave decided from the records, its batches
     run the rounds it gives; the same records and decisions as `--executor threads`, and the run's
     status shows the NFE budget spent and left and the prompts still searched."""
-    from ttsf_core import runner
+    from ttsf_core.usecases import runner
     from ttsf_core.allocation import ALLOCATION_FILENAME
-    from ttsf_core.records import iter_round_records
+    from ttsf_core.storage.records import iter_round_records
 
     budget = {"max_nfe": 100, "allocation": "adaptive"}
     flowed = _config(tmp_path / "flow", search_args={"search_rounds": 4}, budget=budget)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from ttsf_core.generate import CandidateGenerator, plan_batches, seed_candidates
+from ttsf_core.engine.generate import CandidateGenerator, plan_batches, seed_candidates
 from ttsf_core.noise import round_seeds
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from ttsf_core.config import build_config
-from ttsf_core.records import RunLayout
-from ttsf_core.store import Store
+from ttsf_core.storage.records import RunLayout
+from ttsf_core.storage.store import Store
 
 TINY = {"pretrained_model_name_or_path": "tiny-flux", "verifier_args": {"name": "imagestats"}}
 PINNED = [

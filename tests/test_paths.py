@@ -13,13 +13,13 @@ import torch
 from conftest import small_config
 from ttsf_core.candidates import Candidate, Move, NoiseSpec, PathSpec
 from ttsf_core.config import ConfigError, build_config
-from ttsf_core.files import png_bytes
-from ttsf_core.generate import CandidateGenerator
-from ttsf_core.path_generation import MemoryStates
+from ttsf_core.storage.files import png_bytes
+from ttsf_core.engine.generate import CandidateGenerator
+from ttsf_core.engine.path_generation import MemoryStates
 from ttsf_core.pipelines.paths import renoised, refreshed
 from ttsf_core.resolve import resolve
 from ttsf_core.search import GradedCandidate, build_strategy
-from ttsf_core.store import Recipe, StoredImage
+from ttsf_core.storage.store import Recipe, StoredImage
 from ttsf_core.verifiers.base import grades_from_scores
 
 PROMPT = "a tiny astronaut hatching from an egg on the moon"
@@ -195,9 +195,9 @@ def test_paths_and_fk_are_refused_where_they_cannot_run(tmp_path):
 
 @pytest.mark.parametrize("model", DRIVEN[1:])  # tiny-flux: tests/test_engine.py, every image
 def test_each_driven_family_searches_paths_and_regenerates_its_best(model, tmp_path):
-    from ttsf_core import runner
-    from ttsf_core.records import iter_round_records
-    from ttsf_core.regenerate import regenerate
+    from ttsf_core.usecases import runner
+    from ttsf_core.storage.records import iter_round_records
+    from ttsf_core.usecases.regenerate import regenerate
 
     generator = _generator(model)
     for method, args in (("fk", {"num_particles": 2, "fk_resample_every": 0.34}),
@@ -224,9 +224,9 @@ def test_fk_with_an_ensemble_and_a_path_verifier_writes_the_same_records_under_b
     import tiny_rewards
     from flows.search_dataset import search_dataset
     from tasks import runtime
-    from ttsf_core import runner
-    from ttsf_core.records import iter_round_records
-    from ttsf_core.store import Store
+    from ttsf_core.usecases import runner
+    from ttsf_core.storage.records import iter_round_records
+    from ttsf_core.storage.store import Store
 
     generator = _generator("tiny-flux")
 

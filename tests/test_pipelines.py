@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 from tiny_pipelines import ensure_tiny
-from ttsf_core import runner
+from ttsf_core.usecases import runner
 from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.config import RunConfig, build_config, digest, merge
 from ttsf_core.config_files import read_config_file
-from ttsf_core.generate import CandidateGenerator, seed_candidates
-from ttsf_core.records import iter_round_records, resolve_image
-from ttsf_core.regenerate import regenerate
+from ttsf_core.engine.generate import CandidateGenerator, seed_candidates
+from ttsf_core.storage.records import iter_round_records, resolve_image
+from ttsf_core.usecases.regenerate import regenerate
 from ttsf_core.resolve import resolve
 
 PROMPT = "a tiny astronaut hatching from an egg on the moon"
@@ -142,7 +142,7 @@ SEARCHES = {
 
 @pytest.mark.parametrize("name", list(CALLS))
 def test_a_search_runs_and_regenerates_byte_identical(name, tmp_path):
-    from ttsf_core.report import build_report
+    from ttsf_core.usecases.report import build_report
     from ttsf_core.verifiers.registry import build_verifier
     from ttsf_core.video import grading_frames, poster_path, read_frames
 
@@ -192,7 +192,7 @@ def test_a_search_runs_and_regenerates_byte_identical(name, tmp_path):
 
 def test_gemini_grades_each_video_whole_when_asked(tmp_path, monkeypatch):
     from fake_gemini import FakeGeminiServer, expected_grades
-    from ttsf_core.store import Store
+    from ttsf_core.storage.store import Store
 
     monkeypatch.setenv("GEMINI_API_KEY", "test-key")
     with FakeGeminiServer() as server:

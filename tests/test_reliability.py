@@ -15,9 +15,10 @@ from click.testing import CliRunner
 
 from conftest import small_config
 from ttsf.cli import main
-from ttsf_core import files, runner
-from ttsf_core.generate import CandidateGenerator
-from ttsf_core.locks import RunFolderBusy, RunLock
+from ttsf_core.storage import files
+from ttsf_core.usecases import runner
+from ttsf_core.engine.generate import CandidateGenerator
+from ttsf_core.storage.locks import RunFolderBusy, RunLock
 
 PROMPT = "a tiny astronaut hatching from an egg on the moon"
 TINY = ["--model", "tiny-flux", "--verifier_to_use", "imagestats", "--height", "64", "--width", "64",
@@ -68,7 +69,7 @@ def test_a_second_search_of_one_folder_is_refused_with_who_holds_it(tmp_path, ti
     run_dir = runner.prepare_run(config).layout.run_dir
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, '.');"
-        "from ttsf_core.locks import RunLock; lock = RunLock(sys.argv[1]); lock.acquire();"
+        "from ttsf_core.storage.locks import RunLock; lock = RunLock(sys.argv[1]); lock.acquire();"
         "print('held', flush=True); time.sleep(60)"), str(run_dir)], stdout=subprocess.PIPE, text=True,
         cwd=Path(__file__).parents[1])
     try:

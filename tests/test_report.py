@@ -13,8 +13,8 @@ from PIL import Image
 
 from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.config import RunConfig
-from ttsf_core.files import write_json, write_png
-from ttsf_core.records import (
+from ttsf_core.storage.files import write_json, write_png
+from ttsf_core.storage.records import (
     CandidateRecord,
     RoundRecord,
     RunLayout,
@@ -22,8 +22,8 @@ from ttsf_core.records import (
     resolve_image,
     write_round_record,
 )
-from ttsf_core.report import COLUMNS, build_report, report_dataframe, report_image, summary_markdown
-from ttsf_core.store import Recipe, Store
+from ttsf_core.usecases.report import COLUMNS, build_report, report_dataframe, report_image, summary_markdown
+from ttsf_core.storage.store import Recipe, Store
 from ttsf_core.verifiers.base import METRIC_NAMES, grades_from_scores
 from ttsf_core.resolve import resolve
 

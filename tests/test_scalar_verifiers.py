@@ -432,8 +432,8 @@ def test_each_scalar_verifier_defaults_to_its_own_metric():
 
 # -- end to end: a tiny search graded by a scalar reward, and by an ensemble --------------------
 def _search(tmp_path, pipe, verifier_args):
-    from ttsf_core import runner
-    from ttsf_core.generate import CandidateGenerator
+    from ttsf_core.usecases import runner
+    from ttsf_core.engine.generate import CandidateGenerator
 
     config = small_config(tmp_path, verifier_args=verifier_args, search_args={"search_rounds": 2})
     prepared, outcome = runner.run(config, generator=CandidateGenerator(pipe, config))

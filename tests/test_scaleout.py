@@ -24,8 +24,8 @@ from fleet import TERMINAL, running_fleet, ttsf_run
 from flows.monitor import artifact_key
 from prefect_server import REPO, get_json, stop
 from ttsf_core.config import build_config
-from ttsf_core.records import RunLayout
-from ttsf_core.store import Store
+from ttsf_core.storage.records import RunLayout
+from ttsf_core.storage.store import Store
 
 pytestmark = [pytest.mark.slow]
 PROMPTS = ["a red lighthouse on a cliff at dawn", "an owl reading a map by candlelight",

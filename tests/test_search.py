@@ -5,14 +5,14 @@ import json
 import pytest
 
 from conftest import small_config
-from ttsf_core import runner
+from ttsf_core.usecases import runner
 from ttsf_core.config import ConfigError, build_config
 from ttsf_core.config_files import read_config_file
-from ttsf_core.generate import CandidateGenerator
+from ttsf_core.engine.generate import CandidateGenerator
 from ttsf_core.noise import candidate_seed
-from ttsf_core.records import iter_round_records, resolve_image
+from ttsf_core.storage.records import iter_round_records, resolve_image
 from ttsf_core.search import build_strategy
-from ttsf_core.store import Store
+from ttsf_core.storage.store import Store
 from ttsf_core.verifiers.base import METRIC_NAMES, grades_from_scores
 from ttsf_core.resolve import resolve
 

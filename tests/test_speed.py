@@ -8,7 +8,7 @@ import pytest
 
 from conftest import small_config
 from ttsf_core.config import ConfigError
-from ttsf_core.generate import CandidateGenerator, seed_candidates
+from ttsf_core.engine.generate import CandidateGenerator, seed_candidates
 from ttsf_core.pipelines import load_pipeline
 from ttsf_core.pipelines.speed import check_speed_options
 from ttsf_core.resolve import resolve

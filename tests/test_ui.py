@@ -23,8 +23,8 @@ import pytest
 from conftest import small_config
 from fake_gemini import FakeGeminiServer, FaultSchedule
 from prefect_server import PREFECT, REPO, post_json, running_server
-from ttsf_core.records import iter_round_records
-from ttsf_core.runner import prepare_run
+from ttsf_core.storage.records import iter_round_records
+from ttsf_core.usecases.runner import prepare_run
 from ttsf_core.resolve import resolve
 
 pytestmark = pytest.mark.slow

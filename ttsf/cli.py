@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from ttsf.exit import fail  # noqa: E402 - after the environment above
 from ttsf.flags import EXECUTORS, RUN_FLAGS, config_from_options, metavar  # noqa: E402
 from ttsf_core.config import ConfigError  # noqa: E402
-from ttsf_core.export import FORMATS as EXPORT_FORMATS  # noqa: E402
+from ttsf_core.usecases.export import FORMATS as EXPORT_FORMATS  # noqa: E402
 
 
 class RunCommand(click.Command):
@@ -147,7 +147,7 @@ def regenerate_command(record: Path, index: int | None, out: Path | None, device
     """Regenerate one candidate's image from its round RECORD alone (noise spec, steps, batch) and
     check it is byte-identical to the recorded image (exit 1 if not)."""
     from ttsf.cli_run import regenerate_and_print
-    from ttsf_core.records import read_round_record
+    from ttsf_core.storage.records import read_round_record
 
     if index is None:
         found = read_round_record(record) if record.is_file() else None
@@ -175,7 +175,7 @@ def serve_command(output_dir: Path, host: str, port: int) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The folder to write.")
 def export_command(run_dir: Path, format_: str, out: Path) -> None:
     """Write RUN_DIR's records in another tool's layout (the run folder is left as it is)."""
-    from ttsf_core.export import export_tt_scale_flux
+    from ttsf_core.usecases.export import export_tt_scale_flux
 
     exported = export_tt_scale_flux(run_dir, out)
     click.echo(f"Exported {exported.rounds} rounds to {exported.folder}"

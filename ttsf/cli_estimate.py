@@ -12,17 +12,17 @@ import click
 
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.costs import ModelPrice
-from ttsf_core.estimate import Estimate, estimate
+from ttsf_core.usecases.estimate import Estimate, estimate
 from ttsf_core.verifiers.base import VerifierConfigError
 
 
 def estimate_and_print(config: RunConfig) -> None:
     from ttsf.exit import fail
     from ttsf_core.prompts import load_prompts
-    from ttsf_core.runner import is_video_model
+    from ttsf_core.usecases.runner import is_video_model
     from ttsf_core.search import build_strategy
     from ttsf_core.resolve import resolve
-    from ttsf_core.store import Store
+    from ttsf_core.storage.store import Store
     from ttsf_core.verifiers.registry import check_settings_for
 
     try:

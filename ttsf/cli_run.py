@@ -84,8 +84,8 @@ def choose_executor(config: RunConfig, asked: str = "auto", api: "PrefectApi | N
 
 def run_and_print(config: RunConfig, executor: str = "auto") -> None:
     from ttsf.exit import fail
-    from ttsf_core import runner
-    from ttsf_core.locks import RunLock
+    from ttsf_core.usecases import runner
+    from ttsf_core.storage.locks import RunLock
 
     try:
         prepared = runner.prepare_run(config, write=False)  # bad input fails before Prefect or a model starts
@@ -147,7 +147,7 @@ def _run_locked(prepared, choice: ExecutorChoice, fail) -> None:
                    f"({counts['images_found']} images and {counts['grades_found']} grades were already stored; "
                    f"{counts['rounds_skipped']} rounds already recorded)."
                    + _grading_trouble(counts) + billed_line(counts))
-    from ttsf_core.report import build_report
+    from ttsf_core.usecases.report import build_report
 
     if pending_rounds(prepared) < len(prepared.prompts) * config.search_args.search_rounds:  # a round to report
         build_report(prepared.layout.run_dir, only_if_changed=True)
@@ -180,7 +180,7 @@ class ReportImports:
         import importlib
 
         try:
-            for name in ("matplotlib.figure", "matplotlib.backends.backend_agg", "ttsf_core.report"):  # report: pandas
+            for name in ("matplotlib.figure", "matplotlib.backends.backend_agg", "ttsf_core.usecases.report"):  # report: pandas
                 importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the report imports them again and says what failed
             pass
@@ -239,7 +239,7 @@ def start_log_file(run_dir: Path) -> Path:
 def _migrate_legacy_folder(prepared) -> int | None:
     """A search begun before the image store: import its work first (nothing is paid for twice).
     Returns the rounds still pending afterwards, or None when there was nothing to import."""
-    from ttsf_core.migrate import legacy_run_dir, migrate
+    from ttsf_core.usecases.migrate import legacy_run_dir, migrate
 
     legacy = legacy_run_dir(prepared.config)
     if legacy is None:
@@ -272,8 +272,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _search_with(prepared, executor: str) -> dict:
-    from ttsf_core import runner
-
+    from ttsf_core.usecases import runner
     if executor == "threads":
         _, outcome = runner.run(prepared)
         if outcome.failures:
@@ -311,7 +310,7 @@ def _preload(runtime, config: RunConfig) -> None:
 
 def print_summary(run_dir: Path) -> None:
     from ttsf_core.allocation import allocation_lines
-    from ttsf_core.report import REPORT_DIRNAME, cost_lines, report_dataframe
+    from ttsf_core.usecases.report import REPORT_DIRNAME, cost_lines, report_dataframe
 
     frame = report_dataframe(run_dir)
     by_round = frame.groupby("search_round").agg(images=("images_generated", "mean"), nfe=("nfe_so_far", "mean"),
@@ -330,7 +329,7 @@ def print_summary(run_dir: Path) -> None:
 
 def report_and_print(output_dir: Path) -> None:
     from ttsf.exit import fail
-    from ttsf_core.report import build_report, cost_lines, report_dataframe
+    from ttsf_core.usecases.report import build_report, cost_lines, report_dataframe
 
     run_dirs = find_run_dirs(output_dir)
     if not run_dirs:
@@ -356,7 +355,7 @@ def find_run_dirs(output_dir: Path) -> list[Path]:
 
 def regenerate_and_print(record: Path, index: int, out: Path | None, device: str | None) -> None:
     from ttsf.exit import fail
-    from ttsf_core.regenerate import regenerate
+    from ttsf_core.usecases.regenerate import regenerate
 
     try:
         result = regenerate(record, index, out, device)
@@ -371,7 +370,7 @@ def regenerate_and_print(record: Path, index: int, out: Path | None, device: str
 
 def migrate_and_print(old_run_dir: Path) -> None:
     from ttsf.exit import fail
-    from ttsf_core.migrate import migrate
+    from ttsf_core.usecases.migrate import migrate
 
     try:
         migrated = migrate(old_run_dir)

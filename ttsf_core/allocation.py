@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ttsf_core.budget import Allowance, RoundNeeds, fits
-from ttsf_core.files import write_json
-from ttsf_core.records import RoundRecord, RunLayout, read_round_record
+from ttsf_core.storage.files import write_json
+from ttsf_core.storage.records import RoundRecord, RunLayout, read_round_record
 
 if TYPE_CHECKING:
     from ttsf_core.resolve import ResolvedRun

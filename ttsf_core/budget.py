@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttsf_core.config import BudgetArgs
-from ttsf_core.records import RunLayout
-from ttsf_core.store import StoredGrade
+from ttsf_core.storage.records import RunLayout
+from ttsf_core.storage.store import StoredGrade
 
 if TYPE_CHECKING:
     from ttsf_core.resolve import ResolvedRun
     from ttsf_core.search import Strategy
-    from ttsf_core.store import Store
+    from ttsf_core.storage.store import Store
 
 # Earlier grades read to measure what one request costs (the newest first).
 MEASURED_GRADES = 500
@@ -191,7 +191,7 @@ def runs_nfe(candidates) -> int:
 
 def recorded_nfe(layout: RunLayout, prompts: Sequence[tuple[int, str]], search_rounds: int) -> int:
     """Denoiser evaluations the prompts' recorded rounds spent (what budget.max_nfe counts first)."""
-    from ttsf_core.records import read_round_record
+    from ttsf_core.storage.records import read_round_record
 
     total = 0
     for _, prompt in prompts:

@@ -194,3 +194,10 @@ def draw_batch(pipe, candidates: list[Candidate], geometry: dict[str, int]) -> t
 
     drawn = [candidate.noise.draw_with_generator(pipe, geometry) for candidate in candidates]
     return torch.cat([latents for latents, _ in drawn], dim=0), [generator for _, generator in drawn]
+
+
+def parent_of(candidate: Candidate) -> Candidate | None:
+    """The candidate whose end state this one continues from (None: it starts at its initial noise)."""
+    parent = candidate.path.parent() if candidate.path is not None else None
+    return None if parent is None else Candidate(noise=candidate.noise, steps=candidate.steps, stage="path",
+                                                 path=parent)

@@ -172,7 +172,7 @@ def save_prompt_list(run_dir: Path, prompts: list[str], source: PromptSource | N
     import json
 
     from ttsf_core.config import digest
-    from ttsf_core.files import atomic_write_bytes
+    from ttsf_core.storage.files import atomic_write_bytes
 
     label = prompt_source_label(source) if source is not None else "prompts"
     path = Path(run_dir) / PROMPT_LISTS_DIRNAME / f"{label}--{digest(prompts, 16)}.jsonl"
@@ -185,7 +185,7 @@ def save_prompt_list(run_dir: Path, prompts: list[str], source: PromptSource | N
 def prompt_source_label(source: PromptSource) -> str:
     """What a person calls these prompts: `<prompt>-1p`, `<dataset>-<N>p` or `<dataset>-all`; a saved
     prompt list keeps the label of the source it was saved from."""
-    from ttsf_core.files import safe_slug
+    from ttsf_core.storage.files import safe_slug
 
     if source.prompt is not None:
         return f"{safe_slug(source.prompt, 30)}-1p".replace("_", "-").lower()

@@ -145,7 +145,7 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, data: dict) -> None:
-    from ttsf_core.files import write_json
+    from ttsf_core.storage.files import write_json
 
     try:
         write_json(path, data)

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from ttsf_core.candidates import Candidate
 from ttsf_core.config import MAX_POOL, CommonSearchArgs
-from ttsf_core.records import RoundRecord
-from ttsf_core.store import StoredImage
+from ttsf_core.storage.records import RoundRecord
+from ttsf_core.storage.store import StoredImage
 from ttsf_core.verifiers.base import Grades, Usage
 
 if TYPE_CHECKING:

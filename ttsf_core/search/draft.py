@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ttsf_core.candidates import Candidate
-from ttsf_core.records import RoundRecord
+from ttsf_core.storage.records import RoundRecord
 from ttsf_core.search.base import GradedCandidate, Strategy
 
 

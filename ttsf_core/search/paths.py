@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from ttsf_core.candidates import Candidate, Move, NoiseSpec, PathSpec
 from ttsf_core.noise import derive_seed, round_seeds
-from ttsf_core.records import RoundRecord
+from ttsf_core.storage.records import RoundRecord
 from ttsf_core.search.base import GradedCandidate, LaterWork
 from ttsf_core.search.on_path import OnPathArgs, OnPathStrategy, latest_stage, named, run_to, step_of
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.noise import round_seeds
-from ttsf_core.records import RoundRecord
+from ttsf_core.storage.records import RoundRecord
 from ttsf_core.search.base import Strategy, StrategyArgs
 
 

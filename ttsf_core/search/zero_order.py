@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.noise import candidate_seed, derive_seed
-from ttsf_core.records import RoundRecord
+from ttsf_core.storage.records import RoundRecord
 from ttsf_core.search.base import GradedCandidate, Strategy, StrategyArgs, previous_record
 
 

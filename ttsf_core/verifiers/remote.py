@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from ttsf_core import files
+from ttsf_core.storage import files
 from ttsf_core.verifiers.base import Grades, all_graded
 
 

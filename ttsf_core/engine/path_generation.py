@@ -18,10 +18,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from ttsf_core.candidates import Candidate
+from ttsf_core.candidates import Candidate, parent_of
 
 if TYPE_CHECKING:
-    from ttsf_core.generate import CandidateGenerator, Media
+    from ttsf_core.engine.generate import CandidateGenerator, Media
     from ttsf_core.pipelines.paths import PathState
 
 LOGGER = logging.getLogger("ttsf.paths")
@@ -48,13 +48,6 @@ class MemoryStates:
         self._states[(prompt, candidate.key())] = state
 
 
-def parent_of(candidate: Candidate) -> Candidate | None:
-    """The candidate whose end state this one continues from (None: it starts at its initial noise)."""
-    parent = candidate.path.parent() if candidate.path is not None else None
-    return None if parent is None else Candidate(noise=candidate.noise, steps=candidate.steps, stage="path",
-                                                 path=parent)
-
-
 def noise_rooted_parents(stage: Sequence[Candidate]) -> list[Candidate]:
     """The stage's parents that start at an initial noise and are no candidate of an earlier stage
     (their path is a single run), each once, in the order the stage first needs them."""
@@ -71,7 +64,7 @@ def prepare_stage(generator: "CandidateGenerator", prompt: str, stage: Sequence[
     """Make every parent state the stage's calls continue from available: compute missing noise-rooted
     ones (their calls whole), replay `earlier` stages for the rest. Returns the denoiser evaluations
     spent (0 when everything was stored)."""
-    from ttsf_core.generate import plan_batches
+    from ttsf_core.engine.generate import plan_batches
 
     spent = 0
     rooted = noise_rooted_parents(stage)
@@ -95,7 +88,7 @@ def prepare_stage(generator: "CandidateGenerator", prompt: str, stage: Sequence[
 def replay(generator: "CandidateGenerator", prompt: str, stages: Sequence[Sequence[Candidate]],
            states: PathStates, batching: Batching) -> int:
     """Generate `stages` in order, as the search did, leaving every state in `states` (images dropped)."""
-    from ttsf_core.generate import plan_batches
+    from ttsf_core.engine.generate import plan_batches
 
     spent = 0
     for number, stage in enumerate(stages):
@@ -159,6 +152,6 @@ def generate_path_batch(generator: "CandidateGenerator", prompt: str, batch: lis
         states.write_state(prompt, candidate, state)
     if not decode:
         return []
-    from ttsf_core.generate import media_of
+    from ttsf_core.engine.generate import media_of
 
     return media_of(output)

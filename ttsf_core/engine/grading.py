@@ -1,5 +1,5 @@
 """Grading a chunk of stored images: ask the verifier for those without a stored verdict, store each
-verdict the moment it arrives (a kill loses no answer already paid for), ask again by ttsf_core.retry's
+verdict the moment it arrives (a kill loses no answer already paid for), ask again by ttsf_core.engine.retry's
 policy, and count what it cost.
 
 A video is graded through `export_args.grade_frames` evenly spaced frames (its grade is their mean per
@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict
 
 from ttsf_core.config import DEFAULT_GRADE_FRAMES, RunConfig
 from ttsf_core.progress import TALLY
-from ttsf_core.retry import backoff_delay, is_retryable, server_wait
-from ttsf_core.store import Store, StoredImage, Verdict
+from ttsf_core.engine.retry import backoff_delay, is_retryable, server_wait
+from ttsf_core.storage.store import Store, StoredImage, Verdict
 from ttsf_core.verifiers.base import (
     AspectGrade,
     Graded,
@@ -67,7 +67,7 @@ class GradeResult(BaseModel):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often a grade job asks again (ttsf_core.retry decides which failures qualify)."""
+    """How often a grade job asks again (ttsf_core.engine.retry decides which failures qualify)."""
 
     retries: int = 6  # transient failures (429, 5xx, timeouts), after the first attempt
     backoff_s: float = 2.0  # the first wait; doubles, with jitter, never below Retry-After
@@ -89,7 +89,7 @@ class _Spending:
 def grade(store: Store, verifier: Verifier, job: GradeJob, policy: RetryPolicy = RetryPolicy(),
           sleep: Callable[[float], None] = time.sleep, logger: logging.Logger | logging.LoggerAdapter = LOGGER,
           pace: Callable[[int], None] | None = None) -> GradeResult:
-    """Every image's verdict, in order, asking again (by ttsf_core.retry's policy) until each has one
+    """Every image's verdict, in order, asking again (by ttsf_core.engine.retry's policy) until each has one
     or a failure is final. Between attempts only images still without a verdict are asked. `pace`, if
     given, is called before each attempt with the number of requests about to be sent (a shared
     requests-per-minute budget blocks there)."""

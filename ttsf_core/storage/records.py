@@ -4,7 +4,7 @@ A run folder is named by the hash of what decides its records (images, grades, s
 timestamp, never the round count), so the same config always lands in - and resumes from - the same
 place, and a longer search extends a shorter one. Each prompt gets a folder with one JSON per round
 carrying tt-scale-flux's keys plus every candidate: its noise spec, steps, image and grades. Images
-and grades themselves live in the store (ttsf_core.store), shared by every run of the output folder.
+and grades themselves live in the store (ttsf_core.storage.store), shared by every run of the output folder.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ttsf_core.candidates import Candidate, NoiseSpec, PathSpec, Role, Seed, Stage
-from ttsf_core.files import model_slug, prompt_dirname, safe_slug, write_json
+from ttsf_core.storage.files import model_slug, prompt_dirname, safe_slug, write_json
 from ttsf_core.verifiers.base import Grades, Usage
 
 if TYPE_CHECKING:

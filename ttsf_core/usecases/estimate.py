@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from ttsf_core.budget import Allowance, RoundNeeds, measured_cost_per_request, newest_grades, plan, recorded_nfe, runs_nfe
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.costs import ModelPrice, today
-from ttsf_core.records import RunLayout
+from ttsf_core.storage.records import RunLayout
 from ttsf_core.resolve import ResolvedRun
 from ttsf_core.search import Strategy
-from ttsf_core.store import Store
+from ttsf_core.storage.store import Store
 from ttsf_core.verifiers.base import Usage, add_usage
 from ttsf_core.verifiers.catalog import member_names, verifier_class
 

@@ -19,9 +19,9 @@ from PIL import Image
 
 from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.config import ConfigError, RunConfig, digest
-from ttsf_core.files import model_slug, safe_slug
-from ttsf_core.records import RoundRecord, iter_round_records, resolve_image
-from ttsf_core.store import Recipe, Store
+from ttsf_core.storage.files import model_slug, safe_slug
+from ttsf_core.storage.records import RoundRecord, iter_round_records, resolve_image
+from ttsf_core.storage.store import Recipe, Store
 
 
 @dataclass
@@ -91,11 +91,11 @@ def legacy_config(run_dir: Path) -> RunConfig:
 
 def migrate(run_dir: Path) -> Migrated:
     """Import the old folder's images and grades, then write its records in the current layout."""
-    from ttsf_core.engine import SearchEngine
-    from ttsf_core.executors import ThreadExecutor
-    from ttsf_core.records import RunLayout
+    from ttsf_core.engine.search_engine import SearchEngine
+    from ttsf_core.engine.executors import ThreadExecutor
+    from ttsf_core.storage.records import RunLayout
     from ttsf_core.resolve import resolve
-    from ttsf_core.runner import write_config
+    from ttsf_core.usecases.runner import write_config
 
     run = resolve(legacy_config(run_dir))
     config = run.config

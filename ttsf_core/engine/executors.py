@@ -3,7 +3,7 @@
 Generation runs on two threads that share one pipeline (its lock lets one call run at a time), so a
 job's PNG writes overlap the next job's pipeline calls; grading runs on a small pool (the verifier
 bounds its own requests); records are written on one thread. Grade jobs retry verifier failures by
-ttsf_core.retry's policy, inside the job, as under Prefect.
+ttsf_core.engine.retry's policy, inside the job, as under Prefect.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from ttsf_core import jobs
+from ttsf_core.engine import jobs
 from ttsf_core.config import RunConfig
 from ttsf_core.resolve import ResolvedRun, resolve
-from ttsf_core.engine import GENERATIONS_IN_FLIGHT
-from ttsf_core.records import RunLayout
+from ttsf_core.engine.search_engine import GENERATIONS_IN_FLIGHT
+from ttsf_core.storage.records import RunLayout
 from ttsf_core.search import Strategy, build_strategy
-from ttsf_core.store import Store
+from ttsf_core.storage.store import Store
 from ttsf_core.verifiers.base import Verifier
 
 if TYPE_CHECKING:
-    from ttsf_core.generate import CandidateGenerator
+    from ttsf_core.engine.generate import CandidateGenerator
 
 GRADE_WORKERS = 4
 

@@ -24,11 +24,11 @@ from ttsf_core.budget import Allowance
 from ttsf_core.candidates import Candidate
 from ttsf_core.config import RunConfig
 from ttsf_core.resolve import ResolvedRun, resolve
-from ttsf_core.jobs import GenerateJob, GradeJob, GradeResult, SelectJob
+from ttsf_core.engine.jobs import GenerateJob, GradeJob, GradeResult, SelectJob
 from ttsf_core.progress import TALLY
-from ttsf_core.records import RoundRecord, RunLayout, read_round_record
+from ttsf_core.storage.records import RoundRecord, RunLayout, read_round_record
 from ttsf_core.search import GradedCandidate, Strategy, build_strategy
-from ttsf_core.store import Store, StoredImage, Verdict
+from ttsf_core.storage.store import Store, StoredImage, Verdict
 from ttsf_core.verifiers.base import VerifierConfigError
 
 # Two generation jobs in flight: the next is queued on the generator while the current one runs, so an

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from ttsf_core.candidates import Candidate, NoiseSpec, PathSpec
+from ttsf_core.candidates import Candidate, NoiseSpec, PathSpec, parent_of
 from ttsf_core.config import digest
 from ttsf_core.costs import price_table
-from ttsf_core.files import atomic_write_bytes, file_sha256, model_slug, prompt_dirname, safe_slug, write_json, write_png
+from ttsf_core.storage.files import atomic_write_bytes, file_sha256, model_slug, prompt_dirname, safe_slug, write_json, write_png
 from ttsf_core.verifiers.base import Grades, Usage
 from ttsf_core.video import VIDEO_SUFFIX, mp4_bytes, poster_frame, poster_path
 
@@ -174,9 +174,7 @@ class Store:
 
     def remove_states(self, prompt: str, candidates: list[Candidate]) -> None:
         """A finished round's states (and those of the noise-rooted parents its first stage started
-        from): nothing continues from them; a replay rebuilds them (ttsf_core.path_generation)."""
-        from ttsf_core.path_generation import parent_of
-
+        from): nothing continues from them; a replay rebuilds them (ttsf_core.engine.path_generation)."""
         for candidate in candidates:
             for done in (candidate, parent_of(candidate)):
                 if done is not None:

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ttsf_core.records import RoundRecord, iter_round_records, resolve_image
+from ttsf_core.storage.records import RoundRecord, iter_round_records, resolve_image
 
 FORMATS = ("tt-scale-flux",)
 

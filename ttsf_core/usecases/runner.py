@@ -13,25 +13,25 @@ from typing import TYPE_CHECKING
 
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.budget import Allowance
-from ttsf_core.engine import BatchOutcome, Observer, SearchEngine
-from ttsf_core.estimate import budget_allowance
-from ttsf_core.executors import ThreadExecutor
-from ttsf_core.files import probe_writable, sweep_temp_files, writable_problem, write_json
+from ttsf_core.engine.search_engine import BatchOutcome, Observer, SearchEngine
+from ttsf_core.usecases.estimate import budget_allowance
+from ttsf_core.engine.executors import ThreadExecutor
+from ttsf_core.storage.files import probe_writable, sweep_temp_files, writable_problem, write_json
 from ttsf_core.pipelines import check_devices, check_resolution, prompt_length_warnings
 from ttsf_core.devices import pick_device
 from ttsf_core.pipelines.speed import check_speed_options
 from ttsf_core.prompts import PromptRead, count_note, prompt_warnings, read_prompts
-from ttsf_core.records import RunLayout
+from ttsf_core.storage.records import RunLayout
 from ttsf_core.resolve import ResolvedRun, resolve
 from ttsf_core.search import Strategy, build_strategy
-from ttsf_core.store import Store
+from ttsf_core.storage.store import Store
 from ttsf_core.verifiers.base import RetryableVerifierError, Verifier, verifier_batch_size
 from ttsf_core.verifiers.registry import build_verifier
 
 
 if TYPE_CHECKING:
     from ttsf_core.allocation import Allocator, Wave
-    from ttsf_core.generate import CandidateGenerator
+    from ttsf_core.engine.generate import CandidateGenerator
 
 
 @dataclass
@@ -185,7 +185,7 @@ def run(config: RunConfig | PreparedRun, generator: "CandidateGenerator | None" 
     config = prepared.config
 
     def load_generator() -> "CandidateGenerator":
-        from ttsf_core.generate import CandidateGenerator  # torch and diffusers: only when generating
+        from ttsf_core.engine.generate import CandidateGenerator  # torch and diffusers: only when generating
         from ttsf_core.pipelines import load_pipeline
 
         return generator or CandidateGenerator(load_pipeline(config), config)
@@ -240,7 +240,7 @@ def budget_stops(prepared: PreparedRun, allocator: "Allocator", last: "Wave") ->
 def allocator_for(prepared: PreparedRun) -> "Allocator":
     from ttsf_core.allocation import Allocator
     from ttsf_core.budget import RoundNeeds
-    from ttsf_core.estimate import billing
+    from ttsf_core.usecases.estimate import billing
     from ttsf_core.verifiers.base import score_ceiling
 
     run = prepared.run

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from ttsf_core.files import atomic_write_bytes, atomic_writer, png_bytes, safe_slug, text_hash, write_json
-from ttsf_core.records import RECORD_GLOB, CandidateRecord, RoundRecord, iter_round_records, resolve_image
+from ttsf_core.storage.files import atomic_write_bytes, atomic_writer, png_bytes, safe_slug, text_hash, write_json
+from ttsf_core.storage.records import RECORD_GLOB, CandidateRecord, RoundRecord, iter_round_records, resolve_image
 from ttsf_core.verifiers.base import METRIC_NAMES
 from ttsf_core.video import VIDEO_SUFFIX, is_video, poster_path
 

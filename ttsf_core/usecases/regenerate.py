@@ -16,10 +16,10 @@ from pathlib import Path
 
 from ttsf_core.candidates import Candidate
 from ttsf_core.config import ConfigError, RunConfig
-from ttsf_core.files import atomic_write_bytes, png_bytes
-from ttsf_core.generate import CandidateGenerator
-from ttsf_core.records import CandidateRecord, RoundRecord, read_round_record
-from ttsf_core.store import RECIPE_KEY, Recipe
+from ttsf_core.storage.files import atomic_write_bytes, png_bytes
+from ttsf_core.engine.generate import CandidateGenerator
+from ttsf_core.storage.records import CandidateRecord, RoundRecord, read_round_record
+from ttsf_core.storage.store import RECIPE_KEY, Recipe
 from ttsf_core.video import VIDEO_SUFFIX, mp4_bytes
 
 
@@ -84,8 +84,8 @@ def _regenerate_on_path(record: RoundRecord, index: int, config: RunConfig, out:
                         generator: CandidateGenerator | None) -> Regenerated:
     """A candidate of a search on the denoising path: the round's stages before its own are replayed as
     the search made them (their pipeline calls, their re-noisings), then its own call."""
-    from ttsf_core.generate import plan_batches
-    from ttsf_core.path_generation import MemoryStates, generate_path_batch, prepare_stage, replay, stages_of, unique
+    from ttsf_core.engine.generate import plan_batches
+    from ttsf_core.engine.path_generation import MemoryStates, generate_path_batch, prepare_stage, replay, stages_of, unique
     from ttsf_core.resolve import resolve
     from ttsf_core.search import build_strategy
 

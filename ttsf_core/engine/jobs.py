@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from ttsf_core.candidates import Candidate
-from ttsf_core.grading import GradeJob, GradeResult, RetryPolicy, grade, grade_once, load_images
+from ttsf_core.engine.grading import GradeJob, GradeResult, RetryPolicy, grade, grade_once, load_images
 from ttsf_core.progress import TALLY
 from ttsf_core.resolve import ResolvedRun
-from ttsf_core.records import CandidateRecord, RoundRecord, RunLayout, relative_image_path, write_round_record
+from ttsf_core.storage.records import CandidateRecord, RoundRecord, RunLayout, relative_image_path, write_round_record
 from ttsf_core.search import GradedCandidate, Strategy
-from ttsf_core.store import Recipe, Store, StoredImage
+from ttsf_core.storage.store import Recipe, Store, StoredImage
 
 if TYPE_CHECKING:
-    from ttsf_core.generate import CandidateGenerator
+    from ttsf_core.engine.generate import CandidateGenerator
 
 __all__ = ["SelectJob", "GenerateJob", "GradeJob", "GradeResult", "RetryPolicy", "generate", "grade",
            "grade_once", "load_images", "select"]
@@ -39,7 +39,7 @@ class _Job(BaseModel):
 class GenerateJob(_Job):
     candidates: list[Candidate]
     # Candidates on a denoising path: the round's stages before this one, to rebuild a parent's state
-    # that is not stored (ttsf_core.path_generation).
+    # that is not stored (ttsf_core.engine.path_generation).
     earlier: list[list[Candidate]] = []
     # The most candidates a pipeline call holds (None: batch_size_for_img_gen; FK steering: its K), and
     # that of each earlier stage.
@@ -61,14 +61,14 @@ def generate(store: Store, generator: "CandidateGenerator", job: GenerateJob) ->
     way every time (batched float math depends on a call's batch), and a call runs again whole when
     any of its images is missing, so an image resumed after a kill is the image a clean run makes;
     only missing images are written, each call's as soon as it finishes."""
-    from ttsf_core.generate import plan_batches
+    from ttsf_core.engine.generate import plan_batches
 
     found = {c.key(): store.find_image(job.prompt, c) for c in job.candidates}
     fps = generator.frames_per_second() if getattr(generator, "video", False) else None  # videos: mp4 frame rate
     on_path = bool(job.candidates) and job.candidates[0].path is not None
     batch_size = job.batch_size or generator.batch_size
     if on_path and any(image is None for image in found.values()):
-        from ttsf_core.path_generation import prepare_stage
+        from ttsf_core.engine.path_generation import prepare_stage
 
         sizes = {_stage_key(stage): size for stage, size in zip(job.earlier, job.earlier_batch_sizes)}
         prepare_stage(generator, job.prompt, job.candidates, store, job.earlier,

@@ -16,7 +16,7 @@ from ttsf_core.candidates import Candidate, NoiseSpec, draw_batch
 from ttsf_core.config import RunConfig
 
 if TYPE_CHECKING:
-    from ttsf_core.path_generation import PathStates
+    from ttsf_core.engine.path_generation import PathStates
 
 Media = Image.Image | list[Image.Image]  # an image, or a video's frames
 _ENCODINGS_KEPT = 16  # prompts in flight at once are few; keep their embeddings, drop the rest
@@ -116,9 +116,9 @@ class CandidateGenerator:
     def generate_batch(self, prompt: str, batch: list[Candidate], states: "PathStates | None" = None) -> list[Media]:
         """One pipeline call for `batch` (at most batch_size candidates, one segment of one schedule).
         Candidates on a denoising path continue from their parents' states in `states` and leave theirs
-        there (ttsf_core.path_generation)."""
+        there (ttsf_core.engine.path_generation)."""
         if batch[0].path is not None:
-            from ttsf_core.path_generation import generate_path_batch
+            from ttsf_core.engine.path_generation import generate_path_batch
 
             return generate_path_batch(self, prompt, batch, states)
         with self._lock:
