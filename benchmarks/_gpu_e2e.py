@@ -250,17 +250,18 @@ def run_search(pipe, config, device: str, warm_up: bool = True) -> dict:
 
     from ttsf_core.usecases import runner
     from ttsf_core.engine.generate import CandidateGenerator, seed_candidates
+    from ttsf_core.resolve import resolve
 
     prepared = runner.prepare_run(config)
     warm_s = 0.0
     if warm_up:
         start = time.perf_counter()
-        warm = CandidateGenerator(pipe, config)
+        warm = CandidateGenerator(pipe, resolve(config))
         for size in call_sizes(config):
             warm.generate("a warm-up prompt", seed_candidates(list(range(10_000, 10_000 + size)), 1))
         _sync(device)
         warm_s = time.perf_counter() - start
-    generator = CandidateGenerator(pipe, config)
+    generator = CandidateGenerator(pipe, resolve(config))
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     StandInVerifier.intervals = []

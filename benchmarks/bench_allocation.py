@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ttsf_core.resolve import resolve
 import _common  # noqa: E402  (puts the repo root on sys.path)
 
 STAND_IN = "bench-difficulty"
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pipeline_call_args": {"height": 64, "width": 64, "num_inference_steps": 2},
                 "verifier_args": {"name": STAND_IN}, "batch_size_for_img_gen": 8,
                 "prompts": {"dataset": str(prompts_file), "num_prompts": "all"}}
-        generator = CandidateGenerator(load_pipeline(build_config(base)), build_config(base))
+        generator = CandidateGenerator(load_pipeline(build_config(base)), resolve(build_config(base)))
         store = Path(folder) / "store"
         store.mkdir()
         for seed in range(args.seeds):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ttsf_core.resolve import resolve
 import _common  # noqa: E402  (puts the repo root on sys.path)
 
 PROMPT = "a photo of an astronaut riding a horse on the moon"
@@ -52,7 +53,7 @@ def ours(pipe, config, seeds: list[int]):
     from ttsf_core.engine.generate import CandidateGenerator, seed_candidates
 
     candidates = seed_candidates(seeds, config.pipeline_call_args.num_inference_steps)
-    return CandidateGenerator(pipe, config).generate(PROMPT, candidates)
+    return CandidateGenerator(pipe, resolve(config)).generate(PROMPT, candidates)
 
 
 def encode_per_call(pipe, config, seeds: list[int]):

@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args, workdir: Path, prompts_file: Path, url: str | None):
     from ttsf_core.config import build_config
     from ttsf_core.config_files import read_config_file
+    from ttsf_core.resolve import resolve
     from ttsf_core.storage.records import RunLayout
 
     configs = {name: write_config(workdir / f"config-{index}.json", args, prompts_file, workdir / f"out-{index}", url)
@@ -205,7 +206,7 @@ def measure(args, workdir: Path, prompts_file: Path, url: str | None):
         commands += [run_command(name, finished, "re-run") for name in names]
 
     config = build_config(read_config_file(finished))
-    run_dir = RunLayout(config).run_dir
+    run_dir = RunLayout(resolve(config)).run_dir
     reference = records_of(run_dir)
     flows: list[InProcess] = []
     with _common.PrefectServer() as prefect:

@@ -93,9 +93,10 @@ class SideResult:
 
 def plan_seeds(config, prompt: str, search_round: int) -> list[int]:
     """The round's seeds as ttsf's random search draws them (the baseline searches the same noises)."""
+    from ttsf_core.resolve import resolve
     from ttsf_core.search import build_strategy
 
-    return [candidate.noise.seed for candidate in build_strategy(config).plan_round(prompt, search_round, [])]
+    return [candidate.noise.seed for candidate in build_strategy(resolve(config)).plan_round(prompt, search_round, [])]
 
 
 def run_baseline(pipe, config, prompts: list[str], output_dir: Path, server) -> SideResult:
@@ -149,9 +150,10 @@ def grade_like_tt_scale_flux(verifier, prompt: str, images: list) -> list:
 def run_ours(pipe, config, server) -> SideResult:
     from ttsf_core.usecases import runner
     from ttsf_core.engine.generate import CandidateGenerator
+    from ttsf_core.resolve import resolve
 
     prepared = runner.prepare_run(config)
-    generator = CandidateGenerator(pipe, config)
+    generator = CandidateGenerator(pipe, resolve(config))
     calls_before = server.call_count()
     try:
         with _common.generation_clock(generator) as (clock, threads), _common.png_clocks(threads) as (png, png_off):
@@ -174,8 +176,9 @@ def warm_up(pipe, config, prompt: str) -> None:
     """First calls pay one-off costs (allocator, oneDNN kernel choice) per batch shape: pay them
     for every shape both sides will use before anything is timed."""
     from ttsf_core.engine.generate import CandidateGenerator, seed_candidates
+    from ttsf_core.resolve import resolve
 
-    generator = CandidateGenerator(pipe, config)
+    generator = CandidateGenerator(pipe, resolve(config))
     for search_round in (1, 2):  # pools of 2 and 4: every ttsf batch shape at batch size 4
         generator.generate(prompt, seed_candidates(plan_seeds(config, prompt, search_round),
                                                    config.pipeline_call_args.num_inference_steps))

@@ -53,6 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (puts the repo root on sys.path)
+from ttsf_core.resolve import resolve  # noqa: E402
 from ttsf_core.search.selection import average_ranks  # noqa: E402
 
 SHARED_PROMPTS = _common.REPO_ROOT.parent / "shared" / "data" / "open_image_preferences_prompts.txt"
@@ -208,7 +209,7 @@ def search_all(args, workdir: Path, prompts: list[str]):
         "prompts": {"dataset": str(prompts_file), "num_prompts": len(prompts)},
         "output_dir": str(workdir / "out"),  # one store: a noise two strategies share is generated once
     }
-    generator = CandidateGenerator(load_pipeline(build_config(base)), build_config(base))
+    generator = CandidateGenerator(load_pipeline(build_config(base)), resolve(build_config(base)))
     runs = {name: {} for name in STRATEGIES}
     seconds = dict.fromkeys(STRATEGIES, 0.0)
     images = dict.fromkeys(STRATEGIES, 0)

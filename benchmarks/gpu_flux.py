@@ -1064,6 +1064,7 @@ def strategies_section(state: State) -> None:
     its NFEs and verifier calls (from its round record), wall time, GPU idle, and its best stand-in score."""
     import _gpu_e2e as e2e
     from ttsf_core.config import build_config
+    from ttsf_core.resolve import resolve
     from ttsf_core.storage.records import RunLayout, iter_round_records
 
     args, setup = state.args, state.setup
@@ -1081,8 +1082,6 @@ def strategies_section(state: State) -> None:
             data = base.model_dump(mode="json")
             config = build_config({**data, "search_args": {**search, "search_rounds": 1},
                                    "pipeline_call_args": {**data["pipeline_call_args"], "num_inference_steps": steps}})
-            from ttsf_core.resolve import resolve
-
             planned = resolve(config).search
             nfe = planned.nfe(1, steps) if hasattr(planned, "nfe") else planned.pool_size(1) * steps
             if not fits(state, nfe * per_step * 1.3 + 30):
@@ -1095,7 +1094,7 @@ def strategies_section(state: State) -> None:
                 apply_speed_options(pipe, config)
             progress(f"strategy {name}: {nfe} NFEs planned")
             result = e2e.run_search(pipe, config, setup.device, warm_up=name == "random")
-            ((_, record),) = iter_round_records(RunLayout(config).run_dir)
+            ((_, record),) = iter_round_records(RunLayout(resolve(config)).run_dir)
             state.strategies[name] = {**result, "nfe": record.nfe, "best_score": record.best_score,
                                       "grades": record.verifier_calls + (record.path_verifier_calls or 0)}
             save(state)

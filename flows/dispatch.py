@@ -54,6 +54,7 @@ from flows.storage import result_storage_for
 from ttsf_core.budget import Allowance
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.engine.search_engine import BatchCounts
+from ttsf_core.resolve import resolve
 from ttsf_core.storage.records import RunLayout
 
 POLL_S = 2.0
@@ -173,7 +174,7 @@ class PoolBatches:
         self.logger = logger or _log
         self.dispatch = config.dispatch
         self.deployment = config.dispatch.deployment
-        self.run_dir = RunLayout(config).run_dir
+        self.run_dir = RunLayout(resolve(config)).run_dir
         self.live: dict[UUID, Attempt] = {}
         self.attempts: dict[int, int] = {}  # batch index -> attempts submitted
         self.carried: dict[int, BatchCounts] = {}  # batch index -> counts of its lost attempts (last heartbeats)

@@ -161,7 +161,7 @@ class RunMonitor:
 
     def __init__(self, config: RunConfig, run_name: str, prompts: list[str], rpm_text: str):
         self.config, self.run_name, self.prompts, self.rpm_text = config, run_name, prompts, rpm_text
-        self.layout = RunLayout(config)
+        self.layout = RunLayout(resolve(config))
         self.finished = {index for index, prompt in enumerate(prompts) if self._recorded(prompt)}
         self.done_at_start = len(self.finished)
         self.counts = BatchCounts()
@@ -278,7 +278,7 @@ def budget_text(budget: dict, counts: BatchCounts, nfe_before: int = 0) -> str:
 def prompt_rows(config: RunConfig, prompt: str) -> list[tuple[Path, RoundRecord]]:
     from ttsf_core.storage.records import read_round_record
 
-    layout = RunLayout(config)
+    layout = RunLayout(resolve(config))
     found = []
     for search_round in range(1, config.search_args.search_rounds + 1):
         path = layout.record_path(prompt, search_round)

@@ -39,6 +39,7 @@ from ttsf_core.storage.locks import RunLock
 from ttsf_core.prompts import read_prompt_list
 from ttsf_core.storage.records import RoundRecord, RunLayout
 from ttsf_core.resolve import resolve
+from ttsf_core.resolved import ResolvedRun
 from ttsf_core.verifiers.base import VerifierConfigError, verifier_batch_size
 
 
@@ -68,7 +69,7 @@ class BatchFile(BaseModel):
 
 
 def summary_path(config: RunConfig, batch_index: int) -> Path:
-    return RunLayout(config).run_dir / "batches" / f"batch-{batch_index}.json"
+    return RunLayout(resolve(config)).run_dir / "batches" / f"batch-{batch_index}.json"
 
 
 def read_batch_file(config: RunConfig, batch_index: int) -> BatchFile | None:
@@ -151,9 +152,10 @@ def search_batch(
     allowance: Allowance | None = None,
 ):
     logger = get_run_logger()
-    run_dir = RunLayout(config).run_dir
+    run = resolve(config)  # once: the batch's layout, engine and executor share it
+    layout = RunLayout(run)
     run_id = str(FlowRunContext.get().flow_run.id)
-    with _heartbeat(config, batch_index, run_id, logger) as heartbeat:
+    with _heartbeat(config, layout, batch_index, run_id, logger) as heartbeat:
         stopped = heartbeat.stop_requested() if heartbeat is not None else None
         if stopped is not None:  # its dataset run stopped while this run waited for a worker
             logger.warning("not started: the dataset run asked this batch to stop (%s)", stopped)
@@ -161,8 +163,8 @@ def search_batch(
         # A batch run twice at once (a retry, or a resubmission, while an earlier run still lives) is
         # refused with RunFolderBusy, never run twice side by side.
         try:
-            with RunLock(run_dir, f".batch-{batch_index}.lock"):
-                summary, outcome, shown = _search_batch(config, batch_index, prompt_list, start, stop,
+            with RunLock(layout.run_dir, f".batch-{batch_index}.lock"):
+                summary, outcome, shown = _search_batch(run, layout, batch_index, prompt_list, start, stop,
                                                         rpm_limit_name, view, logger, allowance, heartbeat, run_id)
                 record_attempt(config, summary)
         except Exception as error:  # re-raised: the last beat only says how it ended, server or not
@@ -193,23 +195,24 @@ class _NoHeartbeat:
         return None
 
 
-def _heartbeat(config: RunConfig, batch_index: int, run_id: str, logger):
+def _heartbeat(config: RunConfig, layout: RunLayout, batch_index: int, run_id: str, logger):
     if config.dispatch.mode != "pool":
         return _NoHeartbeat()
-    return Heartbeat(heartbeat_path(RunLayout(config).run_dir, batch_index, run_id), run_id, batch_index,
+    return Heartbeat(heartbeat_path(layout.run_dir, batch_index, run_id), run_id, batch_index,
                      config.dispatch.heartbeat_s, _where(), logger)
 
 
-def _search_batch(config, batch_index, prompt_list, start, stop, rpm_limit_name, view, logger, allowance, heartbeat,
-                  run_id):
+def _search_batch(run: ResolvedRun, layout: RunLayout, batch_index, prompt_list, start, stop, rpm_limit_name, view,
+                  logger, allowance, heartbeat, run_id):
+    config = run.config
     prompts = list(enumerate(read_prompt_list(prompt_list)))[start:stop]
-    layout, rounds = RunLayout(config), config.search_args.search_rounds
+    rounds = config.search_args.search_rounds
     recorded = {i: sum(layout.record_path(p, r).is_file() for r in range(1, rounds + 1)) for i, p in prompts}
     observer = _FlowObserver(logger, view, rounds, recorded, heartbeat)
     verifier = runtime.verifier_for(config.verifier_args)
-    path_run = resolve(config).path_run  # --path_verifier: intermediate images in its own batch size, as the runner
+    path_run = run.path_run  # --path_verifier: intermediate images in its own batch size, as the runner
     path_chunk = verifier_batch_size(runtime.verifier_for(path_run.config.verifier_args)) if path_run else None
-    engine = SearchEngine(config, PrefectExecutor(config, rpm_limit_name), grade_chunk=verifier_batch_size(verifier),
+    engine = SearchEngine(run, PrefectExecutor(config, rpm_limit_name), grade_chunk=verifier_batch_size(verifier),
                           observer=observer, path_grade_chunk=path_chunk)
     outcome = engine.run_batch(prompts, allowance)
     for index, search_round in outcome.over_budget.items():

@@ -12,10 +12,11 @@ from prefect.cache_policies import NO_CACHE
 from tasks import runtime
 from ttsf_core.engine import jobs
 from ttsf_core.config import RunConfig
+from ttsf_core.resolve import resolve
 from ttsf_core.storage.store import Store, StoredImage
 
 
 @task(name="generate", task_run_name="generate-p{job.prompt_index}-r{job.search_round}-{job.stage}",
       cache_policy=NO_CACHE, retries=1)
 def generate_task(config: RunConfig, job: jobs.GenerateJob) -> list[StoredImage]:
-    return jobs.generate(Store(config), runtime.generator_for(config), job)
+    return jobs.generate(Store(resolve(config)), runtime.generator_for(config), job)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from ttsf_core.resolve import resolve
 from ttsf_core.config import RunConfig, VerifierArgs
 from ttsf_core.engine.generate import CandidateGenerator
 from ttsf_core.pipelines import load_pipeline
@@ -39,7 +40,7 @@ def generator_for(config: RunConfig) -> CandidateGenerator:
         if key not in _generators:
             if key[0] not in _pipelines:
                 _pipelines[key[0]] = load_pipeline(config)
-            _generators[key] = CandidateGenerator(_pipelines[key[0]], config)
+            _generators[key] = CandidateGenerator(_pipelines[key[0]], resolve(config))
         return _generators[key]
 
 

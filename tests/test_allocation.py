@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import small_config
+from ttsf_core.resolve import resolve
 from ttsf_core.usecases import runner
 from ttsf_core.allocation import ALLOCATION_FILENAME, TOP_STOP, expected_improvement
 from ttsf_core.engine.generate import CandidateGenerator
@@ -34,7 +35,7 @@ def _run(config, pipe, verifier=None):
     prepared = runner.prepare_run(config)
     if verifier is not None:
         prepared.verifier = verifier
-    generator = CandidateGenerator(pipe, config)
+    generator = CandidateGenerator(pipe, resolve(config))
     _, outcome = runner.run(prepared, generator)
     return prepared, outcome, generator
 
@@ -136,11 +137,11 @@ def test_an_adaptive_run_stopped_mid_way_resumes_with_nothing_finished_redone(tm
     clean_config = _config(tmp_path / "clean", **budget)
     clean, outcome, _ = _run(clean_config, tiny_pipe)
     outcome.raise_first()
-    stored = len(list(Store(clean_config).images_dir.rglob("*.png")))
+    stored = len(list(Store(resolve(clean_config)).images_dir.rglob("*.png")))
     config = _config(tmp_path / "resumed", **budget).model_copy(update={"verifier_retries": 0})
     broken, failed, _ = _run(config, tiny_pipe, FailsOnce(config))
     assert failed.failures
-    kept = len(list(Store(config).images_dir.rglob("*.png")))
+    kept = len(list(Store(resolve(config)).images_dir.rglob("*.png")))
     resumed, done, generator = _run(config, tiny_pipe)
     done.raise_first()
     assert done.counts.images_generated == generator.counts.images == stored - kept

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("ttsf_core", "ttsf", "flows", "tasks")
 HEAVY = ("torch", "diffusers", "transformers", "google.genai", "openai", "prefect", "pandas")
@@ -134,9 +136,12 @@ def _imports_anywhere(path: Path) -> set[str]:
 
 
 # Each layer of ttsf_core and what it must never import: the arrows point down (README, Layout).
-LAYERS = {"ttsf_core.storage": ("ttsf_core.engine", "ttsf_core.usecases"),
-          "ttsf_core.engine": ("ttsf_core.usecases",),
-          "ttsf_core.search": ("ttsf_core.engine", "ttsf_core.usecases"),
+# Below resolving, a run arrives resolved: nothing there calls ttsf_core.resolve (its data, ResolvedRun,
+# lives in ttsf_core.resolved).
+LAYERS = {"ttsf_core.storage": ("ttsf_core.engine", "ttsf_core.usecases", "ttsf_core.resolve"),
+          "ttsf_core.engine": ("ttsf_core.usecases", "ttsf_core.resolve"),
+          "ttsf_core.search": ("ttsf_core.engine", "ttsf_core.usecases", "ttsf_core.resolve"),
+          "ttsf_core.budget": ("ttsf_core.resolve",), "ttsf_core.allocation": ("ttsf_core.resolve",),
           "ttsf_core": ("prefect", "flows", "tasks", "ttsf")}
 
 
@@ -149,3 +154,25 @@ def test_each_layer_imports_nothing_above_it():
                           if any(target == up or target.startswith(up + ".") for up in above)]
     assert len([name for name in _modules() if name.startswith("ttsf_core.engine.")]) >= 6
     assert found == []
+
+
+def test_the_layers_below_resolving_take_only_a_resolved_run(tiny_flux_dir, tmp_path):
+    from ttsf_core.config import build_config
+    from ttsf_core.engine.executors import ThreadExecutor
+    from ttsf_core.engine.search_engine import SearchEngine
+    from ttsf_core.resolve import resolve
+    from ttsf_core.search import build_strategy
+    from ttsf_core.storage.records import RunLayout
+    from ttsf_core.storage.store import Store
+
+    config = build_config({"pretrained_model_name_or_path": "tiny-flux", "output_dir": str(tmp_path),
+                           "verifier_args": {"name": "imagestats"}})
+    makers = {"Store": Store, "RunLayout": RunLayout, "build_strategy": build_strategy,
+              "SearchEngine": lambda run: SearchEngine(run, None, grade_chunk=1),
+              "ThreadExecutor": lambda run: ThreadExecutor(run, None, None)}
+    for name, make in makers.items():  # handed a RunConfig, each says what it wants instead
+        with pytest.raises(TypeError, match=rf"^{name}\(run\): received a RunConfig, allowed: a ResolvedRun"):
+            make(config)
+    run = resolve(config)
+    assert RunLayout(run).run_dir.name == run.identity_hash and build_strategy(run).name == "random"
+    assert Store(run).images_dir.is_relative_to(tmp_path)

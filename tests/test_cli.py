@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from ttsf_core.resolve import resolve
 from ttsf.cli import main
 
 PROMPT = "a tiny astronaut hatching from an egg on the moon"
@@ -304,7 +305,7 @@ def test_report_rebuilds_from_the_records_alone(tmp_path, tiny_pipe):
 
     config = small_config(tmp_path, search_args={"search_rounds": 2})
     prepared = runner.prepare_run(config)
-    runner.run(prepared, CandidateGenerator(tiny_pipe, config))
+    runner.run(prepared, CandidateGenerator(tiny_pipe, resolve(config)))
     result = CliRunner().invoke(main, ["report", str(tmp_path / "output")])
     assert result.exit_code == 0, result.output
     report = prepared.layout.run_dir / "report"
@@ -365,7 +366,7 @@ def _write_legacy_run(output: Path, pipe) -> Path:
     config = small_config(output.parent, output_dir=str(output), search_args={"search_rounds": 2})
     run_dir = output / "tiny_flux" / "imagestats" / "overall_score" / digest(legacy_identity(config))
     write_json(run_dir / "config.json", {"identity": legacy_identity(config), "config": config.model_dump(mode="json")})
-    generator, verifier = CandidateGenerator(pipe, config), ImageStatsVerifier(config.verifier_args)
+    generator, verifier = CandidateGenerator(pipe, resolve(config)), ImageStatsVerifier(config.verifier_args)
     for search_round in (1, 2):
         seeds = round_seeds(0, PROMPT, search_round, 2**search_round)
         images = generator.generate(PROMPT, seed_candidates(seeds, 2))

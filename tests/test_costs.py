@@ -21,6 +21,7 @@ import fake_gemini
 from conftest import small_config
 from fake_gemini import FakeGeminiServer, FakeModel, FaultSchedule, thinking_config
 from ttsf.cli import main
+from ttsf_core.resolve import resolve
 from ttsf_core.usecases import runner
 from ttsf_core.costs import ModelPrice, PriceTable, price_table, shipped_prices
 from ttsf_core.engine.generate import CandidateGenerator
@@ -58,7 +59,7 @@ def _config(tmp_path: Path, url: str, rounds: int = 3, prompts: list[str] = PROM
 
 
 def _run(config, pipe):
-    return runner.run(config, generator=CandidateGenerator(pipe, config))
+    return runner.run(config, generator=CandidateGenerator(pipe, resolve(config)))
 
 
 def _billed(server: FakeGeminiServer) -> list[dict]:
@@ -118,7 +119,7 @@ def test_the_default_model_grades_and_every_grade_knows_its_grader(tmp_path, tin
             "promptTokenCount": entry.prompt_tokens, "candidatesTokenCount": entry.output_tokens,
             "thoughtsTokenCount": entry.thought_tokens}]))
     assert sum(c.cost_usd for c in candidates) == pytest.approx(_dollars(usage))  # what the service billed
-    stored = json.loads(next(Store(config).grades_dir.glob("*/*.json")).read_text())
+    stored = json.loads(next(Store(resolve(config)).grades_dir.glob("*/*.json")).read_text())
     assert stored["usage"][0]["model_version"] == DEFAULT_GEMINI_MODEL and stored["cost_usd"] > 0
 
 
@@ -149,7 +150,7 @@ def test_a_model_shut_down_mid_run_stops_it_and_another_model_only_regrades(tmp_
     assert stopped.failures and all(isinstance(f.error, VerifierConfigError) for f in stopped.failures[:1])
     assert "Google no longer serves it" in str(stopped.failures[0].error)
     assert len(refused) == 1  # after the first refusal, not one request more
-    images = sum(1 for _ in Store(config).images_dir.rglob("*.png"))
+    images = sum(1 for _ in Store(resolve(config)).images_dir.rglob("*.png"))
     with FakeGeminiServer() as server:
         other = _config(tmp_path, server.url, model_name=DEFAULT_GEMINI_MODEL)
         _, resumed = _run(other, tiny_pipe)
@@ -336,16 +337,16 @@ def test_a_grade_is_stored_while_the_rest_of_its_chunk_is_still_out(tmp_path, ti
     schedule = FaultSchedule(persistent={slow: "hang"}, hang_s=4.0)
     with FakeGeminiServer(faults=schedule) as server:
         config = _config(tmp_path, server.url, rounds=1, prompts=PROMPTS[:1])
-        store = Store(config)
+        store = Store(resolve(config))
         prompt = PROMPTS[0]
         from ttsf_core.search import build_strategy
 
-        candidates = build_strategy(config).plan_round(prompt, 1, [])
+        candidates = build_strategy(resolve(config)).plan_round(prompt, 1, [])
         images = [store.find_image(prompt, c) for c in candidates]
         if any(image is None for image in images):  # the probe's store is another folder: make them here
             from ttsf_core.engine.jobs import GenerateJob, generate
 
-            images = generate(store, CandidateGenerator(tiny_pipe, config), GenerateJob(
+            images = generate(store, CandidateGenerator(tiny_pipe, resolve(config)), GenerateJob(
                 prompt_index=0, prompt=prompt, search_round=1, candidates=candidates))
         job = GradeJob(prompt_index=0, prompt=prompt, search_round=1, chunk=0, images=images)
         verifier = _verifier(config)  # built before the clock starts: only the grading is timed

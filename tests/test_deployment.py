@@ -89,7 +89,7 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(prefect_server, worker
         "output_dir": str(tmp_path / "output"),
         "task_workers": 4,
     }
-    run_dir = RunLayout(build_config(config)).run_dir
+    run_dir = RunLayout(resolve(build_config(config))).run_dir
 
     cli(["work-pool", "create", POOL, "--type", "process"], env)
     deployed = cli(["--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "tiny-cpu"], env)
@@ -117,7 +117,7 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(prefect_server, worker
     for path in report["best_img_path"]:
         assert (run_dir / "report" / path).is_file(), path  # relative to the report
     # Every candidate's PNG, in the store: 2 + 4 a prompt.
-    assert len(list(Store(build_config(config)).images_dir.glob("*/*.png"))) == len(PROMPTS) * (2 + 4)
+    assert len(list(Store(resolve(build_config(config))).images_dir.glob("*/*.png"))) == len(PROMPTS) * (2 + 4)
 
 
 def _missing_fields(model, data: dict, prefix: str = "") -> list[str]:

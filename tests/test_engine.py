@@ -13,6 +13,7 @@ import pytest
 from conftest import small_config
 from flows.search_dataset import search_dataset
 from tasks import runtime
+from ttsf_core.resolve import resolve
 from ttsf_core.usecases import runner
 from ttsf_core.engine.search_engine import SearchEngine
 from ttsf_core.engine.executors import ThreadExecutor
@@ -54,9 +55,9 @@ def _config(tmp_path: Path, strategy: str = "random", rounds: int = 3, **overrid
 
 def _direct(config, pipe, verifier=None, **engine_args):
     prepared = runner.prepare_run(config)
-    generator = CandidateGenerator(pipe, config)
-    with ThreadExecutor(config, verifier or prepared.verifier, lambda: generator, sleep=lambda s: None) as executor:
-        outcome = SearchEngine(config, executor, grade_chunk=engine_args.pop("grade_chunk", 4), **engine_args) \
+    generator = CandidateGenerator(pipe, prepared.run)
+    with ThreadExecutor(prepared.run, verifier or prepared.verifier, lambda: generator, sleep=lambda s: None) as executor:
+        outcome = SearchEngine(prepared.run, executor, grade_chunk=engine_args.pop("grade_chunk", 4), **engine_args) \
             .run_batch(prepared.indexed_prompts())
     return outcome, generator
 
@@ -67,7 +68,7 @@ def _records(config) -> dict[tuple[int, int], bytes]:
 
 
 def _stored(config) -> tuple[int, int]:
-    store = Store(config)
+    store = Store(resolve(config))
     return len(list(store.images_dir.rglob("*.png"))), len(list(store.grades_dir.rglob("*/*.json")))
 
 
@@ -78,7 +79,7 @@ def test_thread_and_prefect_executors_write_identical_records(strategy, tmp_path
     outcome, _ = _direct(direct_config, tiny_pipe, grade_chunk=16)
     outcome.raise_first()
     flow_config = _config(tmp_path / "flow", strategy)
-    shared = CandidateGenerator(tiny_pipe, flow_config)  # the session's pipeline, not a second load
+    shared = CandidateGenerator(tiny_pipe, resolve(flow_config))  # the session's pipeline, not a second load
     monkeypatch.setattr(runtime, "generator_for", lambda config: shared)
     result = search_dataset(flow_config)
     direct, flow = _records(direct_config), _records(flow_config)
@@ -143,7 +144,7 @@ def test_a_run_failed_mid_round_resumes_with_nothing_finished_redone(strategy, t
     poisoned_round = next(r for path, r in iter_round_records(runner.prepare_run(reference).layout.run_dir)
                           if r.prompt_index == 1 and r.search_round == 2)
     victim = poisoned_round.candidates[-1]
-    (image,) = load_images([str(next(Store(reference).images_dir.rglob(Path(victim.img_path).name)))])
+    (image,) = load_images([str(next(Store(resolve(reference)).images_dir.rglob(Path(victim.img_path).name)))])
     poison = {_pixel_sha(image)}
 
     config = _config(tmp_path / "resumed", strategy, verifier_retries=1)
@@ -225,7 +226,7 @@ def test_every_image_regenerates_byte_identical_from_its_record(strategy, tmp_pa
     checked = 0
     for path, record in iter_round_records(runner.prepare_run(config).layout.run_dir):
         for index, candidate in enumerate(record.candidates):
-            generator = CandidateGenerator(tiny_pipe, config)
+            generator = CandidateGenerator(tiny_pipe, resolve(config))
             result = regenerate(path, index, tmp_path / "again" / f"{checked}.png", generator=generator)
             assert result.identical, (strategy, record.search_round, index)
             checked += 1
@@ -234,7 +235,7 @@ def test_every_image_regenerates_byte_identical_from_its_record(strategy, tmp_pa
 
 def test_strategies_name_themselves_and_their_dependence(tmp_path):
     for name in STRATEGIES:
-        strategy = build_strategy(_config(tmp_path, name))
+        strategy = build_strategy(resolve(_config(tmp_path, name)))
         assert strategy.name == name
         assert strategy.independent_rounds is (name.split("+")[0] in ("random", "paths", "fk"))
 
@@ -246,7 +247,7 @@ def test_an_image_never_graded_is_recorded_as_such_and_the_run_finishes(error, t
     record = next(r for _, r in iter_round_records(runner.prepare_run(reference).layout.run_dir)
                   if r.prompt_index == 0 and r.search_round == 2)
     victim = record.best  # the image that would have won
-    (image,) = load_images([str(next(Store(reference).images_dir.rglob(Path(victim.img_path).name)))])
+    (image,) = load_images([str(next(Store(resolve(reference)).images_dir.rglob(Path(victim.img_path).name)))])
     verifier = PoisonedVerifier({_pixel_sha(image)}, error)
     config = _config(tmp_path / "blocked", "random", rounds=2, verifier_invalid_retries=2)
     outcome, _ = _direct(config, tiny_pipe, verifier=verifier)
@@ -308,6 +309,6 @@ def test_progress_moves_once_per_image_of_a_sixteen_image_round(tmp_path, tiny_p
     steps = []
     monkeypatch.setattr(progress.TALLY, "add", lambda **counts: steps.append(counts))
     config = small_config(tmp_path, search_args={"search_rounds": 1, "initial_pool_size": 16})
-    _, outcome = runner.run(config, generator=CandidateGenerator(tiny_pipe, config))
+    _, outcome = runner.run(config, generator=CandidateGenerator(tiny_pipe, resolve(config)))
     outcome.raise_first()
     assert steps.count({"images_generated": 1}) == 16 and steps.count({"images_graded": 1}) == 16

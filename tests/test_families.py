@@ -22,6 +22,7 @@ import pytest
 from ttsf_core.usecases import runner
 from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.config import build_config, merge
+from ttsf_core.resolve import resolve
 from ttsf_core.config_files import read_config_file
 from ttsf_core.engine.generate import CandidateGenerator, seed_candidates
 from ttsf_core.storage.records import iter_round_records, resolve_image
@@ -148,7 +149,7 @@ def test_first_fresh_seed_image_is_the_pipelines_own(name, arguments, load, cfg,
     pipe = _pipe(name, **load)
     assert type(pipe).__name__ == CLASSES[name]
     config = _config(name, tmp_path, pipeline_call_args=arguments)
-    generator = CandidateGenerator(pipe, config)
+    generator = CandidateGenerator(pipe, resolve(config))
     (ours,) = generator.generate(PROMPT, seed_candidates([5], 2))
     assert generator.counts.prompt_encodings == 1
     # The negative prompt is encoded (once) exactly when the pipeline itself runs CFG.
@@ -184,7 +185,7 @@ def test_noise_is_shaped_from_the_config(name, tmp_path):
     pipe = _pipe(name)
     for height, width in ((64, 64), (96, 64)):
         config = _config(name, tmp_path, pipeline_call_args={"height": height, "width": width})
-        latents = CandidateGenerator(pipe, config).call_kwargs(PROMPT, seed_candidates([5], 2))["latents"]
+        latents = CandidateGenerator(pipe, resolve(config)).call_kwargs(PROMPT, seed_candidates([5], 2))["latents"]
         assert tuple(latents.shape) == _expected_shape(name, pipe, height, width)
 
 
@@ -192,8 +193,8 @@ def test_noise_is_shaped_from_the_config(name, tmp_path):
 def test_batched_equals_one_at_a_time(name, tmp_path):
     pipe, config = _pipe(name), _config(name, tmp_path, batch_size_for_img_gen=3)
     candidates = seed_candidates([1, 2], 2) + [Candidate(noise=NoiseSpec(seed=1).neighbour(7, 0.9), steps=2)]
-    batched = CandidateGenerator(pipe, config).generate(PROMPT, candidates)
-    single = CandidateGenerator(pipe, config.model_copy(update={"batch_size_for_img_gen": 1})).generate(PROMPT,
+    batched = CandidateGenerator(pipe, resolve(config)).generate(PROMPT, candidates)
+    single = CandidateGenerator(pipe, resolve(config.model_copy(update={"batch_size_for_img_gen": 1}))).generate(PROMPT,
                                                                                                        candidates)
     for a, b in zip(batched, single, strict=True):
         assert np.abs(_pixels(a) - _pixels(b)).max() <= 1
@@ -213,7 +214,7 @@ def test_every_search_runs_and_regenerates_byte_identical(name, tmp_path):
     checked = 0
     for search, args in SEARCHES.items():
         config = _config(name, tmp_path, search_args=args, batch_size_for_img_gen=4)
-        generator = CandidateGenerator(pipe, config)
+        generator = CandidateGenerator(pipe, resolve(config))
         prepared, outcome = runner.run(config, generator=generator)
         outcome.raise_first()
         assert outcome.counts.rounds_recorded == args["search_rounds"]
@@ -236,7 +237,7 @@ def test_regenerate_from_the_record_alone_reloads_the_tiny_model_by_name(tmp_pat
     """`ttsf regenerate` with no generator in hand: the run's config names tiny-flux2-klein, which is
     rebuilt (here: found in the session cache) and loaded, and the image comes back byte-identical."""
     config = _config("tiny-flux2-klein", tmp_path, search_args=SEARCHES["zero-order"])
-    prepared, outcome = runner.run(config, generator=CandidateGenerator(_pipe("tiny-flux2-klein"), config))
+    prepared, outcome = runner.run(config, generator=CandidateGenerator(_pipe("tiny-flux2-klein"), resolve(config)))
     outcome.raise_first()
     path, record = iter_round_records(prepared.layout.run_dir)[-1]
     assert regenerate(path, len(record.candidates) - 1, tmp_path / "again.png").identical
@@ -291,7 +292,7 @@ def test_model_config_files_load_and_run(filename, tmp_path, monkeypatch):
         "search_args": {"search_rounds": 1, "initial_pool_size": 1},
         "prompts": {"prompt": PROMPT}, "output_dir": str(tmp_path / "output"),
     }))
-    prepared, outcome = runner.run(config, generator=CandidateGenerator(_pipe(tiny), config))
+    prepared, outcome = runner.run(config, generator=CandidateGenerator(_pipe(tiny), resolve(config)))
     outcome.raise_first()
     (record,) = outcome.records
     assert resolve_image(prepared.layout.record_path(PROMPT, 1), record.best_img_path).is_file()
@@ -361,11 +362,11 @@ def test_a_checkpoint_with_a_fixed_schedule_refuses_other_step_counts(tmp_path):
     pipe.register_to_config(sample_sigmas=[1.0, 0.75, 0.5])
     try:
         with pytest.raises(ConfigError, match=r"^pipeline_call_args.num_inference_steps: received 2, allowed: 3 "):
-            CandidateGenerator(pipe, _config(QWEN21, tmp_path))
+            CandidateGenerator(pipe, resolve(_config(QWEN21, tmp_path)))
         config = _config(QWEN21, tmp_path, pipeline_call_args={"num_inference_steps": 3},
                          search_args={"draft_steps": 1})
         with pytest.raises(ConfigError, match=r"^search_args.draft_steps: received 1, allowed: 3 "):
-            CandidateGenerator(pipe, config)
+            CandidateGenerator(pipe, resolve(config))
     finally:
         pipe.register_to_config(sample_sigmas=None)
 

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import small_config
 from fake_gemini import FaultSchedule, FakeGeminiServer
+from ttsf_core.resolve import resolve
 from ttsf_core.usecases import runner
 from ttsf_core.config import build_config
 from ttsf_core.engine.generate import CandidateGenerator
@@ -51,7 +52,7 @@ def _config(tmp_path: Path, url: str, rounds: int = 3, **overrides):
 
 
 def _run(config, pipe):
-    prepared, outcome = runner.run(config, generator=CandidateGenerator(pipe, config))
+    prepared, outcome = runner.run(config, generator=CandidateGenerator(pipe, resolve(config)))
     outcome.raise_first()
     return prepared, outcome
 
@@ -145,7 +146,7 @@ def test_a_key_rejected_mid_run_stops_the_batch_at_once(tmp_path, tiny_pipe):
     schedule = FaultSchedule(by_call={0: "403"})
     with FakeGeminiServer(faults=schedule) as server:
         config = _config(tmp_path, server.url)
-        generator = CandidateGenerator(tiny_pipe, config)
+        generator = CandidateGenerator(tiny_pipe, resolve(config))
         _, outcome = runner.run(config, generator=generator)
         requests = server.call_count
     assert outcome.failures and isinstance(outcome.failures[0].error, VerifierConfigError)
@@ -169,7 +170,7 @@ def _requests(url: str) -> list[dict]:
 
 
 def _stored(config) -> tuple[int, int]:
-    store = Store(config)
+    store = Store(resolve(config))
     return len(list(store.images_dir.rglob("*.png"))), len(list(store.grades_dir.rglob("*/*.json")))
 
 

@@ -433,10 +433,10 @@ def test_ctrl_c_in_a_local_run_ends_it_cancelled_saying_what_finished(tmp_path, 
                           prompts={"prompt": None, "dataset": str(data), "num_prompts": "all"})
     real = search_batch_module._search_batch
 
-    def interrupted(config, batch_index, *args):
+    def interrupted(run, layout, batch_index, *args):
         if batch_index == 1:
             raise KeyboardInterrupt
-        return real(config, batch_index, *args)
+        return real(run, layout, batch_index, *args)
 
     monkeypatch.setattr(search_batch_module, "_search_batch", interrupted)
     with pytest.raises(CancelledRun) as stopped:

@@ -69,7 +69,7 @@ def test_two_batches_write_records_artifacts_and_report(tmp_path):
     frame = _report(run_dir)
     assert list(frame["search_round"]) == [1, 2] * 3 and list(frame["num_noises"]) == [2, 4] * 3
     for name in ("report.parquet", "report.html", "scaling_curve.png", "best_images.zip"):
-        assert (RunLayout(config).run_dir / "report" / name).is_file()
+        assert (RunLayout(resolve(config)).run_dir / "report" / name).is_file()
     assert server.call_count == 3 * (2 + 4)
     key = f"ttsf-{resolve(config).identity_hash}"
     batches = _read_artifact(f"{key}-batches")
@@ -82,7 +82,7 @@ def test_two_batches_write_records_artifacts_and_report(tmp_path):
     status = _read_artifact(f"{key}-status")
     assert "**Prompts finished: 3 of 3**" in status.data and "| images generated | 18 |" in status.data
     summary = _read_artifact(f"{key}-summary")
-    assert summary.type == "markdown" and str(RunLayout(config).run_dir.resolve()) in summary.data
+    assert summary.type == "markdown" and str(RunLayout(resolve(config)).run_dir.resolve()) in summary.data
     best = _read_artifact(f"{key}-best")
     assert best.data.count("data:image/jpeg;base64,") == 3 * 2  # every prompt's two rounds, as pictures
 
@@ -124,7 +124,7 @@ def test_a_429_storm_waits_retry_after_and_selects_as_a_clean_run(tmp_path):
 
 def _image_sha(config, prompt: str, search_round: int, index: int) -> str:
     """The sha256 of the PNG the verifier is sent for one candidate (generated in its round's batch)."""
-    candidates = build_strategy(config).plan_round(prompt, search_round, [])
+    candidates = build_strategy(resolve(config)).plan_round(prompt, search_round, [])
     image = runtime.generator_for(config).generate(prompt, candidates)[index]
     return hashlib.sha256(png_bytes(image)).hexdigest()
 
@@ -283,7 +283,7 @@ def test_an_adaptive_run_decides_its_waves_in_the_flow_as_the_direct_runner_does
     runner.run(direct)[1].raise_first()
 
     def files(config):
-        run_dir = RunLayout(config).run_dir
+        run_dir = RunLayout(resolve(config)).run_dir
         found = {str(path.relative_to(run_dir)): path.read_bytes() for path, _ in iter_round_records(run_dir)}
         return found | {ALLOCATION_FILENAME: (run_dir / ALLOCATION_FILENAME).read_bytes()}
 

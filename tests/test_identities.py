@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from ttsf_core.resolve import resolve
 from ttsf_core.config import build_config
 from ttsf_core.storage.records import RunLayout
 from ttsf_core.storage.store import Store
@@ -35,5 +36,5 @@ PINNED = [
 @pytest.mark.parametrize("data,run_dir,images,grades", PINNED, ids=[str(i) for i in range(len(PINNED))])
 def test_identities_of_fixed_configs_never_move(data, run_dir, images, grades):
     config = build_config(data)
-    store = Store(config)
-    assert (str(RunLayout(config).run_dir), store.images_dir.name, store.grades_dir.name) == (run_dir, images, grades)
+    store = Store(resolve(config))
+    assert (str(RunLayout(resolve(config)).run_dir), store.images_dir.name, store.grades_dir.name) == (run_dir, images, grades)

@@ -35,7 +35,7 @@ def _generator(model: str) -> CandidateGenerator:
                            "pipeline_call_args": {"height": 64, "width": 64, "num_inference_steps": STEPS}})
     if model not in _PIPES:
         _PIPES[model] = load_pipeline(config)
-    return CandidateGenerator(_PIPES[model], config)
+    return CandidateGenerator(_PIPES[model], resolve(config))
 
 
 def _on_path(seed: int, *moves: Move, stage: str = "final") -> Candidate:
@@ -117,7 +117,7 @@ def _graded(candidates: list[Candidate], scores: list[float | None]) -> list[Gra
 def _strategy(tmp_path, **search):
     config = small_config(tmp_path, pipeline_call_args={"height": 64, "width": 64, "num_inference_steps": 8},
                           search_args={"search_rounds": 2, **search})
-    return build_strategy(config)
+    return build_strategy(resolve(config))
 
 
 def test_paths_keep_the_best_n_of_each_level_and_branch_each_m_times_with_its_own_seed(tmp_path):
@@ -207,11 +207,11 @@ def test_each_driven_family_searches_paths_and_regenerates_its_best(model, tmp_p
                                "pipeline_call_args": {"height": 64, "width": 64, "num_inference_steps": STEPS},
                                "search_args": {"search_rounds": 1, "search_method": method, **args},
                                "prompts": {"prompt": PROMPT, "num_prompts": None}})
-        prepared, outcome = runner.run(config, generator=CandidateGenerator(generator.pipe, config))
+        prepared, outcome = runner.run(config, generator=CandidateGenerator(generator.pipe, resolve(config)))
         outcome.raise_first()
         ((path, record),) = iter_round_records(prepared.layout.run_dir)
         again = regenerate(path, record.best_index, tmp_path / f"{method}.png",
-                           generator=CandidateGenerator(generator.pipe, config))
+                           generator=CandidateGenerator(generator.pipe, resolve(config)))
         assert again.identical, (model, method)
         assert record.nfe == resolve(config).search.nfe(1, STEPS)
 
@@ -241,7 +241,7 @@ def test_fk_with_an_ensemble_and_a_path_verifier_writes_the_same_records_under_b
             "prompts": {"prompt": PROMPT, "num_prompts": None}})
 
     direct = config_in("direct")
-    prepared, outcome = runner.run(direct, generator=CandidateGenerator(generator.pipe, direct))
+    prepared, outcome = runner.run(direct, generator=CandidateGenerator(generator.pipe, resolve(direct)))
     outcome.raise_first()
     records = {r.search_round: path.read_bytes() for path, r in iter_round_records(prepared.layout.run_dir)}
     first = next(r for _, r in iter_round_records(prepared.layout.run_dir))
@@ -251,10 +251,10 @@ def test_fk_with_an_ensemble_and_a_path_verifier_writes_the_same_records_under_b
     assert len(list(Store(run.path_run).grades_dir.rglob("*/*.json"))) == 4 + 8
 
     flow = config_in("flow")
-    monkeypatch.setattr(runtime, "generator_for", lambda config: CandidateGenerator(generator.pipe, flow))
+    monkeypatch.setattr(runtime, "generator_for", lambda config: CandidateGenerator(generator.pipe, resolve(flow)))
     result = search_dataset(flow)
     flow_dir = runner.prepare_run(flow).layout.run_dir
     assert {r.search_round: path.read_bytes() for path, r in iter_round_records(flow_dir)} == records
     assert result["counts"]["images_generated"] == outcome.counts.images_generated
-    _, again = runner.run(direct, generator=CandidateGenerator(generator.pipe, direct))
+    _, again = runner.run(direct, generator=CandidateGenerator(generator.pipe, resolve(direct)))
     assert (again.counts.images_generated, again.counts.images_graded) == (0, 0)

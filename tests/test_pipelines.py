@@ -88,7 +88,7 @@ def test_noise_is_shaped_from_the_config_and_is_the_pipelines_own(name, tmp_path
     pipe = _pipe(name)
     assert type(pipe).__name__ == CLASSES[name]
     config = _config(name, tmp_path)
-    generator = CandidateGenerator(pipe, config)
+    generator = CandidateGenerator(pipe, resolve(config))
     latents = generator.call_kwargs(PROMPT, seed_candidates([5], 2))["latents"]
     folder = ensure_tiny(name)
     vae = json.loads((folder / "vae" / "config.json").read_text())
@@ -123,8 +123,8 @@ def test_noise_is_shaped_from_the_config_and_is_the_pipelines_own(name, tmp_path
 def test_batched_equals_one_at_a_time(name, tmp_path):
     pipe, config = _pipe(name), _config(name, tmp_path, batch_size_for_img_gen=3)
     candidates = seed_candidates([1, 2], 2) + [Candidate(noise=NoiseSpec(seed=1).neighbour(7, 0.9), steps=2)]
-    batched = CandidateGenerator(pipe, config).generate(PROMPT, candidates)
-    single = CandidateGenerator(pipe, config.model_copy(update={"batch_size_for_img_gen": 1})).generate(PROMPT,
+    batched = CandidateGenerator(pipe, resolve(config)).generate(PROMPT, candidates)
+    single = CandidateGenerator(pipe, resolve(config.model_copy(update={"batch_size_for_img_gen": 1}))).generate(PROMPT,
                                                                                                        candidates)
     for a, b in zip(batched, single, strict=True):
         assert np.abs(_pixels(a) - _pixels(b)).max() <= 1
@@ -150,7 +150,7 @@ def test_a_search_runs_and_regenerates_byte_identical(name, tmp_path):
     checked = 0
     for search, args in SEARCHES.items():
         config = _config(name, tmp_path, search_args=args, batch_size_for_img_gen=4)
-        generator = CandidateGenerator(pipe, config)
+        generator = CandidateGenerator(pipe, resolve(config))
         prepared, outcome = runner.run(config, generator=generator)
         outcome.raise_first()
         assert outcome.counts.rounds_recorded == args["search_rounds"]
@@ -199,7 +199,7 @@ def test_gemini_grades_each_video_whole_when_asked(tmp_path, monkeypatch):
         gemini = {"name": "gemini", "options": {"base_url": server.url}}
         config = _config("wan", tmp_path, verifier_args=gemini, export_args={"video_grading": "whole"},
                          search_args={"search_rounds": 2})
-        prepared, outcome = runner.run(config, generator=CandidateGenerator(_pipe("wan"), config))
+        prepared, outcome = runner.run(config, generator=CandidateGenerator(_pipe("wan"), resolve(config)))
         outcome.raise_first()
         requests = server.requests
     # One request a video (2 + 4), each carrying that mp4 itself: no frames, no PNG.
@@ -215,7 +215,7 @@ def test_gemini_grades_each_video_whole_when_asked(tmp_path, monkeypatch):
             assert video.suffix == ".mp4" and candidate.grades == expected_grades(video.read_bytes())
     # Whole-video grades are other grades than frame-averaged ones: their own folder and run identity.
     by_frames = _config("wan", tmp_path, verifier_args=gemini, search_args={"search_rounds": 2})
-    assert Store(by_frames).grades_dir != Store(config).grades_dir
+    assert Store(resolve(by_frames)).grades_dir != Store(resolve(config)).grades_dir
     assert resolve(by_frames).identity_hash != resolve(config).identity_hash
 
 
@@ -248,7 +248,7 @@ def test_call_arguments_a_config_does_not_set_stay_the_pipelines_own(name, tmp_p
             raise _Recorded
         return original(self, *args, **{**kwargs, "num_inference_steps": 1})
 
-    generator = CandidateGenerator(pipe, config)
+    generator = CandidateGenerator(pipe, resolve(config))
     monkeypatch.setattr(type(pipe), "__call__", spy)
     try:
         (image,) = generator.generate(PROMPT, seed_candidates([3], resolve(config).steps))
@@ -399,7 +399,7 @@ def test_tt_scale_flux_config_files_load_and_run(filename, tmp_path, monkeypatch
         from ttsf_core.pipelines import load_pipeline
 
         pipe = load_pipeline(config)
-    prepared, outcome = runner.run(config, generator=CandidateGenerator(pipe, config))
+    prepared, outcome = runner.run(config, generator=CandidateGenerator(pipe, resolve(config)))
     outcome.raise_first()
     (record,) = outcome.records
     assert resolve_image(prepared.layout.record_path(PROMPT, 1), record.best_img_path).is_file()

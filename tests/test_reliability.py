@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from conftest import small_config
 from ttsf.cli import main
+from ttsf_core.resolve import resolve
 from ttsf_core.storage import files
 from ttsf_core.usecases import runner
 from ttsf_core.engine.generate import CandidateGenerator
@@ -27,7 +28,7 @@ TINY = ["--model", "tiny-flux", "--verifier_to_use", "imagestats", "--height", "
 
 def test_written_files_are_as_readable_as_the_umask_allows(tmp_path, tiny_pipe):
     config = small_config(tmp_path, search_args={"search_rounds": 1})
-    prepared, outcome = runner.run(config, generator=CandidateGenerator(tiny_pipe, config))
+    prepared, outcome = runner.run(config, generator=CandidateGenerator(tiny_pipe, resolve(config)))
     written = [p for p in Path(config.output_dir).rglob("*") if p.is_file() and p.name != ".lock"]
     assert any(p.suffix == ".png" for p in written) and any(p.name == "round_01.json" for p in written)
     umask = os.umask(0)

@@ -50,7 +50,7 @@ def _candidate_scores(prompt_index: int, search_round: int, index: int, pool: in
 
 def _write_round(layout: RunLayout, prompt_index: int, prompt: str, search_round: int, config: RunConfig) -> None:
     pool = POOLS[search_round]
-    store, record_path = Store(config), layout.record_path(prompt, search_round)
+    store, record_path = Store(resolve(config)), layout.record_path(prompt, search_round)
     candidates = []
     for index in range(pool):
         seed = 1000 * prompt_index + 100 * search_round + index
@@ -82,7 +82,7 @@ def run_dir(tmp_path_factory) -> Path:
         pretrained_model_name_or_path="tiny-flux",
         search_args={"search_rounds": 3},
     )
-    layout = RunLayout(config)
+    layout = RunLayout(resolve(config))
     write_json(layout.config_path, config.model_dump(mode="json"))
     # Written out of order on purpose: the report must sort, not trust write order.
     for search_round in (3, 1, 2):
@@ -224,7 +224,7 @@ def test_empty_folder_raises(tmp_path):
 
 def _partial_run(tmp_path: Path, rounds_per_prompt: dict[int, tuple[int, ...]]) -> Path:
     config = RunConfig(output_dir=tmp_path, pretrained_model_name_or_path="tiny-flux", search_args={"search_rounds": 3})
-    layout = RunLayout(config)
+    layout = RunLayout(resolve(config))
     for prompt_index, rounds in rounds_per_prompt.items():
         for search_round in rounds:
             _write_round(layout, prompt_index, PROMPTS[prompt_index], search_round, config)
@@ -284,7 +284,7 @@ def test_an_unchanged_report_is_not_rebuilt(tmp_path):
     stamp = first.html.stat().st_mtime_ns
     assert build_report(run_dir, only_if_changed=True) is None and first.html.stat().st_mtime_ns == stamp
     config = RunConfig(output_dir=tmp_path, pretrained_model_name_or_path="tiny-flux", search_args={"search_rounds": 3})
-    _write_round(RunLayout(config), 0, PROMPTS[0], 3, config)
+    _write_round(RunLayout(resolve(config)), 0, PROMPTS[0], 3, config)
     assert build_report(run_dir, only_if_changed=True) is not None  # a new record: rebuilt
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 import tiny_rewards
 from conftest import small_config
+from ttsf_core.resolve import resolve
 from ttsf_core.config import ConfigError, VerifierArgs
 from ttsf_core.verifiers.aesthetic import LaionAestheticVerifier
 from ttsf_core.verifiers.base import VerifierConfigError
@@ -436,7 +437,7 @@ def _search(tmp_path, pipe, verifier_args):
     from ttsf_core.engine.generate import CandidateGenerator
 
     config = small_config(tmp_path, verifier_args=verifier_args, search_args={"search_rounds": 2})
-    prepared, outcome = runner.run(config, generator=CandidateGenerator(pipe, config))
+    prepared, outcome = runner.run(config, generator=CandidateGenerator(pipe, resolve(config)))
     outcome.raise_first()
     return prepared, outcome
 

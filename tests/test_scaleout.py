@@ -23,6 +23,7 @@ import pytest
 from fleet import TERMINAL, running_fleet, ttsf_run
 from flows.monitor import artifact_key
 from prefect_server import REPO, get_json, stop
+from ttsf_core.resolve import resolve
 from ttsf_core.config import build_config
 from ttsf_core.storage.records import RunLayout
 from ttsf_core.storage.store import Store
@@ -72,16 +73,16 @@ def _config(folder: Path, prompts=PROMPTS, **overrides) -> dict:
 
 
 def _batch_files(config: dict) -> dict[int, dict]:
-    folder = RunLayout(build_config(config)).run_dir / "batches"
+    folder = RunLayout(resolve(build_config(config))).run_dir / "batches"
     return {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in folder.glob("batch-*.json")}
 
 
 def _images(config: dict) -> int:
-    return len(list(Store(build_config(config)).images_dir.rglob("*.png")))
+    return len(list(Store(resolve(build_config(config))).images_dir.rglob("*.png")))
 
 
 def _records(config: dict) -> int:
-    return len(list(RunLayout(build_config(config)).run_dir.rglob("round_*.json")))
+    return len(list(RunLayout(resolve(build_config(config))).run_dir.rglob("round_*.json")))
 
 
 def _when(text: str) -> float:
@@ -135,7 +136,7 @@ def test_batches_spread_over_two_workers_each_once_on_postgres(fleet, tmp_path):
                for f in files.values())
     assert sum(f["counts"]["images_generated"] for f in files.values()) == len(PROMPTS) * (2 + 4)  # each image once
     assert _images(config) == len(PROMPTS) * (2 + 4)
-    run_dir = RunLayout(build_config(config)).run_dir
+    run_dir = RunLayout(resolve(build_config(config))).run_dir
     assert len((run_dir / "report" / "report.csv").read_text().splitlines()) == 1 + len(PROMPTS) * 2
     assert not list((run_dir / "batches" / "heartbeats").glob("*")), "finished attempts leave no heartbeat files"
 
@@ -201,7 +202,7 @@ def test_a_worker_killed_mid_batch_is_resubmitted_to_the_survivor_and_the_run_fi
 def _kill_a_worker_mid_batch(fleet, config: dict, began: float, run) -> tuple[str, str, float, dict]:
     """SIGKILL the worker (and its flow run) of a batch that has recorded some but not all of its rounds
     (its heartbeat carries its counts). Returns the worker, the run, when, and the counts at the kill."""
-    heartbeats = RunLayout(build_config(config)).run_dir / "batches" / "heartbeats"
+    heartbeats = RunLayout(resolve(build_config(config))).run_dir / "batches" / "heartbeats"
     rounds = build_config(config).search_args.search_rounds
 
     def busy():

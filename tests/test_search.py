@@ -54,7 +54,7 @@ def test_the_selector_refuses_a_metric_the_grades_lack():
 
 def _run(tmp_path, pipe, **overrides):
     config = small_config(tmp_path, **overrides)
-    generator = CandidateGenerator(pipe, config)
+    generator = CandidateGenerator(pipe, resolve(config))
     prepared, outcome = runner.run(config, generator=generator)
     outcome.raise_first()
     return prepared, outcome, generator
@@ -210,12 +210,12 @@ def test_tt_scale_flux_zero_order_search_args_load_as_they_are(tmp_path):
         "search_args": {"search_method": "zero-order", "search_rounds": 8, "threshold": 0.95, "num_neighbors": 4},
     }))
     config = build_config(read_config_file(path))
-    assert build_strategy(config).name == "zero-order" and resolve(config).search.pool_size(3) == 5
+    assert build_strategy(resolve(config)).name == "zero-order" and resolve(config).search.pool_size(3) == 5
 
 
 def test_the_store_is_shared_and_named_by_identity(tmp_path, tiny_pipe):
     prepared, _, _ = _run(tmp_path, tiny_pipe, search_args={"search_rounds": 1})
-    store = Store(prepared.config)
+    store = Store(resolve(prepared.config))
     images = list(store.images_dir.rglob("*.png"))
     assert len(images) == 2 and all(p.name.endswith("-st2.png") for p in images)
     assert json.loads((store.images_dir / "identity.json").read_text())["covers"]["model"] == "tiny-flux"

@@ -15,7 +15,7 @@ from ttsf_core.resolve import resolve
 
 
 def _images(config):
-    generator = CandidateGenerator(load_pipeline(config), config)
+    generator = CandidateGenerator(load_pipeline(config), resolve(config))
     return [np.asarray(image, dtype=np.int16) for image in generator.generate("a red fox", seed_candidates([1, 2], 2))]
 
 

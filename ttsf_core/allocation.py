@@ -38,7 +38,7 @@ from ttsf_core.storage.files import write_json
 from ttsf_core.storage.records import RoundRecord, RunLayout, read_round_record
 
 if TYPE_CHECKING:
-    from ttsf_core.resolve import ResolvedRun
+    from ttsf_core.resolved import ResolvedRun
 
 ALLOCATION_FILENAME = "allocation.json"
 BUDGET_STOP = "does not fit what is left of the budget"

@@ -29,7 +29,7 @@ from ttsf_core.storage.records import RunLayout
 from ttsf_core.storage.store import StoredGrade
 
 if TYPE_CHECKING:
-    from ttsf_core.resolve import ResolvedRun
+    from ttsf_core.resolved import ResolvedRun
     from ttsf_core.search import Strategy
     from ttsf_core.storage.store import Store
 

@@ -14,15 +14,15 @@ identities that name every folder:
 - the run: both, the steps, the seed, the strategy's identity and the metric (never the round count):
   the run folder.
 
-The engine, the store, the jobs and the records take a ResolvedRun; flows and tasks, which receive a
-config as a parameter, resolve it where they run (the cache makes that once per process).
+The engine, the store, the strategies and the records take only a ResolvedRun (ttsf_core.resolved,
+below them all) and refuse a RunConfig; flows and tasks, which receive a config as a parameter, resolve
+it once where they run (the cache makes that once per process) and hand the result down.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,31 +30,11 @@ from pydantic import ValidationError
 
 from ttsf_core.config import TRANSPORT_OPTIONS, ConfigError, RunConfig, VerifierArgs, digest, merge
 from ttsf_core.config_errors import format_validation_error
+from ttsf_core.resolved import ResolvedRun
 from ttsf_core.search import STRATEGIES, StrategyArgs, strategy_args
 
 _lock = threading.Lock()
 _resolved: dict[str, "ResolvedRun"] = {}
-
-
-@dataclass(frozen=True, eq=False)
-class ResolvedRun:
-    config: RunConfig  # completed: its steps and metric are set, its search_args the strategy's own
-    search: StrategyArgs
-    generation_identity: dict[str, Any]
-    grading_identity: dict[str, Any]  # the grade store's: the verifier's, and how videos are graded
-    identity: dict[str, Any]  # the run's
-    identity_hash: str
-    # A search on the denoising path with --path_verifier: the same run graded by that verifier (its
-    # grade store and metric rank the intermediate images). None: the run's verifier grades them all.
-    path_run: "ResolvedRun | None" = None
-
-    @property
-    def steps(self) -> int:
-        return self.config.pipeline_call_args.num_inference_steps
-
-    @property
-    def metric(self) -> str:
-        return self.config.verifier_args.choice_of_metric
 
 
 def resolve(config: RunConfig | ResolvedRun) -> ResolvedRun:

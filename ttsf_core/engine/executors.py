@@ -15,8 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from ttsf_core.engine import jobs
-from ttsf_core.config import RunConfig
-from ttsf_core.resolve import ResolvedRun, resolve
+from ttsf_core.resolved import ResolvedRun, require_resolved
 from ttsf_core.engine.search_engine import GENERATIONS_IN_FLIGHT
 from ttsf_core.storage.records import RunLayout
 from ttsf_core.search import Strategy, build_strategy
@@ -32,10 +31,10 @@ GRADE_WORKERS = 4
 class ThreadExecutor:
     """Runs jobs on local threads. `load_generator` is called once, on the first generation job."""
 
-    def __init__(self, run: ResolvedRun | RunConfig, verifier: Verifier,
+    def __init__(self, run: ResolvedRun, verifier: Verifier,
                  load_generator: Callable[[], "CandidateGenerator"], strategy: Strategy | None = None,
                  sleep: Callable[[float], None] = time.sleep, path_verifier: Verifier | None = None):
-        run = resolve(run)
+        run = require_resolved(run, "ThreadExecutor(run)")
         self.run, self.config, self.verifier = run, run.config, verifier
         self.store, self.layout = Store(run), RunLayout(run)
         self.path_verifier = path_verifier

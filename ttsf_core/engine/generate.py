@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ttsf_core.candidates import Candidate, NoiseSpec, draw_batch
-from ttsf_core.config import RunConfig
+from ttsf_core.resolved import ResolvedRun, require_resolved
 
 if TYPE_CHECKING:
     from ttsf_core.engine.path_generation import PathStates
@@ -45,15 +45,13 @@ class CandidateGenerator:
     family's (ttsf_core.pipelines.families)."""
 
     pipe: object
-    config: RunConfig
+    run: ResolvedRun  # resolved: its steps are known
     counts: GenerationCounts = field(default_factory=GenerationCounts)
 
     def __post_init__(self):
         from ttsf_core.pipelines.families import family_of
         from ttsf_core.pipelines.signature import check_call_args, signature_of
-        from ttsf_core.resolve import resolve
-
-        self.config = resolve(self.config).config  # completed: its steps are known
+        self.config = require_resolved(self.run, "CandidateGenerator(pipe, run)").config
 
         self._encodings: OrderedDict[str, dict] = OrderedDict()
         self._lock = pipeline_lock(self.pipe)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from ttsf_core.candidates import Candidate
 from ttsf_core.engine.grading import GradeJob, GradeResult, RetryPolicy, grade, grade_once, load_images
 from ttsf_core.progress import TALLY
-from ttsf_core.resolve import ResolvedRun
+from ttsf_core.resolved import ResolvedRun
 from ttsf_core.storage.records import CandidateRecord, RoundRecord, RunLayout, relative_image_path, write_round_record
 from ttsf_core.search import GradedCandidate, Strategy
 from ttsf_core.storage.store import Recipe, Store, StoredImage

@@ -22,8 +22,7 @@ from typing import Any, Protocol
 
 from ttsf_core.budget import Allowance
 from ttsf_core.candidates import Candidate
-from ttsf_core.config import RunConfig
-from ttsf_core.resolve import ResolvedRun, resolve
+from ttsf_core.resolved import ResolvedRun, require_resolved
 from ttsf_core.engine.jobs import GenerateJob, GradeJob, GradeResult, SelectJob
 from ttsf_core.progress import TALLY
 from ttsf_core.storage.records import RoundRecord, RunLayout, read_round_record
@@ -136,10 +135,10 @@ class _Round:
 class SearchEngine:
     """Runs batches of prompts through one strategy with one executor."""
 
-    def __init__(self, run: ResolvedRun | RunConfig, executor: Executor, *, grade_chunk: int,
+    def __init__(self, run: ResolvedRun, executor: Executor, *, grade_chunk: int,
                  observer: Observer | None = None, strategy: Strategy | None = None,
                  path_grade_chunk: int | None = None):
-        run = resolve(run)
+        run = require_resolved(run, "SearchEngine(run)")
         for name, chunk in (("grade_chunk", grade_chunk), ("path_grade_chunk", path_grade_chunk or 1)):
             if chunk < 1:
                 raise ValueError(f"{name}: received {chunk}, allowed: a positive integer")

@@ -4,18 +4,13 @@ CLI's flags and choices, and the README's table (checked by a test) all come fro
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ttsf_core.resolved import ResolvedRun, require_resolved
 from ttsf_core.search.base import GradedCandidate, Strategy, StrategyArgs
 from ttsf_core.search.draft import DraftSearch
 from ttsf_core.search.fk import FKSteering
 from ttsf_core.search.paths import PathsSearch
 from ttsf_core.search.random import RandomSearch
 from ttsf_core.search.zero_order import ZeroOrderSearch
-
-if TYPE_CHECKING:
-    from ttsf_core.config import RunConfig
-    from ttsf_core.resolve import ResolvedRun
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (RandomSearch, ZeroOrderSearch, PathsSearch,
                                                                      FKSteering)}
@@ -30,11 +25,9 @@ def strategy_args(data: dict) -> StrategyArgs:
     return STRATEGIES[method].Args.model_validate(data)
 
 
-def build_strategy(run: "ResolvedRun | RunConfig") -> Strategy:
+def build_strategy(run: "ResolvedRun") -> Strategy:
     """The run's strategy, wrapped in cheap drafts when `draft_steps` is set."""
-    from ttsf_core.resolve import resolve  # a task's config: resolved once per process
-
-    run = resolve(run)
+    run = require_resolved(run, "build_strategy(run)")
     strategy = STRATEGIES[run.search.search_method](run)
     return DraftSearch(strategy) if run.search.draft_steps is not None else strategy
 

@@ -22,7 +22,7 @@ from ttsf_core.storage.store import StoredImage
 from ttsf_core.verifiers.base import Grades, Usage
 
 if TYPE_CHECKING:
-    from ttsf_core.resolve import ResolvedRun
+    from ttsf_core.resolved import ResolvedRun
 
 
 class StrategyArgs(CommonSearchArgs):

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ttsf_core.candidates import Candidate, NoiseSpec, PathSpec, Role, Seed, Stage
+from ttsf_core.resolved import ResolvedRun, require_resolved
 from ttsf_core.storage.files import model_slug, prompt_dirname, safe_slug, write_json
 from ttsf_core.verifiers.base import Grades, Usage
-
-if TYPE_CHECKING:
-    from ttsf_core.config import RunConfig
-    from ttsf_core.resolve import ResolvedRun
 
 RECORD_GLOB = "prompts/*/round_*.json"
 
@@ -123,10 +120,8 @@ class RoundRecord(BaseModel):
 class RunLayout:
     """Where every file of a run lives. Paths are derived, never stored state."""
 
-    def __init__(self, run: "ResolvedRun | RunConfig"):
-        from ttsf_core.resolve import resolve  # a flow's or task's config: resolved once per process
-
-        run = resolve(run)
+    def __init__(self, run: ResolvedRun):
+        run = require_resolved(run, "RunLayout(run)")
         config = run.config
         self.output_dir = Path(config.output_dir)
         self.run_dir = (self.output_dir / model_slug(config.pretrained_model_name_or_path)

@@ -28,14 +28,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from ttsf_core.candidates import Candidate, NoiseSpec, PathSpec, parent_of
 from ttsf_core.config import digest
 from ttsf_core.costs import price_table
+from ttsf_core.resolved import ResolvedRun, require_resolved
 from ttsf_core.storage.files import atomic_write_bytes, file_sha256, model_slug, prompt_dirname, safe_slug, write_json, write_png
 from ttsf_core.verifiers.base import Grades, Usage
 from ttsf_core.video import VIDEO_SUFFIX, mp4_bytes, poster_frame, poster_path
 
 if TYPE_CHECKING:
-    from ttsf_core.config import RunConfig
     from ttsf_core.pipelines.paths import PathState
-    from ttsf_core.resolve import ResolvedRun
 
 STORE_DIRNAME = "store"
 STATES_DIRNAME = "states"  # path states of rounds in progress, beside the prompt's images
@@ -100,10 +99,8 @@ class StoredGrade(BaseModel):
 class Store:
     """The image and grade folders for one config's generation and grading identities."""
 
-    def __init__(self, run: "ResolvedRun | RunConfig"):
-        from ttsf_core.resolve import resolve  # a flow's or task's config: resolved once per process
-
-        run = resolve(run)
+    def __init__(self, run: ResolvedRun):
+        run = require_resolved(run, "Store(run)")
         config = run.config
         root = Path(config.output_dir) / STORE_DIRNAME
         generation, grading = run.generation_identity, run.grading_identity

@@ -14,7 +14,7 @@ from ttsf_core.budget import Allowance, RoundNeeds, measured_cost_per_request, n
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.costs import ModelPrice, today
 from ttsf_core.storage.records import RunLayout
-from ttsf_core.resolve import ResolvedRun
+from ttsf_core.resolved import ResolvedRun
 from ttsf_core.search import Strategy
 from ttsf_core.storage.store import Store
 from ttsf_core.verifiers.base import Usage, add_usage

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ttsf_core.candidates import Candidate, NoiseSpec
 from ttsf_core.config import ConfigError, RunConfig, digest
+from ttsf_core.resolved import ResolvedRun
 from ttsf_core.storage.files import model_slug, safe_slug
 from ttsf_core.storage.records import RoundRecord, iter_round_records, resolve_image
 from ttsf_core.storage.store import Recipe, Store
@@ -99,7 +100,7 @@ def migrate(run_dir: Path) -> Migrated:
 
     run = resolve(legacy_config(run_dir))
     config = run.config
-    images, grades, prompts = _import(Path(run_dir), config)
+    images, grades, prompts = _import(Path(run_dir), run)
     layout = RunLayout(run)
     write_config(layout, run)
     stand_in = _NothingToDo()
@@ -109,8 +110,8 @@ def migrate(run_dir: Path) -> Migrated:
     return Migrated(config, layout.run_dir, images, grades, outcome.counts.rounds_recorded)
 
 
-def _import(run_dir: Path, config: RunConfig) -> tuple[int, int, dict[int, str]]:
-    store = Store(config)
+def _import(run_dir: Path, run: ResolvedRun) -> tuple[int, int, dict[int, str]]:
+    config, store = run.config, Store(run)
     steps = config.pipeline_call_args.num_inference_steps
     images = grades = 0
     prompts: dict[int, str] = {}

@@ -18,6 +18,7 @@ from ttsf_core.candidates import Candidate
 from ttsf_core.config import ConfigError, RunConfig
 from ttsf_core.storage.files import atomic_write_bytes, png_bytes
 from ttsf_core.engine.generate import CandidateGenerator
+from ttsf_core.resolve import resolve
 from ttsf_core.storage.records import CandidateRecord, RoundRecord, read_round_record
 from ttsf_core.storage.store import RECIPE_KEY, Recipe
 from ttsf_core.video import VIDEO_SUFFIX, mp4_bytes
@@ -67,7 +68,7 @@ def regenerate(record_path: Path, index: int, out: Path | None = None, device: s
     if generator is None:
         from ttsf_core.pipelines import load_pipeline
 
-        generator = CandidateGenerator(load_pipeline(config), config)
+        generator = CandidateGenerator(load_pipeline(config), resolve(config))
     images = generator.generate(record.prompt, [Candidate(noise=noise, steps=steps) for noise in batch])
     recipe = Recipe(noise=item.noise, steps=steps, batch=tuple(batch), batch_position=item.batch_position)
     media = images[item.batch_position]
@@ -86,7 +87,6 @@ def _regenerate_on_path(record: RoundRecord, index: int, config: RunConfig, out:
     the search made them (their pipeline calls, their re-noisings), then its own call."""
     from ttsf_core.engine.generate import plan_batches
     from ttsf_core.engine.path_generation import MemoryStates, generate_path_batch, prepare_stage, replay, stages_of, unique
-    from ttsf_core.resolve import resolve
     from ttsf_core.search import build_strategy
 
     run = resolve(config)
@@ -97,7 +97,7 @@ def _regenerate_on_path(record: RoundRecord, index: int, config: RunConfig, out:
     if generator is None:
         from ttsf_core.pipelines import load_pipeline
 
-        generator = CandidateGenerator(load_pipeline(run.config), run.config)
+        generator = CandidateGenerator(load_pipeline(run.config), run)
     batching = build_strategy(run).batch_size_for
     states = MemoryStates()
     replay(generator, record.prompt, stages[:number], states, batching)

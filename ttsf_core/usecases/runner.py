@@ -22,7 +22,8 @@ from ttsf_core.devices import pick_device
 from ttsf_core.pipelines.speed import check_speed_options
 from ttsf_core.prompts import PromptRead, count_note, prompt_warnings, read_prompts
 from ttsf_core.storage.records import RunLayout
-from ttsf_core.resolve import ResolvedRun, resolve
+from ttsf_core.resolve import resolve
+from ttsf_core.resolved import ResolvedRun
 from ttsf_core.search import Strategy, build_strategy
 from ttsf_core.storage.store import Store
 from ttsf_core.verifiers.base import RetryableVerifierError, Verifier, verifier_batch_size
@@ -188,7 +189,7 @@ def run(config: RunConfig | PreparedRun, generator: "CandidateGenerator | None" 
         from ttsf_core.engine.generate import CandidateGenerator  # torch and diffusers: only when generating
         from ttsf_core.pipelines import load_pipeline
 
-        return generator or CandidateGenerator(load_pipeline(config), config)
+        return generator or CandidateGenerator(load_pipeline(config), prepared.run)
 
     path_verifier = prepared.path_verifier
     with ThreadExecutor(prepared.run, prepared.verifier, load_generator, prepared.strategy,
