@@ -26,6 +26,7 @@ Each repeat runs every case once, alternating which side goes first.
 
     python benchmarks/bench_cli.py                          # ~15 min on a busy 2-core VM: 3 repeats
     python benchmarks/bench_cli.py --threads 0 --skip-prefect  # torch's own thread count, as a user runs it
+    python benchmarks/bench_cli.py --threads 1,0 --skip-prefect  # both, interleaved; a table for each
     python benchmarks/bench_cli.py --scaled --cases gemini     # a tiny FLUX whose search weighs more
     python benchmarks/bench_cli.py --repeats 1 --skip-prefect --latencies 0.3
 """
@@ -68,8 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=4, choices=range(1, len(_common.PROMPTS) + 1), metavar="N",
                         help=f"prompts of the gemini cases (1-{len(_common.PROMPTS)})")
     parser.add_argument("--rounds", type=int, default=3, help="search rounds of the gemini cases (2+4+8 images for 3)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="OMP_NUM_THREADS of every command; 0 leaves it unset (torch's default: one per core)")
+    parser.add_argument("--threads", default="1",
+                        help="OMP_NUM_THREADS of every command; 0 leaves it unset (torch's default: one per core); "
+                             "several, comma-separated (1,0), are interleaved: each repeat runs every case under each")
     parser.add_argument("--skip-prefect", action="store_true", help="leave out the readme case's --executor prefect side")
     parser.add_argument("--cases", default="readme,rerun,gemini", help="which cases, comma-separated")
     parser.add_argument("--scaled", action="store_true",
@@ -88,6 +90,7 @@ class Run:
     wall_s: float
     cpu_s: float
     load_before: float  # 1-minute load average when it started
+    threads: int = 1  # OMP_NUM_THREADS of the command (0: unset)
     generated: int | None = None
     graded: int | None = None
     nothing_to_do: bool = False
@@ -139,7 +142,9 @@ def ttsf_picks(output: Path) -> dict[str, int]:
 class Bench:
     def __init__(self, args: argparse.Namespace, work: Path):
         self.args, self.work = args, work
-        self.env = environment(work, args.threads)
+        self.settings = [int(value) for value in str(args.threads).split(",") if value.strip()]
+        self.envs = {threads: environment(work, threads) for threads in self.settings}
+        self.threads = self.settings[0]  # the setting the next command runs under
         self.ttsf = ttsf_command()
         self.prompts_file = _common.write_prompts(work, args.prompts)
         self.runs: list[Run] = []
@@ -152,6 +157,10 @@ class Bench:
             raise SystemExit(f"--cases: received {args.cases!r}, allowed: readme, rerun (with readme), gemini")
         self.finished: Path | None = None  # a finished readme output folder, for the re-runs
         self._fresh = 0
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.envs[self.threads]
 
     def fresh(self, name: str) -> Path:
         self._fresh += 1
@@ -247,19 +256,23 @@ class Bench:
             self.warm_up()
             readme_sides = ["default", "--executor threads"] + ([] if self.args.skip_prefect else ["--executor prefect"])
             for repeat in range(self.args.repeats):
-                flip = repeat % 2 == 1
-                if "readme" in self.cases:
-                    for side in (readme_sides[::-1] if flip else readme_sides):
-                        self.record(self.readme(side, repeat))
-                if "rerun" in self.cases:
-                    self.record(self.rerun(repeat))
-                for latency in latencies:
-                    for side in (("loop", "ttsf") if flip else ("ttsf", "loop")):
-                        self.record(self.gemini(latency, side, repeat))
-                        self.check_picks(latency)
+                for self.threads in (self.settings[::-1] if repeat % 2 else self.settings):
+                    self.repeat_cases(repeat, readme_sides, latencies)
         finally:
             for server in self.servers.values():
                 server.stop()
+
+    def repeat_cases(self, repeat: int, readme_sides: list[str], latencies: list[float]) -> None:
+        flip = repeat % 2 == 1
+        if "readme" in self.cases:
+            for side in (readme_sides[::-1] if flip else readme_sides):
+                self.record(self.readme(side, repeat))
+        if "rerun" in self.cases:
+            self.record(self.rerun(repeat))
+        for latency in latencies:
+            for side in (("loop", "ttsf") if flip else ("ttsf", "loop")):
+                self.record(self.gemini(latency, side, repeat))
+                self.check_picks(latency)
 
     def check_picks(self, latency: float) -> None:
         """Whether every run of this latency, either side, picked what the first one did in every (prompt,
@@ -278,8 +291,9 @@ class Bench:
                       file=sys.stderr, flush=True)
 
     def record(self, run: Run) -> None:
+        run.threads = self.threads
         self.runs.append(run)
-        print(f"{run.case:11} {run.side:20} repeat {run.repeat}: wall {run.wall_s:6.2f} s, CPU {run.cpu_s:6.2f} s, "
+        print(f"threads {run.threads} {run.case:11} {run.side:20} repeat {run.repeat}: wall {run.wall_s:6.2f} s, CPU {run.cpu_s:6.2f} s, "
               f"load {run.load_before:.1f}", file=sys.stderr, flush=True)
 
 
@@ -361,22 +375,25 @@ def summary(runs: list[Run], args: argparse.Namespace) -> tuple[str, str, list[d
 
 def runs_table(runs: list[Run]) -> str:
     return _common.markdown_table(
-        ["repeat", "case", "side", "wall s", "CPU s", "load before", "generated / graded", "requests"],
-        [[run.repeat + 1, run.case, run.side, f"{run.wall_s:.2f}", f"{run.cpu_s:.2f}", f"{run.load_before:.1f}",
+        ["repeat", "threads", "case", "side", "wall s", "CPU s", "load before", "generated / graded", "requests"],
+        [[run.repeat + 1, run.threads or "default", run.case, run.side, f"{run.wall_s:.2f}", f"{run.cpu_s:.2f}", f"{run.load_before:.1f}",
           "Nothing to do" if run.nothing_to_do else
           (f"{run.generated} / {run.graded}" if run.generated is not None else "-"),
           run.requests if run.requests is not None else "-"] for run in runs])
 
 
-def machine(args: argparse.Namespace, env: dict[str, str]) -> str:
+def threads_text(threads: int) -> str:
+    return f"OMP_NUM_THREADS={threads}" if threads else "OMP_NUM_THREADS unset (torch's default, one thread per core)"
+
+
+def machine(settings: list[int], env: dict[str, str]) -> str:
     versions = subprocess.run([sys.executable, "-c", "import torch, diffusers, prefect, platform; print(torch.__version__, "
                                "diffusers.__version__, prefect.__version__, platform.python_version())"],
                               env=env, capture_output=True, text=True, timeout=300).stdout.split()
     torch_v, diffusers_v, prefect_v, python_v = (versions + ["?"] * 4)[:4]
     return (f"{os.cpu_count()} CPUs ({_common.cpu_model()}), python {python_v}, torch {torch_v}, diffusers {diffusers_v}, "
-            f"prefect {prefect_v}; "
-            + (f"OMP_NUM_THREADS={args.threads} for every command" if args.threads else
-               "OMP_NUM_THREADS unset (torch's default, one thread per core) for every command"))
+            f"prefect {prefect_v}; every command with " + ", then ".join(threads_text(t) for t in settings)
+            + (" (interleaved: each repeat runs every case under each, alternating the order)" if len(settings) > 1 else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,16 +409,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"work folder: {work}", file=sys.stderr)
     load_end = os.getloadavg()
-    table, targets, verdicts = summary(bench.runs, args)
-    print(f"machine: {machine(args, bench.env)}")
+    print(f"machine: {machine(bench.settings, bench.envs[bench.settings[0]])}")
     print(f"gemini cases' model: {'the scaled tiny FLUX (width x2, 2+2 blocks, 128 T5 tokens)' if args.scaled else 'tiny-flux'}; "
           f"{args.prompts} prompts x {args.rounds} rounds; command: python benchmarks/bench_cli.py "
           + " ".join(sys.argv[1:]))
     print(f"load average (1, 5, 15 min) at start {load_start[0]:.1f} {load_start[1]:.1f} {load_start[2]:.1f}, "
           f"at end {load_end[0]:.1f} {load_end[1]:.1f} {load_end[2]:.1f}; {time.perf_counter() - started:.0f} s in all\n")
     print(runs_table(bench.runs) + "\n")
-    print(table + "\n")
-    print(targets)
+    verdicts = []
+    for threads in bench.settings:
+        table, targets, found = summary([run for run in bench.runs if run.threads == threads], args)
+        verdicts += [verdict | {"threads": threads} for verdict in found]
+        if len(bench.settings) > 1:
+            print(f"### {threads_text(threads)}\n")
+        print(table + "\n")
+        print(targets + "\n")
     if args.json is not None:
         args.json.write_text(json.dumps({"runs": [{k: v for k, v in asdict(run).items() if k != "picks"}
                                                    for run in bench.runs],

@@ -17,6 +17,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from conftest import small_config
 from test_cli import PROMPT, TINY, without_prefect_server
 
@@ -92,6 +94,7 @@ PROBE = textwrap.dedent("""\
     finally:
         seen["threads_left"] = sorted(thread.name for thread in threading.enumerate()
                                       if not thread.daemon and thread is not threading.main_thread())
+        seen["imported"] = sorted(name for name in ("pandas", "matplotlib", "torch", "diffusers") if name in sys.modules)
         print("PROBE " + json.dumps(seen), file=sys.stderr, flush=True)
     """) % {"hold_s": HOLD_S}
 
@@ -137,6 +140,10 @@ def test_the_default_starts_nothing_writes_the_report_while_grades_arrive_and_a_
     assert f"Nothing to do: all 1 prompts x {ROUNDS} rounds are recorded (0 images generated, 0 graded)." in again.stdout
     assert (seen["loads"], seen["scored"], seen["processes"], seen["imports_started_at"], seen["threads_left"]) == \
         (0, 0, [], None, []), seen
+    # Its summary is the first run's, read from the report folder: no pandas, no matplotlib, no torch.
+    assert again.stdout.splitlines()[1:] == first.stdout.splitlines()[-len(again.stdout.splitlines()) + 1:], \
+        (first.stdout, again.stdout)
+    assert seen["imported"] == [], seen
     assert _files(output) == before and any(name.endswith("report/report.csv") for name in before)
     assert not home.exists()
 
@@ -172,3 +179,31 @@ def test_the_report_imports_start_once_when_every_planned_image_is_made(tmp_path
     with quiet:
         pass
     assert calls == [start + PLANNED]
+
+
+EXIT_PROBE = textwrap.dedent("""\
+    import sys
+    sys.argv[0] = sys.argv.pop(1)
+    from ttsf.cli import main
+
+    class Gone:
+        def __del__(self):  # called by the interpreter's teardown of this module
+            print("TEARDOWN", flush=True)
+
+    keep = Gone()
+    main()
+    """)
+
+
+@pytest.mark.parametrize("name, args, code, teardown", [
+    ("ttsf", ["--help"], 0, False),  # the command succeeded: its output, then out at once
+    ("ttsf", ["--no-such-flag"], 2, True),  # it failed: the usual exit
+    ("some-program", ["--help"], 0, True),  # main() called by another program: its exit is its own
+])
+def test_a_ttsf_process_that_succeeded_exits_without_the_interpreters_teardown(name, args, code, teardown):
+    done = subprocess.run([sys.executable, "-c", EXIT_PROBE, name, *args], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+    assert done.returncode == code, done.stdout + done.stderr
+    assert ("TEARDOWN" in done.stdout) == teardown, done.stdout + done.stderr
+    if code == 0:
+        assert done.stdout.rstrip().splitlines()[-1 - teardown].lstrip().startswith("serve"), done.stdout

@@ -22,7 +22,15 @@ from ttsf_core.storage.records import (
     resolve_image,
     write_round_record,
 )
-from ttsf_core.usecases.report import COLUMNS, build_report, report_dataframe, report_image, summary_markdown
+from ttsf_core.usecases.report import (
+    COLUMNS,
+    SUMMARY_NAME,
+    build_report,
+    report_dataframe,
+    report_image,
+    summary_lines,
+    summary_markdown,
+)
 from ttsf_core.storage.store import Recipe, Store
 from ttsf_core.verifiers.base import METRIC_NAMES, grades_from_scores
 from ttsf_core.resolve import resolve
@@ -286,6 +294,25 @@ def test_an_unchanged_report_is_not_rebuilt(tmp_path):
     config = RunConfig(output_dir=tmp_path, pretrained_model_name_or_path="tiny-flux", search_args={"search_rounds": 3})
     _write_round(RunLayout(resolve(config)), 0, PROMPTS[0], 3, config)
     assert build_report(run_dir, only_if_changed=True) is not None  # a new record: rebuilt
+
+
+def test_the_summary_is_kept_until_a_record_changes(tmp_path):
+    """`ttsf run` prints summary_lines after a search: a re-run with nothing new reads them back (no
+    pandas), a new round makes them again."""
+    run_dir = _partial_run(tmp_path, {0: (1, 2), 2: (1,)})
+    lines = summary_lines(run_dir)
+    assert lines[:3] == ["2 prompts, metric overall_score, search random",
+                         f"  round 1: 2 images ({2 * STEPS} NFEs) a prompt so far, "
+                         f"mean best score {(WINNER_SCORES[0][0] + WINNER_SCORES[2][0]) / 2:.3f}",
+                         f"  round 2: 6 images ({6 * STEPS} NFEs) a prompt so far, "
+                         f"mean best score {WINNER_SCORES[0][1]:.3f}"]
+    kept = run_dir / "report" / SUMMARY_NAME
+    assert json.loads(kept.read_text(encoding="utf-8"))["lines"] == lines
+    write_json(kept, json.loads(kept.read_text(encoding="utf-8")) | {"lines": ["as kept"]})
+    assert summary_lines(run_dir) == ["as kept"]  # the records did not change: read back, not made again
+    config = RunConfig(output_dir=tmp_path, pretrained_model_name_or_path="tiny-flux", search_args={"search_rounds": 3})
+    _write_round(RunLayout(resolve(config)), 2, PROMPTS[2], 2, config)
+    assert summary_lines(run_dir)[2].endswith(f"mean best score {(WINNER_SCORES[0][1] + WINNER_SCORES[2][1]) / 2:.3f}")
 
 
 def test_records_from_before_the_store_still_read(tmp_path):

@@ -6,10 +6,39 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-import click
+
+def exit_now() -> None:
+    """The last exit handler of a `ttsf` process whose command succeeded: flush what was printed and
+    leave without the interpreter's teardown of torch's, diffusers' and transformers' modules, which
+    frees nothing the OS does not (0.3-0.5 s after a `ttsf run` that generated, on the loaded 2-core VM
+    of BENCHMARKS.md; 0.05-0.10 s with this). Every exit handler registered after this one (logging's,
+    tqdm's, torch's, weakref finalizers...) has run by then, after every non-daemon thread ended, and
+    every file ttsf writes is closed and renamed before then. Declines (the usual exit follows) unless
+    this process is the `ttsf` command itself (not a test runner or a program that called main), no exit
+    handler was registered before this one (it would be skipped), its command exited 0 and nothing failed
+    after it, and Prefect was never imported (its clients and temporary server keep their own clean-up)."""
+    if (_ENDED["handlers_before"] != 0 or _ENDED.get("code", "unset") not in (0, None)
+            or hasattr(sys, "last_value") or Path(sys.argv[0]).stem != "ttsf" or "prefect" in sys.modules):
+        return
+    if "logging" in sys.modules:  # a file handler's last line (its own exit handler may come after this one)
+        sys.modules["logging"].shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said there
+            pass
+    os._exit(0)
+
+
+# Before any other import: exit handlers run last-registered first, so this one runs after all the others.
+_ENDED: dict[str, Any] = {"handlers_before": getattr(atexit, "_ncallbacks", lambda: -1)()}
+atexit.register(exit_now)
+
+import click  # noqa: E402 - after exit_now's registration
 
 # Library chatter (torchvision fallbacks, CLIP truncation) would drown the progress bar.
 for _name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
@@ -70,7 +99,18 @@ def check_executor(executor: str) -> None:
         fail(f"--executor: received {executor!r}, allowed: one of {', '.join(EXECUTORS)}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class TtsfGroup(click.Group):
+    """The `ttsf` group; it notes how its command ended, for `exit_now`."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as done:
+            _ENDED["code"] = done.code
+            raise
+
+
+@click.group(cls=TtsfGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """ttsf: inference-time scaling for text-to-image diffusion by searching over initial noises."""
     exit_without_last_collection()
@@ -80,9 +120,10 @@ def exit_without_last_collection() -> None:
     """Exit at once when the work is done. A run that generated has imported torch, diffusers and
     transformers: millions of objects that the interpreter's last garbage collection walks on the way
     out (1.8-2.1 s after such a `ttsf run` returned, on the loaded 2-core VM of BENCHMARKS.md; 0.34-0.39 s
-    with them frozen). atexit calls gc.freeze after every non-daemon thread has ended; the other exit
-    handlers run as before (freezing only keeps the last collection from walking what exists), and every
-    file ttsf writes is closed and renamed before then. Registered when a command runs, never on import."""
+    with them frozen; `exit_now` then skips the modules' teardown too). atexit calls gc.freeze after
+    every non-daemon thread has ended; the other exit handlers run as before (freezing only keeps the
+    last collection from walking what exists), and every file ttsf writes is closed and renamed before
+    then. Registered when a command runs, never on import."""
     atexit.unregister(gc.freeze)  # once, however often the group runs in one process (tests)
     atexit.register(gc.freeze)
 

@@ -5,7 +5,8 @@
 search loop on local threads without Prefect (`--executor threads`, and `auto`, the default, when no
 server is configured: a temporary server nobody sees would cost seconds and show nothing). Only the
 chosen path is imported: the threads path imports no Prefect. A run with nothing left to do starts
-neither Prefect nor a model, and imports no torch.
+neither Prefect nor a model, and imports no torch, nor pandas (its summary is read back from the report
+folder).
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class ReportImports:
         import importlib
 
         try:
-            for name in ("matplotlib.figure", "matplotlib.backends.backend_agg", "ttsf_core.usecases.report"):  # report: pandas
+            for name in ("pandas", "matplotlib.figure", "matplotlib.backends.backend_agg", "ttsf_core.usecases.report"):
                 importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the report imports them again and says what failed
             pass
@@ -309,19 +310,9 @@ def _preload(runtime, config: RunConfig) -> None:
 
 
 def print_summary(run_dir: Path) -> None:
-    from ttsf_core.allocation import allocation_lines
-    from ttsf_core.usecases.report import REPORT_DIRNAME, cost_lines, report_dataframe
+    from ttsf_core.usecases.report import REPORT_DIRNAME, summary_lines
 
-    frame = report_dataframe(run_dir)
-    by_round = frame.groupby("search_round").agg(images=("images_generated", "mean"), nfe=("nfe_so_far", "mean"),
-                                                 mean_best=("best_score", "mean"))
-    prompts = frame["prompt_index"].nunique()
-    click.echo(f"{prompts} prompt{'s' * (prompts != 1)}, metric {frame['choice_of_metric'].iloc[0]}, "
-               f"search {frame['search_method'].iloc[0]}")
-    for search_round, row in by_round.iterrows():
-        click.echo(f"  round {search_round}: {row['images']:g} images ({row['nfe']:g} NFEs) a prompt so far, "
-                   f"mean best score {row['mean_best']:.3f}")
-    for line in cost_lines(frame) + allocation_lines(frame, run_dir):
+    for line in summary_lines(run_dir):
         click.echo(line)
     click.echo(f"Report: {run_dir / REPORT_DIRNAME}")
     click.echo(f"Output: {run_dir}")

@@ -13,14 +13,19 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from ttsf_core.storage.files import atomic_write_bytes, atomic_writer, png_bytes, safe_slug, text_hash, write_json
 from ttsf_core.storage.records import RECORD_GLOB, CandidateRecord, RoundRecord, iter_round_records, resolve_image
 from ttsf_core.verifiers.base import METRIC_NAMES
 from ttsf_core.video import VIDEO_SUFFIX, is_video, poster_path
+
+# pandas (0.7-1.1 s to import on the VM of BENCHMARKS.md) is imported where a table is made: a finished
+# run's re-run checks its report's stamp and prints its summary from report/.summary.json without it.
+if TYPE_CHECKING:
+    import pandas as pd
 
 REPORT_DIRNAME = "report"
 BASE_COLUMNS: tuple[str, ...] = (
@@ -88,6 +93,8 @@ def report_dataframe(run_dir: str | Path) -> pd.DataFrame:
         raise ValueError(f"no round records under {run_dir} (looked for {run_dir}/prompts/*/round_*.json)")
     rows = [_row(path, record) | cost for (path, record), cost in zip(found, _round_costs([r for _, r in found]))]
     metrics = list(dict.fromkeys(name for row in rows for name in row if name not in BASE_COLUMNS))
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=list(BASE_COLUMNS) + metrics)
     _check_unique_rounds(frame, run_dir)
     # A zero-order pivot carried over from the round before is the same image: counted once.
@@ -280,6 +287,52 @@ def build_report(run_dir: str | Path, only_if_changed: bool = False) -> ReportFi
     atomic_write_bytes(page, report_html(files, run_dir, curve).encode("utf-8"))
     write_json(stamp, sources)
     return ReportFiles(folder, parquet, csv, page, curve_path, zip_path, collages)
+
+
+SUMMARY_NAME = ".summary.json"
+
+
+def summary_lines(run_dir: str | Path) -> list[str]:
+    """What `ttsf run` prints after a search: prompts, metric and method, each round's images, NFEs and
+    mean best score, then the cost and allocation lines. Kept in report/.summary.json with the digests of
+    the records (and allocation.json) it was made from: a re-run with nothing new prints it as kept, and
+    so never imports pandas."""
+    run_dir = Path(run_dir)
+    sources = _summary_sources(run_dir)
+    path = run_dir / REPORT_DIRNAME / SUMMARY_NAME
+    kept = _read_json(path) if path.is_file() else None
+    if isinstance(kept, dict) and kept.get("sources") == sources and isinstance(kept.get("lines"), list):
+        return [str(line) for line in kept["lines"]]
+    lines = _summary_lines(report_dataframe(run_dir), run_dir)
+    try:
+        write_json(path, {"sources": sources, "lines": lines})
+    except OSError:
+        pass  # a folder this user cannot write: the summary is made from the records again next time
+    return lines
+
+
+def _summary_sources(run_dir: Path) -> dict[str, str]:
+    from ttsf_core.allocation import ALLOCATION_FILENAME
+
+    sources = _record_digests(run_dir)
+    allocation = run_dir / ALLOCATION_FILENAME
+    if allocation.is_file():
+        sources[ALLOCATION_FILENAME] = text_hash(allocation.read_text(encoding="utf-8"))
+    return sources
+
+
+def _summary_lines(frame: pd.DataFrame, run_dir: Path) -> list[str]:
+    from ttsf_core.allocation import allocation_lines
+
+    by_round = frame.groupby("search_round").agg(images=("images_generated", "mean"), nfe=("nfe_so_far", "mean"),
+                                                 mean_best=("best_score", "mean"))
+    prompts = frame["prompt_index"].nunique()
+    lines = [f"{prompts} prompt{'s' * (prompts != 1)}, metric {frame['choice_of_metric'].iloc[0]}, "
+             f"search {frame['search_method'].iloc[0]}"]
+    for search_round, row in by_round.iterrows():
+        lines.append(f"  round {search_round}: {row['images']:g} images ({row['nfe']:g} NFEs) a prompt so far, "
+                     f"mean best score {row['mean_best']:.3f}")
+    return lines + cost_lines(frame) + allocation_lines(frame, run_dir)
 
 
 def _record_digests(run_dir: Path) -> dict[str, str]:
