@@ -143,7 +143,10 @@ def test_a_rejected_key_stops_before_any_model_loads(status, tmp_path, monkeypat
 
 
 def test_a_key_rejected_mid_run_stops_the_batch_at_once(tmp_path, tiny_pipe):
-    schedule = FaultSchedule(by_call={0: "403"})
+    # A key revoked mid-run: Gemini refuses every request from then on (a refusal of one request
+    # alone left the bound below to a race: an answer to another request could free a slot before
+    # the refusal was read, and one more request went out, rightly, still unaware of it).
+    schedule = FaultSchedule(by_call={call: "403" for call in range(200)})
     with FakeGeminiServer(faults=schedule) as server:
         config = _config(tmp_path, server.url)
         generator = CandidateGenerator(tiny_pipe, resolve(config))
