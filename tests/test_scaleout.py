@@ -378,9 +378,11 @@ def test_a_batch_timeout_counts_from_the_batch_start_and_an_overdue_batch_is_can
     assert waited_longer, "every batch ended within the timeout of its submission: the test proves nothing"
 
     # One batch with far more work than its 6 s allow: cancelled at its deadline (not left running),
-    # submitted again (it resumes from its records), cancelled again, then named in one line.
-    overdue = _config(tmp_path / "overdue", prompts=PROMPTS[:1], search_args={"search_rounds": 6},
-                      pipeline_call_args={"height": 128, "width": 128, "num_inference_steps": 4},
+    # submitted again (it resumes from its records), cancelled again, then named in one line. The work
+    # (510 images at 256 px) is sized so that two 6 s attempts cannot finish it on any machine we run:
+    # 126 images at 128 px once did, in a fresh-clone CI, and the run completed.
+    overdue = _config(tmp_path / "overdue", prompts=PROMPTS[:1], search_args={"search_rounds": 8},
+                      pipeline_call_args={"height": 256, "width": 256, "num_inference_steps": 4},
                       dispatch={"batch_timeout_s": 6.0, "max_attempts": 2})
     parent = fleet.wait_terminal(fleet.deployment_run("search-dataset/tiny-cpu", overdue), RUN_TIMEOUT_S)
     assert parent["state_type"] == "FAILED", parent["state"]
